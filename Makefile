@@ -1,0 +1,31 @@
+# Two commands for a newcomer: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+WITH_SERVICES := set -a && . .data/services.env && set +a &&
+
+.PHONY: run test install services lint
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+services: $(STAMP)
+	$(BIN)/python scripts/services.py
+
+run: services
+	$(WITH_SERVICES) $(BIN)/python scripts/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+test: services lint
+	$(WITH_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
+	$(WITH_SERVICES) $(BIN)/pytest

@@ -1,0 +1,60 @@
+"""Per-request context (request id, tenant, client, actor) carried into every log line."""
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str
+    tenant: str = ""
+    client: str = ""
+    actor: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
+
+
+def request_id_from_header(value: str | None) -> str:
+    """Echo a client's request id only when it is sane; otherwise mint one."""
+    if value and _SANE_REQUEST_ID.match(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def context_begin(*, request_id: str) -> RequestContext:
+    context = RequestContext(request_id=request_id)
+    _current.set(context)
+    return context
+
+
+def context_update(**changes: str) -> None:
+    context = _current.get()
+    if context is not None:
+        _current.set(replace(context, **changes))
+
+
+def context_end() -> None:
+    _current.set(None)
+
+
+def current_context() -> RequestContext | None:
+    return _current.get()
+
+
+class RequestContextLogFilter(logging.Filter):
+    """Stamps request_id, tenant, client and actor on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _current.get()
+        record.request_id = context.request_id if context else ""
+        record.tenant = context.tenant if context else ""
+        record.client = context.client if context else ""
+        record.actor = context.actor if context else ""
+        return True

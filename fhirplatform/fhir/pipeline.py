@@ -1,0 +1,93 @@
+"""The FHIR request pipeline every FHIR view runs through, in the order DESIGN.md fixes:
+
+tenant from URL → token (tenant bound) → scope → rate limit and concurrency slot →
+handler → headers. Errors anywhere become an OperationOutcome with the headers set.
+"""
+
+import logging
+from typing import Any
+
+from django.db import connection
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fhirplatform.context import context_update
+from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.http import fhir_error_response
+from fhirplatform.limits.engine import Admission, EndpointClass, limit_admit
+from tenants.scopes import Interaction, required_scope_text, scopes_allow
+from tenants.selectors import tenant_for_url
+from tenants.tokens import Caller, token_authenticate
+
+logger = logging.getLogger(__name__)
+
+
+class FhirView(APIView):
+    """Base of every authenticated FHIR endpoint.
+
+    Subclasses implement `describe(request, **kwargs)` returning the interaction,
+    the resource type it touches, the endpoint class and the request's cost.
+    """
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    throttle_classes: list[Any] = []
+
+    caller: Caller
+    admission: Admission | None = None
+
+    def describe(
+        self, request: Request, **kwargs: Any
+    ) -> tuple[Interaction, str, EndpointClass, int]:
+        raise NotImplementedError
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        url_slug = kwargs["tenant"]
+        self.caller = token_authenticate(
+            authorization=request.headers.get("Authorization"), url_tenant_slug=url_slug
+        )
+        context_update(tenant=self.caller.tenant.slug, client=self.caller.client.client_id,
+                       actor=self.caller.actor)
+        interaction, resource_type, endpoint_class, cost = self.describe(request, **kwargs)
+        if not scopes_allow(self.caller.scopes, resource_type, interaction):
+            needed = required_scope_text(resource_type, interaction)
+            raise FhirError(
+                403, IssueCode.FORBIDDEN, f"Missing scope {needed} for {interaction} on {resource_type}"
+            )
+        self.admission = limit_admit(
+            caller=self.caller, endpoint_class=endpoint_class, resource_type=resource_type, cost=cost
+        )
+        connection.set_tenant(self.caller.tenant)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, FhirError):
+            return fhir_error_response(exc)
+        return super().handle_exception(exc)
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.admission is not None:
+            for name, value in self.admission.headers.items():
+                response[name] = value
+            self.admission.release()
+            self.admission = None
+        return response
+
+
+class PublicFhirView(APIView):
+    """Unauthenticated tenant endpoints (metadata, SMART configuration)."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    throttle_classes: list[Any] = []
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.tenant = tenant_for_url(kwargs["tenant"])
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, FhirError):
+            return fhir_error_response(exc)
+        return super().handle_exception(exc)

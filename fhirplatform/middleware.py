@@ -1,0 +1,58 @@
+import logging
+import time
+from collections.abc import Callable
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+
+from fhirplatform.context import context_begin, context_end, request_id_from_header
+
+logger = logging.getLogger("fhirplatform.request")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class RequestContextMiddleware:
+    """First in the chain: a request id for every request, echoed on every response."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request_id = request_id_from_header(request.headers.get(REQUEST_ID_HEADER))
+        request.request_id = request_id  # type: ignore[attr-defined]
+        context_begin(request_id=request_id)
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+            response[REQUEST_ID_HEADER] = request_id
+            logger.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+            return response
+        finally:
+            context_end()
+
+
+class PublicSchemaMiddleware:
+    """Every request starts, and ends, in the public schema.
+
+    Only the FHIR pipeline moves the connection into a tenant schema, and only
+    into the schema of the authenticated token's tenant.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        connection.set_schema_to_public()
+        try:
+            return self.get_response(request)
+        finally:
+            connection.set_schema_to_public()

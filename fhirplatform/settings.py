@@ -1,0 +1,161 @@
+"""The one settings module. Every value comes from the environment (see .env.example)."""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from fhirplatform.env import env_bool, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key" if DEBUG else None)
+if not DEBUG and (SECRET_KEY.startswith("dev-only") or len(SECRET_KEY) < 32):
+    raise ImproperlyConfigured("SECRET_KEY must be a random string of at least 32 characters")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+# Absolute URLs (token endpoint, FHIR base, Bundle links) are built from this, never from Host.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
+
+SHARED_APPS = [
+    "django_tenants",
+    "tenants",
+    "fhirplatform.limits",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+]
+TENANT_APPS = [
+    "fhirplatform.fhir",
+]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+TENANT_MODEL = "tenants.Tenant"
+TENANT_DOMAIN_MODEL = "tenants.Domain"
+DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
+
+MIDDLEWARE = [
+    "fhirplatform.middleware.RequestContextMiddleware",
+    "fhirplatform.middleware.PublicSchemaMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fhirplatform.urls"
+WSGI_APPLICATION = "fhirplatform.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database = dj_database_url.parse(
+    env_str("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/fhirplatform"),
+    conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+)
+if not _database["ENGINE"].endswith("postgresql"):
+    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL")
+_database["ENGINE"] = "django_tenants.postgresql_backend"
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "fp",
+        "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+    },
+}
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".data" / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "fhirplatform.fhir.http.drf_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": [
+        "fhirplatform.fhir.http.FhirJSONRenderer",
+        "fhirplatform.fhir.http.PlainJSONRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "fhirplatform.fhir.http.FhirJSONParser",
+        "fhirplatform.fhir.http.PlainJSONParser",
+    ],
+}
+
+# Identity: access tokens never live longer than 300 seconds (SMART Backend Services).
+ACCESS_TOKEN_LIFETIME_SECONDS = env_int("ACCESS_TOKEN_LIFETIME_SECONDS", 300, minimum=30)
+if ACCESS_TOKEN_LIFETIME_SECONDS > 300:
+    raise ImproperlyConfigured("ACCESS_TOKEN_LIFETIME_SECONDS must be at most 300")
+CLIENT_SECRET_ROTATION_GRACE_SECONDS = env_int("CLIENT_SECRET_ROTATION_GRACE_SECONDS", 86400)
+TOKEN_RATE_LIMIT_PER_CLIENT = env_str("TOKEN_RATE_LIMIT_PER_CLIENT", "30/m")
+TOKEN_RATE_LIMIT_PER_IP = env_str("TOKEN_RATE_LIMIT_PER_IP", "60/m")
+RATELIMIT_USE_CACHE = "default"
+
+FHIR_MAX_PAYLOAD_BYTES = env_int("FHIR_MAX_PAYLOAD_BYTES", 5 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = FHIR_MAX_PAYLOAD_BYTES + 1024
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_context": {"()": "fhirplatform.context.RequestContextLogFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["request_context"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "django.server": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,166 @@
+"""Shared cast for every test: two tenants (a provider and a payer), a client on each,
+and an outsider client that belongs to another partner and has no grant on tenant A.
+
+The cast is committed once per session in the test database, so a live server
+subprocess and a Celery worker see it; tests that write use `db` (rolled back) or
+create uniquely named objects through `committed`.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from django.conf import settings
+from django.db import connection
+
+from tenants.models import ApiClient, Grant, Tenant
+from tenants.scopes import scopes_parse
+from tenants.services import client_create, tenant_create
+from tenants.tokens import token_issue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class CastClient:
+    client: ApiClient
+    secret: str
+    grant: Grant
+
+    def token(self, scopes: str | None = None) -> str:
+        parsed = scopes_parse(scopes or self.grant.scopes)
+        return token_issue(grant=self.grant, scopes=parsed, auth_method="test").access_token
+
+
+@dataclass(frozen=True)
+class Cast:
+    tenant_a: Tenant
+    tenant_b: Tenant
+    client_a: CastClient
+    client_b: CastClient
+    outsider: CastClient
+
+
+def _cast_client(partner: str, slug: str, scopes: str) -> CastClient:
+    issued = client_create(partner_name=partner, tenant_slugs=[slug], scopes=scopes)
+    assert issued.client_secret
+    return CastClient(issued.client, issued.client_secret, issued.grants[0])
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Cast:
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        tenant_a = tenant_create(slug="provider-a", name="Provider A")
+        tenant_b = tenant_create(slug="payer-b", name="Payer B")
+        all_scopes = "system/*.cruds"
+        return Cast(
+            tenant_a=tenant_a,
+            tenant_b=tenant_b,
+            client_a=_cast_client("Partner A", tenant_a.slug, all_scopes),
+            client_b=_cast_client("Partner B", tenant_b.slug, all_scopes),
+            outsider=_cast_client("Outsider Partner", tenant_b.slug, all_scopes),
+        )
+
+
+@pytest.fixture(scope="session")
+def cast(django_db_setup: Cast) -> Cast:
+    return django_db_setup
+
+
+@pytest.fixture
+def committed(django_db_blocker: pytest.FixtureRequest) -> Iterator[None]:
+    """Writes outside the per-test transaction, visible to live servers and workers."""
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        yield
+        connection.set_schema_to_public()
+
+
+@pytest.fixture
+def unique_slug() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_environment() -> dict[str, str]:
+    """Environment for subprocesses: the test database, the test Redis database."""
+    database = settings.DATABASES["default"]
+    url = (
+        f"postgresql://{database['USER']}:{database['PASSWORD'] or ''}@"
+        f"{database['HOST'] or ''}:{database['PORT'] or 5432}/{database['NAME']}"
+    )
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=url,
+        REDIS_URL=settings.REDIS_URL,
+        SECRET_KEY=settings.SECRET_KEY,
+        PYTHONPATH=str(ROOT),
+        DJANGO_SETTINGS_MODULE="fhirplatform.settings",
+        LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup: Cast) -> Iterator[str]:
+    """A real gunicorn serving the test database on a loopback port."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = test_environment() | {"PUBLIC_BASE_URL": base}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "fhirplatform.wsgi:application",
+         "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+         "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        _wait_http(f"{base}/healthz", process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup: Cast) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker consuming from the test Redis database."""
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "fhirplatform", "worker",
+         "--pool", "solo", "--loglevel", "warning", "--without-gossip", "--without-mingle"],
+        cwd=ROOT,
+        env=test_environment(),
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
