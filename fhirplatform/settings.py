@@ -32,6 +32,7 @@ SHARED_APPS = [
 ]
 TENANT_APPS = [
     "fhirplatform.fhir",
+    "fhirplatform.fhir.search",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
