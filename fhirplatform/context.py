@@ -52,9 +52,9 @@ class RequestContextLogFilter(logging.Filter):
     """Stamps request_id, tenant, client and actor on every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        context = _current.get()
-        record.request_id = context.request_id if context else ""
-        record.tenant = context.tenant if context else ""
-        record.client = context.client if context else ""
-        record.actor = context.actor if context else ""
+        context = _current.get() or RequestContext(request_id="")
+        # A value passed explicitly in `extra=` wins over the ambient request context.
+        for name in ("request_id", "tenant", "client", "actor"):
+            if not getattr(record, name, None):
+                setattr(record, name, getattr(context, name))
         return True

@@ -6,6 +6,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from fhirplatform.context import context_begin, context_end, request_id_from_header
+from fhirplatform.metrics import LATENCY, REQUESTS, route_class
 
 logger = logging.getLogger("fhirplatform.request")
 
@@ -26,13 +27,17 @@ class RequestContextMiddleware:
         try:
             response = self.get_response(request)
             response[REQUEST_ID_HEADER] = request_id
+            elapsed = time.perf_counter() - started
+            route = route_class(request.path)
+            REQUESTS.labels(route=route, status=str(response.status_code)).inc()
+            LATENCY.labels(route=route).observe(elapsed)
             logger.info(
                 "request",
                 extra={
                     "method": request.method,
                     "path": request.path,
                     "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(elapsed * 1000, 2),
                 },
             )
             return response

@@ -135,6 +135,12 @@ RATELIMIT_USE_CACHE = "default"
 FHIR_MAX_PAYLOAD_BYTES = env_int("FHIR_MAX_PAYLOAD_BYTES", 5 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FHIR_MAX_PAYLOAD_BYTES + 1024
 
+# Where seed_demo keeps the demo credentials it made (local demo only).
+DEMO_CREDENTIALS_FILE = env_str("DEMO_CREDENTIALS_FILE", str(BASE_DIR / ".data" / "demo-credentials.json"))
+
+# /metrics answers loopback callers, or callers presenting this bearer token.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,

@@ -2,14 +2,19 @@ from django.contrib import admin
 from django.urls import include, path
 
 from fhirplatform import health
+from fhirplatform.metrics import metrics_view
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("oauth/", include("tenants.urls")),
     path("fhir/<slug:tenant>/", include("fhirplatform.fhir.urls")),
 ]
+
+admin.site.site_header = "fhirplatform operations"
+admin.site.site_title = "fhirplatform"
 
 handler404 = "fhirplatform.fhir.http.handler404"
 handler500 = "fhirplatform.fhir.http.handler500"

@@ -1,0 +1,232 @@
+"""Operators' admin for tenants, partners, API clients, grants, plans and tokens.
+
+Every change goes through tenants.services, so the admin, the commands and the
+portal apply the same rules. Actions need the model's change permission.
+"""
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from tenants import services, tokens
+from tenants.models import (
+    AccessToken,
+    ApiClient,
+    ClientSecret,
+    ClientStatus,
+    Grant,
+    GrantStatus,
+    Partner,
+    RatePlan,
+    Tenant,
+    TenantStatus,
+)
+from tenants.scopes import ScopeError, scopes_parse, scopes_text
+from tenants.selectors import tenant_fhir_base
+
+
+@admin.register(RatePlan)
+class RatePlanAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "priority",
+        "read_per_minute",
+        "search_per_minute",
+        "write_per_minute",
+        "concurrency",
+        "daily_quota",
+        "dry_run",
+    ]
+    list_filter = ["dry_run"]
+    search_fields = ["name", "description"]
+
+
+class GrantInline(admin.TabularInline):
+    model = Grant
+    extra = 0
+    fields = ["client", "tenant", "scopes", "purposes", "plan", "status", "created"]
+    readonly_fields = ["created"]
+    autocomplete_fields = ["client", "tenant"]
+
+
+class TenantForm(forms.ModelForm):
+    class Meta:
+        model = Tenant
+        fields = ["slug", "name", "status", "isolation_tier", "data_region", "plan"]
+
+    def clean_slug(self) -> str:
+        slug: str = self.cleaned_data["slug"]
+        if self.instance.pk is None:
+            try:
+                services.tenant_validate_slug(slug)
+            except services.ProvisioningError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        elif slug != self.instance.slug:
+            raise forms.ValidationError("A tenant's slug cannot change: it names its FHIR base.")
+        return slug
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    form = TenantForm
+    list_display = ["slug", "name", "status", "plan", "data_region", "isolation_tier", "created"]
+    list_filter = ["status", "data_region", "isolation_tier", "plan"]
+    search_fields = ["slug", "name"]
+    readonly_fields = ["schema_name", "fhir_base", "created"]
+    inlines = [GrantInline]
+    actions = ["suspend", "activate"]
+
+    @admin.display(description="FHIR base")
+    def fhir_base(self, tenant: Tenant) -> str:
+        return tenant_fhir_base(tenant) if tenant.pk else "-"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "slug"] if obj is not None else fields
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = services.tenant_create(
+            slug=obj.slug,
+            name=obj.name,
+            plan_name=obj.plan.name,
+            data_region=obj.data_region,
+            isolation_tier=obj.isolation_tier,
+        )
+        obj.pk = created.pk
+        obj.schema_name = created.schema_name
+
+    @admin.action(description="Suspend selected tenants", permissions=["change"])
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        for tenant in queryset:
+            services.tenant_set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+        self.message_user(request, f"Suspended {queryset.count()} tenant(s).", messages.SUCCESS)
+
+    @admin.action(description="Activate selected tenants", permissions=["change"])
+    def activate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        for tenant in queryset:
+            services.tenant_set_status(tenant=tenant, status=TenantStatus.ACTIVE)
+        self.message_user(request, f"Activated {queryset.count()} tenant(s).", messages.SUCCESS)
+
+
+class ApiClientInline(admin.TabularInline):
+    model = ApiClient
+    extra = 0
+    fields = ["client_id", "name", "status", "created"]
+    readonly_fields = ["client_id", "name", "status", "created"]
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Partner)
+class PartnerAdmin(admin.ModelAdmin):
+    list_display = ["name", "contact_email", "created"]
+    search_fields = ["name", "contact_email"]
+    filter_horizontal = ["members"]
+    inlines = [ApiClientInline]
+
+
+class ClientSecretInline(admin.TabularInline):
+    model = ClientSecret
+    extra = 0
+    fields = ["hint", "created", "expires_at"]
+    readonly_fields = ["hint", "created", "expires_at"]
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class GrantForm(forms.ModelForm):
+    class Meta:
+        model = Grant
+        fields = ["client", "tenant", "scopes", "purposes", "plan", "status"]
+
+    def clean_scopes(self) -> str:
+        try:
+            return scopes_text(scopes_parse(self.cleaned_data["scopes"]))
+        except ScopeError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+GrantInline.form = GrantForm
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    list_display = ["client_id", "name", "partner", "status", "created", "revoked_at"]
+    list_filter = ["status", "partner"]
+    search_fields = ["client_id", "name", "partner__name"]
+    readonly_fields = ["client_id", "created", "revoked_at"]
+    fields = ["client_id", "name", "partner", "status", "plan", "jwks", "created", "revoked_at"]
+    inlines = [ClientSecretInline, GrantInline]
+    actions = ["revoke", "activate"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Clients are created with `create_client` or the portal, which return the secret once.
+        return False
+
+    @admin.action(description="Revoke selected clients", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiClient]) -> None:
+        for client in queryset.filter(status=ClientStatus.ACTIVE):
+            services.client_revoke(client=client)
+        self.message_user(request, "Revoked; their tokens stop working now.", messages.SUCCESS)
+
+    @admin.action(description="Re-activate selected clients", permissions=["change"])
+    def activate(self, request: HttpRequest, queryset: QuerySet[ApiClient]) -> None:
+        for client in queryset.filter(status=ClientStatus.REVOKED):
+            services.client_activate(client=client)
+        self.message_user(request, "Re-activated.", messages.SUCCESS)
+
+
+@admin.register(Grant)
+class GrantAdmin(admin.ModelAdmin):
+    form = GrantForm
+    list_display = ["client", "tenant", "plan", "status", "scopes", "created"]
+    list_filter = ["status", "plan", "tenant"]
+    search_fields = ["client__client_id", "client__name", "tenant__slug", "scopes"]
+    autocomplete_fields = ["client", "tenant"]
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke selected grants", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Grant]) -> None:
+        for grant in queryset.filter(status=GrantStatus.ACTIVE):
+            services.grant_revoke(grant=grant)
+        self.message_user(request, "Revoked.", messages.SUCCESS)
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(admin.ModelAdmin):
+    list_display = ["id", "client", "tenant", "auth_method", "issued_at", "expires_at", "revoked_at"]
+    list_filter = ["auth_method", "tenant", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["id", "client__client_id", "tenant__slug"]
+    readonly_fields = [
+        "id",
+        "client",
+        "grant",
+        "tenant",
+        "scopes",
+        "auth_method",
+        "issued_at",
+        "expires_at",
+        "revoked_at",
+    ]
+    exclude = ["token_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
+        for token in queryset.filter(revoked_at__isnull=True):
+            tokens.token_revoke(token=token)
+        self.message_user(request, "Revoked.", messages.SUCCESS)

@@ -1,0 +1,178 @@
+"""The demo platform: an operator, a provider and a payer tenant, a sandbox tenant,
+a demo partner with a secret-based client and a key-based client, and their data.
+
+Idempotent: a second run reuses what exists. Secrets are only known when they are
+made, so they are kept for the local demo in .data/demo-credentials.json (0600).
+"""
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from jwt.algorithms import RSAAlgorithm
+
+from tenants.models import ApiClient, Partner, Tenant
+from tenants.selectors import tenant_fhir_base, token_endpoint_url
+from tenants.services import client_create, partner_get_or_create, tenant_create
+
+DEMO_PARTNER = "Acme Health Apps"
+DEMO_TENANTS = [
+    # slug, name, plan
+    ("demo-provider", "Riverside Health (provider)", "premium"),
+    ("demo-payer", "Summit Health Plan (payer)", "standard"),
+    ("sandbox", "Developer sandbox", "sandbox"),
+]
+OPERATOR_USERNAME = "operator"
+AUDITOR_USERNAME = "auditor"
+PARTNER_USERNAME = "acme-dev"
+
+
+@dataclass
+class DemoReport:
+    admin_url: str
+    portal_url: str
+    token_endpoint: str
+    users: dict[str, str] = field(default_factory=dict)
+    tenants: dict[str, str] = field(default_factory=dict)
+    clients: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _credentials_path() -> Path:
+    return Path(settings.DEMO_CREDENTIALS_FILE)
+
+
+def _load_credentials() -> dict[str, Any]:
+    path = _credentials_path()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_credentials(credentials: dict[str, Any]) -> None:
+    path = _credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(credentials, indent=2))
+    path.chmod(0o600)
+
+
+def _user(username: str, credentials: dict[str, Any], **flags: bool) -> str:
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=username).first()
+    password = credentials.get("users", {}).get(username)
+    if user is None or password is None:
+        password = secrets.token_urlsafe(12)
+        user = user or user_model(username=username, email=f"{username}@example.org")
+        for name, value in flags.items():
+            setattr(user, name, value)
+        user.set_password(password)
+        user.save()
+    credentials.setdefault("users", {})[username] = password
+    return password
+
+
+def _rsa_key_pair(kid: str) -> tuple[str, dict[str, Any]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    public_jwk.update(kid=kid, alg="RS384", use="sig")
+    return private_pem, {"keys": [public_jwk]}
+
+
+def _demo_client(
+    credentials: dict[str, Any], key: str, *, name: str, scopes: str, tenants: list[str], plan: str,
+    with_key: bool = False,
+) -> dict[str, Any]:
+    known = credentials.setdefault("clients", {}).get(key)
+    if known and ApiClient.objects.filter(client_id=known["client_id"]).exists():
+        return dict(known)
+    private_pem, jwks = _rsa_key_pair(f"{key}-1") if with_key else (None, None)
+    issued = client_create(
+        partner_name=DEMO_PARTNER,
+        tenant_slugs=tenants,
+        scopes=scopes,
+        plan_name=plan,
+        jwks=jwks,
+        name=name,
+        with_secret=not with_key,
+        purposes=["TREAT"],
+    )
+    record: dict[str, Any] = {
+        "name": name,
+        "client_id": issued.client.client_id,
+        "client_secret": issued.client_secret,
+        "auth_method": "private_key_jwt" if with_key else "client_secret_basic",
+        "tenants": {grant.tenant.slug: tenant_fhir_base(grant.tenant) for grant in issued.grants},
+        "scope": scopes,
+    }
+    if private_pem:
+        key_path = _credentials_path().parent / f"{key}-private.pem"
+        key_path.write_text(private_pem)
+        key_path.chmod(0o600)
+        record["private_key_file"] = str(key_path)
+        record["kid"] = f"{key}-1"
+    credentials["clients"][key] = record
+    return record
+
+
+def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoReport:
+    """Create (or find) the demo platform and return everything a newcomer needs to use it."""
+    credentials = _load_credentials()
+    base = settings.PUBLIC_BASE_URL
+    report = DemoReport(
+        admin_url=f"{base}/admin/", portal_url=f"{base}/portal/", token_endpoint=token_endpoint_url()
+    )
+    report.users[OPERATOR_USERNAME] = _user(
+        OPERATOR_USERNAME, credentials, is_staff=True, is_superuser=True
+    )
+    report.users[AUDITOR_USERNAME] = _user(AUDITOR_USERNAME, credentials, is_staff=True)
+    auditor = get_user_model().objects.get(username=AUDITOR_USERNAME)
+    auditor.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="tenants", codename__startswith="view_")
+    )
+    report.users[PARTNER_USERNAME] = _user(PARTNER_USERNAME, credentials)
+    partner: Partner = partner_get_or_create(name=DEMO_PARTNER)
+    partner.members.add(get_user_model().objects.get(username=PARTNER_USERNAME))
+
+    for slug, name, plan in DEMO_TENANTS:
+        tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(
+            slug=slug, name=name, plan_name=plan
+        )
+        report.tenants[slug] = tenant_fhir_base(tenant)
+
+    report.clients = [
+        _demo_client(
+            credentials, "care-coordination", name="Acme Care Coordination",
+            scopes="system/*.cruds", tenants=["demo-provider", "demo-payer"], plan="premium",
+        ),
+        _demo_client(
+            credentials, "analytics-backend", name="Acme Analytics (SMART Backend Services)",
+            scopes="system/*.rs", tenants=["demo-provider", "demo-payer"], plan="standard",
+            with_key=True,
+        ),
+        _demo_client(
+            credentials, "sandbox-app", name="Acme Sandbox App",
+            scopes="system/*.cruds", tenants=["sandbox"], plan="sandbox",
+        ),
+    ]
+    _save_credentials(credentials)
+    report.data = _demo_data(patients=patients, observations_per_patient=observations_per_patient)
+    return report
+
+
+def _demo_data(*, patients: int, observations_per_patient: int) -> dict[str, Any]:
+    """Load realistic data into each demo tenant that has none yet."""
+    return {}
+
+
+def demo_report_dict(report: DemoReport) -> dict[str, Any]:
+    return asdict(report)
