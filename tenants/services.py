@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -243,3 +244,66 @@ def tokens_purge_expired() -> int:
     cutoff = timezone.now() - timedelta(days=1)
     deleted, _ = AccessToken.objects.filter(expires_at__lt=cutoff).delete()
     return deleted
+
+
+# --- Credential rotation and token revocation -----------------------------------------
+
+
+def client_secret_rotate(*, client: ApiClient) -> str:
+    """Issue a new secret and return it once, in clear.
+
+    Secrets that were live stay valid for CLIENT_SECRET_ROTATION_GRACE_SECONDS, so
+    a partner can roll the new one out without downtime; an earlier, shorter
+    expiry is never extended.
+    """
+    now = timezone.now()
+    grace_end = now + timedelta(seconds=settings.CLIENT_SECRET_ROTATION_GRACE_SECONDS)
+    new_secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        live = ClientSecret.objects.select_for_update().filter(client=client)
+        live.filter(expires_at__isnull=True).update(expires_at=grace_end)
+        live.filter(expires_at__gt=grace_end).update(expires_at=grace_end)
+        ClientSecret.objects.create(
+            client=client, secret_hash=secret_hash(new_secret), hint=new_secret[-4:]
+        )
+    logger.info(
+        "client secret rotated",
+        extra={
+            "client": client.client_id,
+            "grace_seconds": settings.CLIENT_SECRET_ROTATION_GRACE_SECONDS,
+        },
+    )
+    return new_secret
+
+
+def client_jwks_set(*, client: ApiClient, jwks: dict[str, Any] | None) -> ApiClient:
+    """Replace the client's registered public keys (key rotation for private_key_jwt).
+
+    Assertions signed with a key that is no longer in the set fail from the next
+    request; to rotate without downtime, register old and new keys together first.
+    """
+    if jwks is not None:
+        jwks_validate(jwks)
+    elif not client.secrets.exists():
+        raise ProvisioningError("a client needs a secret or a JWKS")
+    client.jwks = jwks
+    client.save(update_fields=["jwks"])
+    kids = [key.get("kid") for key in (jwks or {}).get("keys", [])]
+    logger.info("client keys set", extra={"client": client.client_id, "kids": kids})
+    return client
+
+
+def token_revoke(*, token: AccessToken) -> AccessToken:
+    """Revoke one access token; it is refused from the next request on."""
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        logger.info(
+            "access token revoked",
+            extra={
+                "client": token.client.client_id,
+                "tenant": token.tenant.slug,
+                "token": str(token.id),
+            },
+        )
+    return token

@@ -1,1 +1,10 @@
-urlpatterns: list = []
+from django.urls import path
+
+from tenants import api
+
+app_name = "oauth"
+
+urlpatterns = [
+    path("token", api.token, name="token"),
+    path("revoke", api.revoke, name="revoke"),
+]

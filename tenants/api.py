@@ -1,0 +1,240 @@
+"""OAuth 2.0 endpoints: token (client credentials) and revocation (RFC 7009).
+
+These are OAuth, not FHIR: refusals are RFC 6749 JSON error bodies. Only the
+platform's own operational answers (429 throttled, 503 unavailable) are
+OperationOutcomes, because OAuth has no vocabulary for them.
+"""
+
+import logging
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.views.decorators.csrf import csrf_exempt
+from django_ratelimit.core import get_usage
+
+from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.http import FHIR_JSON
+from tenants.assertions import assertion_client_id, assertion_verify
+from tenants.models import ApiClient
+from tenants.selectors import tenant_fhir_base
+from tenants.services import token_revoke
+from tenants.tokens import (
+    CLIENT_ASSERTION_TYPE_JWT,
+    GRANT_TYPE_CLIENT_CREDENTIALS,
+    AuthMethod,
+    ClientCredentials,
+    OAuthError,
+    OAuthErrorCode,
+    TokenLimitReason,
+    TokenServiceUnavailable,
+    basic_credentials_parse,
+    client_authenticate_secret,
+    token_for_client,
+    token_request_issue,
+)
+
+logger = logging.getLogger(__name__)
+
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class _Throttled(Exception):
+    def __init__(self, reason: TokenLimitReason, retry_after: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _oauth_error_response(error: OAuthError, *, basic: bool) -> JsonResponse:
+    response = JsonResponse(error.body(), status=error.status, headers=_NO_STORE)
+    if error.status == 401 and basic:
+        response["WWW-Authenticate"] = 'Basic realm="fhirplatform"'
+    return response
+
+
+def _outcome_response(error: FhirError) -> JsonResponse:
+    return JsonResponse(
+        error.outcome(), status=error.status, content_type=FHIR_JSON, headers=error.headers
+    )
+
+
+def _form(request: HttpRequest) -> QueryDict:
+    if request.content_type != FORM_MEDIA_TYPE:
+        raise OAuthError(OAuthErrorCode.INVALID_REQUEST, f"Content-Type must be {FORM_MEDIA_TYPE}")
+    if request.GET:
+        raise OAuthError(OAuthErrorCode.INVALID_REQUEST, "Send parameters in the body, not the URL")
+    form = request.POST
+    repeated = sorted(name for name, values in form.lists() if len(values) > 1)
+    if repeated:
+        raise OAuthError(
+            OAuthErrorCode.INVALID_REQUEST,
+            f"Parameter(s) sent more than once: {', '.join(repeated)}",
+        )
+    return form
+
+
+def _credentials(request: HttpRequest, form: QueryDict) -> ClientCredentials:
+    """Which client authentication the request uses; exactly one method is allowed."""
+    authorization = request.headers.get("Authorization", "")
+    assertion = form.get("client_assertion", "")
+    if form.get("client_secret"):
+        raise OAuthError(
+            OAuthErrorCode.INVALID_REQUEST,
+            "client_secret_post is not supported: use HTTP Basic or private_key_jwt",
+        )
+    if authorization and assertion:
+        raise OAuthError(
+            OAuthErrorCode.INVALID_REQUEST, "Use one client authentication method, not two"
+        )
+    if authorization:
+        client_id, secret = basic_credentials_parse(authorization)
+        return ClientCredentials(AuthMethod.CLIENT_SECRET_BASIC, client_id, secret=secret)
+    if assertion:
+        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE_JWT:
+            raise OAuthError(
+                OAuthErrorCode.INVALID_REQUEST,
+                f"client_assertion_type must be {CLIENT_ASSERTION_TYPE_JWT}",
+            )
+        client_id = assertion_client_id(assertion)
+        if form.get("client_id") and form["client_id"] != client_id:
+            raise OAuthError(
+                OAuthErrorCode.INVALID_CLIENT, "client_id does not match the assertion"
+            )
+        return ClientCredentials(AuthMethod.PRIVATE_KEY_JWT, client_id, assertion=assertion)
+    raise OAuthError(
+        OAuthErrorCode.INVALID_CLIENT,
+        "Client authentication is required (HTTP Basic or private_key_jwt client_assertion)",
+    )
+
+
+def _rate_limit(
+    request: HttpRequest, group: str, value: str, rate: str, reason: TokenLimitReason
+) -> None:
+    try:
+        usage = get_usage(
+            request, group=group, key=lambda _group, _request: value, rate=rate, increment=True
+        )
+    except redis.RedisError as exc:
+        raise TokenServiceUnavailable("rate limit store is unreachable") from exc
+    if usage is None or not usage["should_limit"]:
+        return
+    if usage["time_left"] < 0:  # django-ratelimit could not read its counter
+        raise TokenServiceUnavailable("rate limit store is unreachable")
+    raise _Throttled(reason, max(int(usage["time_left"]), 1))
+
+
+def _token_rate_limit(request: HttpRequest, client_id: str | None) -> None:
+    """Brute force guard: every token request counts against its IP and its claimed client."""
+    _rate_limit(
+        request,
+        "oauth-token-ip",
+        request.META.get("REMOTE_ADDR", ""),
+        settings.TOKEN_RATE_LIMIT_PER_IP,
+        TokenLimitReason.IP,
+    )
+    if client_id:
+        _rate_limit(
+            request,
+            "oauth-token-client",
+            client_id[:64],
+            settings.TOKEN_RATE_LIMIT_PER_CLIENT,
+            TokenLimitReason.CLIENT,
+        )
+
+
+def _authenticate(credentials: ClientCredentials) -> ApiClient:
+    if credentials.method == AuthMethod.CLIENT_SECRET_BASIC:
+        return client_authenticate_secret(
+            client_id=credentials.client_id, secret=credentials.secret
+        )
+    return assertion_verify(assertion=credentials.assertion)
+
+
+def _guarded(handler: Any) -> Any:
+    """Render the endpoint's refusals: OAuth errors, throttling, and failing closed."""
+
+    def view(request: HttpRequest) -> HttpResponse:
+        if request.method != "POST":
+            response = JsonResponse(
+                OAuthError(OAuthErrorCode.INVALID_REQUEST, "Use POST").body(), status=405
+            )
+            response["Allow"] = "POST"
+            return response
+        basic = "Authorization" in request.headers
+        try:
+            return handler(request)  # type: ignore[no-any-return]
+        except OAuthError as error:
+            logger.info(
+                "oauth request refused", extra={"error": str(error.error), "path": request.path}
+            )
+            return _oauth_error_response(error, basic=basic)
+        except _Throttled as throttled:
+            throttled_error = FhirError(
+                429,
+                IssueCode.THROTTLED,
+                "Too many token requests; retry later",
+                reason=str(throttled.reason),
+                headers={"Retry-After": str(throttled.retry_after), **_NO_STORE},
+            )
+            return _outcome_response(throttled_error)
+        except TokenServiceUnavailable as exc:
+            logger.error("token endpoint unavailable", extra={"error": str(exc)})
+            return _outcome_response(
+                FhirError(
+                    503,
+                    IssueCode.TRANSIENT,
+                    "The token service is temporarily unavailable",
+                    headers={"Retry-After": "5", **_NO_STORE},
+                )
+            )
+
+    return csrf_exempt(view)
+
+
+@_guarded
+def token(request: HttpRequest) -> HttpResponse:
+    """POST /oauth/token: client credentials grant, see docs/auth.md for the tenant rule."""
+    form = _form(request)
+    try:
+        credentials = _credentials(request, form)
+    except OAuthError:
+        _token_rate_limit(request, None)
+        raise
+    _token_rate_limit(request, credentials.client_id)
+    if form.get("grant_type") != GRANT_TYPE_CLIENT_CREDENTIALS:
+        raise OAuthError(
+            OAuthErrorCode.UNSUPPORTED_GRANT_TYPE, "grant_type must be client_credentials"
+        )
+    client = _authenticate(credentials)
+    issued = token_request_issue(
+        client=client,
+        auth_method=credentials.method,
+        resource=form.get("resource") or form.get("aud", ""),
+        scope=form.get("scope", ""),
+    )
+    body = {
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scope,
+        "tenant": issued.tenant.slug,
+        "aud": tenant_fhir_base(issued.tenant),
+    }
+    return JsonResponse(body, headers=_NO_STORE)
+
+
+@_guarded
+def revoke(request: HttpRequest) -> HttpResponse:
+    """POST /oauth/revoke (RFC 7009): a client revokes one of its own access tokens."""
+    form = _form(request)
+    credentials = _credentials(request, form)
+    _token_rate_limit(request, credentials.client_id)
+    client = _authenticate(credentials)
+    record = token_for_client(client=client, token=form.get("token", ""))
+    # RFC 7009: an unknown token, or another client's, is answered 200 all the same.
+    if record is not None:
+        token_revoke(token=record)
+    return HttpResponse(status=200, headers=_NO_STORE)

@@ -1,0 +1,174 @@
+"""SMART Backend Services client authentication: private_key_jwt client assertions.
+
+The assertion is a JWT the client signs with a key it registered (ApiClient.jwks).
+We accept RS384 and ES384 only, look the key up by `kid` among the registered
+keys (never a key the token itself carries or points at), and check
+iss = sub = client_id, aud = our token endpoint, exp at most five minutes ahead,
+and a `jti` never seen before. Replay protection lives in Redis; when Redis cannot
+answer we refuse (TokenServiceUnavailable) rather than accept a possible replay.
+"""
+
+import hashlib
+import logging
+import time
+from enum import StrEnum
+from typing import Any
+
+import jwt
+import redis
+from django.conf import settings
+
+from tenants.models import ApiClient, ClientStatus
+from tenants.selectors import token_endpoint_url
+from tenants.tokens import OAuthError, OAuthErrorCode, TokenServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class AssertionAlgorithm(StrEnum):
+    RS384 = "RS384"
+    ES384 = "ES384"
+
+
+# Which JWK a given algorithm may verify with (kty, and the curve for EC).
+_KEY_TYPE_FOR = {
+    AssertionAlgorithm.RS384: ("RSA", None),
+    AssertionAlgorithm.ES384: ("EC", "P-384"),
+}
+MAX_ASSERTION_LIFETIME_SECONDS = 300
+CLOCK_SKEW_SECONDS = 5
+MAX_ASSERTION_BYTES = 8192
+MAX_JTI_LENGTH = 256
+JTI_KEY_PREFIX = "oauth:jti"
+
+_pools: dict[str, redis.ConnectionPool] = {}
+
+
+def _redis() -> redis.Redis:
+    url = settings.REDIS_URL
+    if url not in _pools:
+        _pools[url] = redis.ConnectionPool.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+    return redis.Redis(connection_pool=_pools[url])
+
+
+def _rejected(description: str) -> OAuthError:
+    return OAuthError(OAuthErrorCode.INVALID_CLIENT, description)
+
+
+def assertion_client_id(assertion: str) -> str:
+    """The client id an assertion claims (its `iss`), read before verification.
+
+    Used only to find the registered keys and to key the per-client rate limit.
+    """
+    if len(assertion) > MAX_ASSERTION_BYTES:
+        raise OAuthError(OAuthErrorCode.INVALID_REQUEST, "client_assertion is too large")
+    try:
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise OAuthError(
+            OAuthErrorCode.INVALID_REQUEST, "client_assertion is not a well-formed JWT"
+        ) from None
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or not issuer:
+        raise _rejected("client_assertion has no iss claim")
+    return issuer
+
+
+def _header(assertion: str) -> tuple[AssertionAlgorithm, str]:
+    try:
+        header = jwt.get_unverified_header(assertion)
+    except jwt.PyJWTError:
+        raise OAuthError(
+            OAuthErrorCode.INVALID_REQUEST, "client_assertion is not a well-formed JWT"
+        ) from None
+    algorithm = header.get("alg")
+    if not isinstance(algorithm, str) or algorithm not in AssertionAlgorithm.__members__:
+        raise _rejected(f"client_assertion alg '{algorithm}' is not accepted: use RS384 or ES384")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _rejected("client_assertion header must name the signing key (kid)")
+    return AssertionAlgorithm(algorithm), kid
+
+
+def _registered_key(client: ApiClient, algorithm: AssertionAlgorithm, kid: str) -> jwt.PyJWK:
+    keys = (client.jwks or {}).get("keys", [])
+    kty, curve = _KEY_TYPE_FOR[algorithm]
+    for key in keys:
+        if not isinstance(key, dict) or key.get("kid") != kid:
+            continue
+        if key.get("kty") != kty or (curve and key.get("crv") != curve):
+            raise _rejected(f"key '{kid}' cannot verify {algorithm}")
+        if key.get("alg") not in (None, str(algorithm)):
+            raise _rejected(f"key '{kid}' is registered for {key.get('alg')}, not {algorithm}")
+        try:
+            return jwt.PyJWK(key, algorithm=str(algorithm))
+        except jwt.PyJWTError:
+            raise _rejected(f"registered key '{kid}' is unusable") from None
+    raise _rejected(f"key '{kid}' is not registered for this client")
+
+
+def _claims(
+    assertion: str, key: jwt.PyJWK, algorithm: AssertionAlgorithm, client_id: str
+) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            assertion,
+            key,
+            algorithms=[str(algorithm)],
+            audience=token_endpoint_url(),
+            issuer=client_id,
+            leeway=CLOCK_SKEW_SECONDS,
+            options={"require": ["iss", "sub", "aud", "exp", "jti"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise _rejected("client_assertion has expired") from None
+    except jwt.InvalidAudienceError:
+        raise _rejected(f"client_assertion aud must be {token_endpoint_url()}") from None
+    except jwt.InvalidSignatureError:
+        raise _rejected("client_assertion signature does not verify") from None
+    except jwt.PyJWTError as exc:
+        raise _rejected(f"client_assertion is invalid: {exc}") from None
+    if claims["sub"] != client_id:
+        raise _rejected("client_assertion sub must equal iss (the client id)")
+    if not isinstance(claims["exp"], int | float):
+        raise _rejected("client_assertion exp must be a number")
+    if claims["exp"] > time.time() + MAX_ASSERTION_LIFETIME_SECONDS + CLOCK_SKEW_SECONDS:
+        raise _rejected("client_assertion exp must be at most 5 minutes ahead")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
+        raise _rejected(f"client_assertion jti must be a string of 1-{MAX_JTI_LENGTH} characters")
+    return claims
+
+
+def jti_remember(*, client_id: str, jti: str, expires_at: float) -> bool:
+    """Record a jti until its assertion expires; False when it was already seen.
+
+    Raises TokenServiceUnavailable when Redis cannot answer (fail closed).
+    """
+    digest = hashlib.sha256(jti.encode()).hexdigest()
+    # Keep the jti for as long as the assertion could still pass the exp check.
+    ttl = max(int(expires_at - time.time()) + CLOCK_SKEW_SECONDS + 1, 1)
+    try:
+        return bool(_redis().set(f"{JTI_KEY_PREFIX}:{client_id}:{digest}", "1", nx=True, ex=ttl))
+    except redis.RedisError as exc:
+        logger.error("jti store unreachable", extra={"client": client_id, "error": str(exc)})
+        raise TokenServiceUnavailable("replay protection store is unreachable") from exc
+
+
+def assertion_verify(*, assertion: str) -> ApiClient:
+    """The active client that signed this assertion, or OAuthError(invalid_client)."""
+    client_id = assertion_client_id(assertion)
+    algorithm, kid = _header(assertion)
+    client = ApiClient.objects.filter(client_id=client_id[:64]).first()
+    if client is None or not client.jwks:
+        raise _rejected("Client authentication failed")
+    key = _registered_key(client, algorithm, kid)
+    claims = _claims(assertion, key, algorithm, client.client_id)
+    if client.status != ClientStatus.ACTIVE:
+        raise _rejected("Client authentication failed")
+    # The jti is spent only after the signature verified: a forger cannot burn real ones.
+    if not jti_remember(client_id=client.client_id, jti=claims["jti"], expires_at=claims["exp"]):
+        raise _rejected("client_assertion jti has already been used")
+    return client
