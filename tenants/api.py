@@ -62,7 +62,8 @@ def _outcome_response(error: FhirError) -> JsonResponse:
 
 
 def _form(request: HttpRequest) -> QueryDict:
-    if request.content_type != FORM_MEDIA_TYPE:
+    # An empty body carries no parameters, whatever its (often absent) Content-Type says.
+    if request.body and request.content_type != FORM_MEDIA_TYPE:
         raise OAuthError(OAuthErrorCode.INVALID_REQUEST, f"Content-Type must be {FORM_MEDIA_TYPE}")
     if request.GET:
         raise OAuthError(OAuthErrorCode.INVALID_REQUEST, "Send parameters in the body, not the URL")
