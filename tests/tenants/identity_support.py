@@ -91,12 +91,14 @@ def jwt_form(client_assertion: str, **extra: str) -> dict[str, str]:
 
 
 def form_post(django_client: Any, path: str, data: dict[str, str], **headers: str) -> Any:
-    """POST an OAuth form with the Django test client."""
+    """POST an OAuth form with the Django test client (REMOTE_ADDR sets the peer address)."""
     from urllib.parse import urlencode
 
+    environ = {"REMOTE_ADDR": headers.pop("REMOTE_ADDR")} if "REMOTE_ADDR" in headers else {}
     return django_client.post(
         path,
         data=urlencode(data),
         content_type="application/x-www-form-urlencoded",
         headers=headers,
+        **environ,
     )
