@@ -5,7 +5,6 @@ starts with the equality columns a query always has, then the value being compar
 Rows belong to the current version of a resource and go with it (CASCADE).
 """
 
-from django.contrib.postgres.indexes import OpClass
 from django.db import models
 
 from fhirplatform.fhir.models import Resource
@@ -43,10 +42,10 @@ class StringIndex(IndexRow):
 
     class Meta:
         indexes = [
+            # LIKE 'prefix%' on a non-C collation needs the pattern operator class.
             models.Index(
-                "resource_type",
-                "param",
-                OpClass("value", name="varchar_pattern_ops"),
+                fields=["resource_type", "param", "value"],
+                opclasses=["text_ops", "text_ops", "varchar_pattern_ops"],
                 name="search_string_prefix",
             ),
             models.Index(fields=["resource_type", "param", "exact"], name="search_string_exact"),
