@@ -1,11 +1,29 @@
-from django.urls import path
+from django.urls import path, re_path
 
+from fhirplatform.fhir import views
 from fhirplatform.fhir.smart import SmartConfigurationView
+
+_TYPE = r"(?P<resource_type>[A-Z][A-Za-z]+)"
+_ID = r"(?P<logical_id>[^/]{1,200})"
+_VERSION = r"(?P<version_id>[^/]{1,64})"
 
 urlpatterns: list = [
     path(
         ".well-known/smart-configuration",
         SmartConfigurationView.as_view(),
         name="smart-configuration",
+    ),
+    path("", views.SystemView.as_view(), name="fhir-system"),
+    path("metadata", views.MetadataView.as_view(), name="fhir-metadata"),
+    path("_history", views.HistoryView.as_view(), name="fhir-history-system"),
+    re_path(rf"^{_TYPE}$", views.TypeView.as_view(), name="fhir-type"),
+    re_path(rf"^{_TYPE}/_search$", views.TypeSearchView.as_view(), name="fhir-search"),
+    re_path(rf"^{_TYPE}/_history$", views.HistoryView.as_view(), name="fhir-history-type"),
+    re_path(rf"^{_TYPE}/{_ID}$", views.InstanceView.as_view(), name="fhir-instance"),
+    re_path(
+        rf"^{_TYPE}/{_ID}/_history$", views.HistoryView.as_view(), name="fhir-history-instance"
+    ),
+    re_path(
+        rf"^{_TYPE}/{_ID}/_history/{_VERSION}$", views.VersionView.as_view(), name="fhir-vread"
     ),
 ]

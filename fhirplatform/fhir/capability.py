@@ -1,0 +1,121 @@
+"""The CapabilityStatement, generated from what this server really does.
+
+Interactions come from the views' behaviour, search parameters from the search
+registry (the same registry the index is built from), so the statement cannot claim a
+parameter the server does not index.
+"""
+
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+
+from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.fhir.selectors import search_function
+
+FHIR_VERSION = "4.0.1"
+SOFTWARE_NAME = "fhirplatform"
+SOFTWARE_VERSION = "0.1.0"
+_TYPE_INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+)
+_SEARCH_RESULT_PARAMS = ("_count", "_sort", "_summary", "_elements", "_include", "_revinclude")
+
+
+def _search_params(resource_type: str) -> list[dict[str, Any]]:
+    try:
+        from fhirplatform.fhir.search.registry import search_parameters_for
+    except ImportError:
+        return []
+    return [
+        {
+            "name": p.name,
+            "definition": p.definition,
+            "type": str(p.type),
+            "documentation": p.documentation,
+        }
+        for p in search_parameters_for(resource_type)
+    ]
+
+
+@cache
+def _resources(searchable: bool) -> tuple[dict[str, Any], ...]:
+    resources = []
+    for resource_type in sorted(R4_RESOURCE_TYPES):
+        interactions = list(_TYPE_INTERACTIONS) + (["search-type"] if searchable else [])
+        entry: dict[str, Any] = {
+            "type": resource_type,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
+            "interaction": [{"code": code} for code in interactions],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": False,  # ids are server-assigned UUIDs
+            "conditionalCreate": searchable,
+            "conditionalRead": "full-support",
+            "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
+        }
+        if searchable:
+            entry["searchParam"] = _search_params(resource_type)
+        resources.append(entry)
+    return tuple(resources)
+
+
+def capability_statement(*, base_url: str) -> dict[str, Any]:
+    searchable = search_function() is not None
+    system_interactions = [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]
+    if searchable:
+        system_interactions.append({"code": "search-system"})
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "security": {
+            "cors": False,
+            "service": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                            "code": "SMART-on-FHIR",
+                        }
+                    ]
+                }
+            ],
+            "extension": [
+                {
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [
+                        {"url": "token", "valueUri": f"{settings.PUBLIC_BASE_URL}/oauth/token"}
+                    ],
+                }
+            ],
+            "description": "OAuth2 client credentials (client_secret_basic, private_key_jwt); "
+            f"see {base_url}/.well-known/smart-configuration",
+        },
+        "resource": list(_resources(searchable)),
+        "interaction": system_interactions,
+    }
+    if searchable:
+        rest["searchParam"] = [
+            {"name": name, "type": "special" if name != "_count" else "number"}
+            for name in _SEARCH_RESULT_PARAMS
+        ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-01-01",
+        "publisher": SOFTWARE_NAME,
+        "kind": "instance",
+        "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
+        "implementation": {"description": "fhirplatform FHIR R4 API", "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [rest],
+    }

@@ -1,0 +1,86 @@
+"""How stored resources and versions are shown: ETags, dates, history Bundles."""
+
+from datetime import datetime
+from typing import Any
+
+from django.utils.http import http_date
+
+from fhirplatform.fhir.models import Resource, ResourceVersion
+from fhirplatform.fhir.storage import Method, instant_text, now_instant
+
+_METHOD_STATUS = {
+    Method.POST: "201 Created",
+    Method.PUT: "200 OK",
+    Method.PATCH: "200 OK",
+    Method.DELETE: "204 No Content",
+}
+
+
+def etag(version_id: int) -> str:
+    return f'W/"{version_id}"'
+
+
+def etag_version(header: str | None) -> int | None:
+    """The version in an If-Match / If-None-Match value (W/"3", "3" or 3), else None."""
+    if not header:
+        return None
+    value = header.strip().removeprefix("W/").strip('"')
+    return int(value) if value.isdigit() else -1
+
+
+def last_modified(value: datetime) -> str:
+    return http_date(value.timestamp())
+
+
+def version_headers(resource: Resource | ResourceVersion) -> dict[str, str]:
+    return {
+        "ETag": etag(resource.version_id),
+        "Last-Modified": last_modified(resource.last_updated),
+    }
+
+
+def resource_url(base_url: str, resource_type: str, logical_id: str) -> str:
+    return f"{base_url}/{resource_type}/{logical_id}"
+
+
+def version_url(base_url: str, resource: Resource | ResourceVersion) -> str:
+    return (
+        f"{resource_url(base_url, resource.resource_type, resource.logical_id)}"
+        f"/_history/{resource.version_id}"
+    )
+
+
+def history_bundle(
+    *, versions: list[ResourceVersion], base_url: str, self_url: str, next_url: str | None
+) -> dict[str, Any]:
+    links = [{"relation": "self", "url": self_url}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    entries = []
+    for version in versions:
+        entry: dict[str, Any] = {
+            "fullUrl": resource_url(base_url, version.resource_type, version.logical_id)
+        }
+        if version.content is not None:
+            entry["resource"] = version.content
+        method = Method(version.method)
+        # A create is requested on the type; updates, patches and deletes on the instance.
+        url = (
+            version.resource_type
+            if method == Method.POST
+            else (f"{version.resource_type}/{version.logical_id}")
+        )
+        entry["request"] = {"method": str(method), "url": url}
+        entry["response"] = {
+            "status": _METHOD_STATUS[method],
+            "etag": etag(version.version_id),
+            "lastModified": instant_text(version.last_updated),
+        }
+        entries.append(entry)
+    return {
+        "resourceType": "Bundle",
+        "type": "history",
+        "meta": {"lastUpdated": instant_text(now_instant())},
+        "link": links,
+        "entry": entries,
+    }

@@ -1,0 +1,275 @@
+"""Writes to the versioned FHIR store of the current tenant schema.
+
+Every write runs in one transaction that changes the current Resource row, appends a
+ResourceVersion row and rebuilds the resource's search index rows, so a reader never sees
+a version without its index. Writers to one resource serialise on its row lock
+(select_for_update): the version number is read and bumped under the lock, so concurrent
+updates never lose a write and If-Match is checked against the version really current.
+"""
+
+import copy
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import jsonpatch
+from django.db import connection, transaction
+from django.utils import timezone
+
+from fhirplatform.errors import FhirError, IssueCode, not_found
+from fhirplatform.fhir.models import Resource, ResourceVersion
+from fhirplatform.fhir.search.services import index_remove, index_resource
+from fhirplatform.fhir.validation import resource_type_check, resource_validate
+
+# (resource_type, query) -> the current resources matching that search query.
+MatchFunction = Callable[[str, str], list[Resource]]
+
+
+class Method(StrEnum):
+    """The HTTP method a version was written with (ResourceVersion.method)."""
+
+    POST = "POST"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    resource: Resource
+    created: bool  # a new resource (201) rather than an existing one
+
+
+def now_instant() -> datetime:
+    """Now, truncated to milliseconds so meta.lastUpdated and the column agree exactly."""
+    now = timezone.now()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def instant_text(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_logical_id() -> str:
+    return str(uuid.uuid4())
+
+
+def stamp(
+    content: dict[str, Any],
+    *,
+    logical_id: str,
+    version_id: int,
+    last_updated: datetime,
+    source: str,
+) -> dict[str, Any]:
+    """Set id and the server-owned meta elements; a client's meta.source is kept."""
+    meta = dict(content.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = instant_text(last_updated)
+    meta.setdefault("source", source)
+    stamped = {"resourceType": content["resourceType"], "id": logical_id}
+    stamped.update((key, value) for key, value in content.items() if key not in ("id", "meta"))
+    stamped["meta"] = meta
+    return stamped
+
+
+def _append_version(resource: Resource, method: Method, content: dict[str, Any] | None) -> None:
+    ResourceVersion.objects.create(
+        resource=resource,
+        resource_type=resource.resource_type,
+        logical_id=resource.logical_id,
+        version_id=resource.version_id,
+        last_updated=resource.last_updated,
+        method=method,
+        content=content,
+    )
+
+
+def _locked(resource_type: str, logical_id: str) -> Resource | None:
+    return (
+        Resource.objects.select_for_update()
+        .filter(resource_type=resource_type, logical_id=logical_id)
+        .first()
+    )
+
+
+def _check_if_match(resource: Resource, if_match: int | None) -> None:
+    if if_match is not None and if_match != resource.version_id:
+        raise FhirError(
+            412,
+            IssueCode.CONFLICT,
+            f"Version conflict: If-Match names version {if_match}, "
+            f"the current version is {resource.version_id}",
+        )
+
+
+@transaction.atomic
+def resource_create(
+    *, resource_type: str, content: Any, source: str, logical_id: str | None = None
+) -> Resource:
+    """Create a resource with a server-assigned UUID (a client-sent id is ignored, as FHIR says).
+
+    `logical_id` is for callers that assigned the UUID ahead (transaction Bundles resolving
+    urn:uuid references); it is always a `new_logical_id()`, never client input.
+    """
+    resource_type_check(resource_type)
+    resource_validate(content=content, resource_type=resource_type)
+    logical_id = logical_id or new_logical_id()
+    last_updated = now_instant()
+    stored = stamp(
+        content, logical_id=logical_id, version_id=1, last_updated=last_updated, source=source
+    )
+    resource = Resource.objects.create(
+        resource_type=resource_type,
+        logical_id=logical_id,
+        version_id=1,
+        last_updated=last_updated,
+        content=stored,
+    )
+    _append_version(resource, Method.POST, stored)
+    index_resource(resource=resource)
+    return resource
+
+
+@transaction.atomic
+def resource_create_conditional(
+    *,
+    resource_type: str,
+    content: Any,
+    source: str,
+    matches: MatchFunction,
+    query: str,
+    logical_id: str | None = None,
+) -> WriteResult:
+    """If-None-Exist: create unless `query` matches. One match returns it, several give 412.
+
+    A transaction-scoped advisory lock on (type, query) makes two concurrent conditional
+    creates with the same criteria produce one resource, not two.
+    """
+    resource_type_check(resource_type)
+    resource_validate(content=content, resource_type=resource_type)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{resource_type}?{query}"])
+    found = matches(resource_type, query)
+    if len(found) > 1:
+        raise FhirError(
+            412, IssueCode.DUPLICATE, f"If-None-Exist '{query}' matches {len(found)} resources"
+        )
+    if found:
+        return WriteResult(resource=found[0], created=False)
+    resource = resource_create(
+        resource_type=resource_type, content=content, source=source, logical_id=logical_id
+    )
+    return WriteResult(resource=resource, created=True)
+
+
+@transaction.atomic
+def resource_update(
+    *, resource_type: str, logical_id: str, content: Any, source: str, if_match: int | None = None
+) -> Resource:
+    """Replace the current version. A deleted resource comes back with the next version number.
+
+    Ids are server-assigned, so an update of an id that never existed is refused (405).
+    """
+    resource_type_check(resource_type)
+    resource_validate(
+        content=content, resource_type=resource_type, logical_id=logical_id, require_id=True
+    )
+    resource = _locked(resource_type, logical_id)
+    if resource is None:
+        raise FhirError(
+            405,
+            IssueCode.NOT_SUPPORTED,
+            f"{resource_type}/{logical_id} does not exist; this server assigns ids, "
+            "create resources with POST",
+        )
+    _check_if_match(resource, if_match)
+    return _store_new_version(resource, content, Method.PUT, source)
+
+
+def _store_new_version(
+    resource: Resource, content: dict[str, Any], method: Method, source: str
+) -> Resource:
+    resource.version_id += 1
+    resource.last_updated = max(now_instant(), resource.last_updated)
+    resource.content = stamp(
+        content,
+        logical_id=resource.logical_id,
+        version_id=resource.version_id,
+        last_updated=resource.last_updated,
+        source=source,
+    )
+    resource.deleted = False
+    resource.save(update_fields=["version_id", "last_updated", "content", "deleted"])
+    _append_version(resource, method, resource.content)
+    index_resource(resource=resource)
+    return resource
+
+
+@transaction.atomic
+def resource_patch(
+    *, resource_type: str, logical_id: str, patch: Any, source: str, if_match: int | None = None
+) -> Resource:
+    """Apply a JSON Patch (RFC 6902) to the current version; the result is validated like an
+    update and may not change resourceType or id."""
+    resource_type_check(resource_type)
+    if not isinstance(patch, list):
+        raise FhirError(400, IssueCode.STRUCTURE, "A JSON Patch body is an array of operations")
+    resource = _locked(resource_type, logical_id)
+    if resource is None:
+        raise not_found()
+    if resource.deleted:
+        raise _gone(resource)
+    _check_if_match(resource, if_match)
+    try:
+        patched = jsonpatch.JsonPatch(patch).apply(copy.deepcopy(resource.content))
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise FhirError(422, IssueCode.PROCESSING, f"JSON Patch test failed: {exc}") from exc
+    except (
+        jsonpatch.JsonPatchException,
+        jsonpatch.JsonPointerException,
+        TypeError,
+        KeyError,
+        IndexError,
+        ValueError,
+    ) as exc:
+        raise FhirError(422, IssueCode.PROCESSING, f"JSON Patch cannot be applied: {exc}") from exc
+    resource_validate(
+        content=patched, resource_type=resource_type, logical_id=logical_id, require_id=True
+    )
+    # The server owns versionId/lastUpdated; a patch touching them is overwritten, not obeyed.
+    return _store_new_version(resource, patched, Method.PATCH, source)
+
+
+def _gone(resource: Resource) -> FhirError:
+    return FhirError(
+        410,
+        IssueCode.DELETED,
+        f"{resource.resource_type}/{resource.logical_id} has been deleted",
+        headers={"ETag": f'W/"{resource.version_id}"'},
+    )
+
+
+@transaction.atomic
+def resource_delete(
+    *, resource_type: str, logical_id: str, if_match: int | None = None
+) -> Resource:
+    """Delete, keeping history: a DELETE version is appended and the index rows go.
+    Deleting an already deleted resource changes nothing (idempotent)."""
+    resource_type_check(resource_type)
+    resource = _locked(resource_type, logical_id)
+    if resource is None:
+        raise not_found()
+    _check_if_match(resource, if_match)
+    if resource.deleted:
+        return resource
+    resource.version_id += 1
+    resource.last_updated = max(now_instant(), resource.last_updated)
+    resource.deleted = True
+    resource.save(update_fields=["version_id", "last_updated", "deleted"])
+    _append_version(resource, Method.DELETE, None)
+    index_remove(resource=resource)
+    return resource

@@ -1,0 +1,495 @@
+"""Validation of every resource before it is written.
+
+Three layers, all of which must pass before anything is stored:
+
+1. the fhir.resources R4B model of the type (structure, cardinality, primitive formats);
+2. checks the model skips: required-binding codes of the core types (the models type
+   them as plain strings), resource id length, reference format;
+3. agreement with the request: resourceType and id against the URL, payload size.
+
+R4 types that R4B dropped (MedicinalProduct*, *EvidenceSynthesis, Substance* details)
+have no model: they are checked as DomainResources (see docs/fhir.md).
+"""
+
+import re
+from typing import Any
+
+from django.conf import settings
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from fhirplatform.errors import FhirError, Issue, IssueCode
+from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_ELEMENT_NAME = re.compile(r"^_?[a-z][A-Za-z0-9]*$")
+_RELATIVE_REFERENCE = re.compile(
+    r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
+_ABSOLUTE_REFERENCE = re.compile(r"^https?://\S+/(?P<type>[A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}")
+_URN_REFERENCE = re.compile(r"^urn:(uuid:[0-9a-fA-F-]{36}|oid:[0-9.]+)$")
+
+
+def _has_r4b_model(resource_type: str) -> bool:
+    try:
+        get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, ImportError, AttributeError):
+        return False
+    return True
+
+
+# Types of R4 that R4B removed: no R4B model exists, so they get the DomainResource checks.
+R4_ONLY_TYPES: frozenset[str] = frozenset(t for t in R4_RESOURCE_TYPES if not _has_r4b_model(t))
+
+_STATUS = "status"
+_EVENT_REQUEST = (
+    "proposal",
+    "plan",
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "option",
+)
+_FINANCIAL = ("active", "cancelled", "draft", "entered-in-error")
+_GENDER = ("male", "female", "other", "unknown")
+
+# Required bindings (R4 4.0.1) on plain `code` elements of the core types: element -> codes.
+REQUIRED_CODES: dict[str, dict[str, tuple[str, ...]]] = {
+    "Observation": {
+        _STATUS: (
+            "registered",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        )
+    },
+    "Encounter": {
+        _STATUS: (
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        )
+    },
+    "MedicationRequest": {
+        _STATUS: (
+            "active",
+            "on-hold",
+            "cancelled",
+            "completed",
+            "entered-in-error",
+            "stopped",
+            "draft",
+            "unknown",
+        ),
+        "intent": _EVENT_REQUEST,
+    },
+    "Procedure": {
+        _STATUS: (
+            "preparation",
+            "in-progress",
+            "not-done",
+            "on-hold",
+            "stopped",
+            "completed",
+            "entered-in-error",
+            "unknown",
+        )
+    },
+    "DiagnosticReport": {
+        _STATUS: (
+            "registered",
+            "partial",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "appended",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        )
+    },
+    "DocumentReference": {_STATUS: ("current", "superseded", "entered-in-error")},
+    "Consent": {
+        _STATUS: ("draft", "proposed", "active", "rejected", "inactive", "entered-in-error")
+    },
+    "Immunization": {_STATUS: ("completed", "entered-in-error", "not-done")},
+    "AllergyIntolerance": {
+        "type": ("allergy", "intolerance"),
+        "category": ("food", "medication", "environment", "biologic"),
+        "criticality": ("low", "high", "unable-to-assess"),
+    },
+    "Group": {"type": ("person", "animal", "practitioner", "device", "medication", "substance")},
+    "Patient": {"gender": _GENDER},
+    "Practitioner": {"gender": _GENDER},
+    "RelatedPerson": {"gender": _GENDER},
+    "Person": {"gender": _GENDER},
+    "Claim": {_STATUS: _FINANCIAL, "use": ("claim", "preauthorization", "predetermination")},
+    "ClaimResponse": {_STATUS: _FINANCIAL},
+    "Coverage": {_STATUS: _FINANCIAL},
+    "ExplanationOfBenefit": {
+        _STATUS: ("active", "cancelled", "draft", "entered-in-error"),
+        "use": ("claim", "preauthorization", "predetermination"),
+        "outcome": ("queued", "complete", "error", "partial"),
+    },
+    "CarePlan": {
+        _STATUS: (
+            "draft",
+            "active",
+            "on-hold",
+            "revoked",
+            "completed",
+            "entered-in-error",
+            "unknown",
+        ),
+        "intent": ("proposal", "plan", "order", "option"),
+    },
+    "CareTeam": {_STATUS: ("proposed", "active", "suspended", "inactive", "entered-in-error")},
+    "ServiceRequest": {
+        _STATUS: (
+            "draft",
+            "active",
+            "on-hold",
+            "revoked",
+            "completed",
+            "entered-in-error",
+            "unknown",
+        ),
+        "intent": (*_EVENT_REQUEST, "directive"),
+    },
+    "MedicationAdministration": {
+        _STATUS: (
+            "in-progress",
+            "not-done",
+            "on-hold",
+            "completed",
+            "entered-in-error",
+            "stopped",
+            "unknown",
+        )
+    },
+    "MedicationStatement": {
+        _STATUS: (
+            "active",
+            "completed",
+            "entered-in-error",
+            "intended",
+            "stopped",
+            "on-hold",
+            "unknown",
+            "not-taken",
+        )
+    },
+    "ImagingStudy": {
+        _STATUS: ("registered", "available", "cancelled", "entered-in-error", "unknown")
+    },
+    "Goal": {
+        "lifecycleStatus": (
+            "proposed",
+            "planned",
+            "accepted",
+            "active",
+            "on-hold",
+            "completed",
+            "cancelled",
+            "entered-in-error",
+            "rejected",
+        )
+    },
+    "Device": {_STATUS: ("active", "inactive", "entered-in-error", "unknown")},
+    "Location": {_STATUS: ("active", "suspended", "inactive")},
+    "Medication": {_STATUS: ("active", "inactive", "entered-in-error")},
+    "Flag": {_STATUS: ("active", "inactive", "entered-in-error")},
+    "Composition": {_STATUS: ("preliminary", "final", "amended", "entered-in-error")},
+    "QuestionnaireResponse": {
+        _STATUS: ("in-progress", "completed", "amended", "entered-in-error", "stopped")
+    },
+    "EpisodeOfCare": {
+        _STATUS: (
+            "planned",
+            "waitlist",
+            "active",
+            "onhold",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+        )
+    },
+    "FamilyMemberHistory": {
+        _STATUS: ("partial", "completed", "entered-in-error", "health-unknown")
+    },
+    "Task": {
+        _STATUS: (
+            "draft",
+            "requested",
+            "received",
+            "accepted",
+            "rejected",
+            "ready",
+            "cancelled",
+            "in-progress",
+            "on-hold",
+            "failed",
+            "completed",
+            "entered-in-error",
+        )
+    },
+}
+
+# Required bindings on CodeableConcepts: element -> (code system, codes).
+REQUIRED_CONCEPTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
+    "Condition": {
+        "clinicalStatus": (
+            "http://terminology.hl7.org/CodeSystem/condition-clinical",
+            ("active", "recurrence", "relapse", "inactive", "remission", "resolved"),
+        ),
+        "verificationStatus": (
+            "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+            (
+                "unconfirmed",
+                "provisional",
+                "differential",
+                "confirmed",
+                "refuted",
+                "entered-in-error",
+            ),
+        ),
+    },
+    "AllergyIntolerance": {
+        "clinicalStatus": (
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+            ("active", "inactive", "resolved"),
+        ),
+        "verificationStatus": (
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+            ("unconfirmed", "confirmed", "refuted", "entered-in-error"),
+        ),
+    },
+}
+_NARRATIVE_STATUS = ("generated", "extensions", "additional", "empty")
+
+
+def _invalid(diagnostics: str, expression: str, code: IssueCode = IssueCode.VALUE) -> Issue:
+    return Issue(code=code, diagnostics=diagnostics, expression=[expression])
+
+
+def payload_check_size(*, size: int) -> None:
+    limit = settings.FHIR_MAX_PAYLOAD_BYTES
+    if size > limit:
+        raise FhirError(
+            413, IssueCode.TOO_COSTLY, f"Payload of {size} bytes exceeds the limit of {limit} bytes"
+        )
+
+
+def resource_type_check(resource_type: str) -> None:
+    """The type in a URL or Bundle entry must be an R4 resource type (404 like any unknown path)."""
+    if resource_type not in R4_RESOURCE_TYPES:
+        raise FhirError(
+            404, IssueCode.NOT_SUPPORTED, f"'{resource_type}' is not an R4 resource type"
+        )
+
+
+def _expression(resource_type: str, loc: tuple[Any, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "resource_type":
+            path += ".resourceType"
+        else:
+            path += f".{str(part).removesuffix('__ext').replace('__ext', '')}"
+    return path
+
+
+def _model_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
+    model = get_fhir_model_class(resource_type)
+    try:
+        model.model_validate(content)
+    except ValidationError as exc:
+        issues = []
+        for error in exc.errors()[:20]:
+            expression = _expression(resource_type, tuple(error["loc"]))
+            code = IssueCode.REQUIRED if "missing" in error["type"] else IssueCode.STRUCTURE
+            message = " ".join(str(error["msg"]).split())
+            issues.append(_invalid(f"{expression}: {message}", expression, code))
+        return issues
+    return []
+
+
+_DOMAIN_RESOURCE_KEYS = (
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "_implicitRules",
+    "language",
+    "_language",
+    "text",
+    "contained",
+    "extension",
+    "modifierExtension",
+)
+
+
+def _r4_only_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
+    """Types with no R4B model: the DomainResource part by model, the rest by element names."""
+    base = {key: content[key] for key in _DOMAIN_RESOURCE_KEYS if key in content}
+    base["resourceType"] = "DomainResource"
+    issues = _model_issues("DomainResource", base)
+    for issue in issues:
+        issue.expression = [e.replace("DomainResource", resource_type, 1) for e in issue.expression]
+    for key, value in content.items():
+        if key in _DOMAIN_RESOURCE_KEYS:
+            continue
+        if not _ELEMENT_NAME.match(key):
+            issues.append(
+                _invalid(
+                    f"'{key}' is not an element name", f"{resource_type}.{key}", IssueCode.STRUCTURE
+                )
+            )
+        elif value is None or value == "" or value == [] or value == {}:
+            issues.append(
+                _invalid(
+                    f"{resource_type}.{key} must not be empty",
+                    f"{resource_type}.{key}",
+                    IssueCode.STRUCTURE,
+                )
+            )
+    return issues
+
+
+def _binding_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
+    issues = []
+    for element, codes in REQUIRED_CODES.get(resource_type, {}).items():
+        values = content.get(element)
+        for index, value in enumerate(values if isinstance(values, list) else [values]):
+            if value is not None and value not in codes:
+                expression = f"{resource_type}.{element}" + (
+                    f"[{index}]" if isinstance(values, list) else ""
+                )
+                issues.append(
+                    _invalid(
+                        f"{expression} '{value}' is not one of: {', '.join(codes)}", expression
+                    )
+                )
+    for element, (system, codes) in REQUIRED_CONCEPTS.get(resource_type, {}).items():
+        concept = content.get(element)
+        if not isinstance(concept, dict):
+            continue
+        for index, coding in enumerate(concept.get("coding") or []):
+            if (
+                isinstance(coding, dict)
+                and coding.get("system") == system
+                and coding.get("code") not in codes
+            ):
+                expression = f"{resource_type}.{element}.coding[{index}].code"
+                issues.append(
+                    _invalid(f"{expression} '{coding.get('code')}' is not in {system}", expression)
+                )
+    narrative = content.get("text")
+    if isinstance(narrative, dict) and narrative.get("status") not in _NARRATIVE_STATUS:
+        issues.append(
+            _invalid(
+                f"{resource_type}.text.status must be one of: {', '.join(_NARRATIVE_STATUS)}",
+                f"{resource_type}.text.status",
+            )
+        )
+    return issues
+
+
+def _reference_issues(resource_type: str, content: Any, path: str) -> list[Issue]:
+    """Every Reference.reference is relative (Type/id), absolute (URL ending Type/id), a
+    contained '#id', or a urn:uuid/urn:oid; a relative or absolute one names an R4 type."""
+    issues: list[Issue] = []
+    if isinstance(content, dict):
+        for key, value in content.items():
+            child = f"{path}.{key}"
+            if key == "reference" and isinstance(value, str):
+                issue = _reference_issue(value, child)
+                if issue:
+                    issues.append(issue)
+            elif key != "contained" or path != resource_type:
+                issues.extend(_reference_issues(resource_type, value, child))
+            else:
+                for index, item in enumerate(value if isinstance(value, list) else []):
+                    inner = item.get("resourceType", "Resource") if isinstance(item, dict) else ""
+                    issues.extend(_reference_issues(inner, item, f"{child}[{index}]"))
+    elif isinstance(content, list):
+        for index, item in enumerate(content):
+            issues.extend(_reference_issues(resource_type, item, f"{path}[{index}]"))
+    return issues
+
+
+def _reference_issue(value: str, expression: str) -> Issue | None:
+    if (value.startswith("#") and len(value) > 1) or _URN_REFERENCE.match(value):
+        return None
+    match = _RELATIVE_REFERENCE.match(value) or _ABSOLUTE_REFERENCE.match(value)
+    if match and match["type"] in R4_RESOURCE_TYPES:
+        return None
+    return _invalid(
+        f"{expression} '{value[:100]}' is not a reference of the form Type/id, an absolute URL "
+        "ending in Type/id, '#contained-id' or urn:uuid:",
+        expression,
+    )
+
+
+def resource_validate(
+    *, content: Any, resource_type: str, logical_id: str | None = None, require_id: bool = False
+) -> None:
+    """Raise FhirError (400 for the wrong shape, 422 for invalid content) or return.
+
+    `logical_id` is the id in the URL: a body id must agree with it (update), and
+    `require_id` makes the body id mandatory (update, as FHIR requires).
+    """
+    if not isinstance(content, dict):
+        raise FhirError(400, IssueCode.STRUCTURE, "The body must be a JSON object (a resource)")
+    body_type = content.get("resourceType")
+    if body_type != resource_type:
+        raise FhirError(
+            400,
+            IssueCode.INVALID,
+            f"resourceType '{body_type}' does not match the type '{resource_type}' of the URL",
+            expression=[f"{resource_type}.resourceType"],
+        )
+    body_id = content.get("id")
+    if require_id and body_id is None:
+        raise FhirError(
+            400,
+            IssueCode.REQUIRED,
+            "An update must carry the resource id",
+            expression=[f"{resource_type}.id"],
+        )
+    if logical_id is not None and body_id is not None and body_id != logical_id:
+        raise FhirError(
+            400,
+            IssueCode.INVALID,
+            f"Body id '{body_id}' does not match the URL id '{logical_id}'",
+            expression=[f"{resource_type}.id"],
+        )
+    if body_id is not None and not (isinstance(body_id, str) and ID_PATTERN.match(body_id)):
+        raise FhirError(
+            400,
+            IssueCode.VALUE,
+            "id must be 1-64 of A-Z a-z 0-9 - .",
+            expression=[f"{resource_type}.id"],
+        )
+    if resource_type in R4_ONLY_TYPES:
+        issues = _r4_only_issues(resource_type, content)
+    else:
+        issues = _model_issues(resource_type, content)
+    issues += _binding_issues(resource_type, content)
+    issues += _reference_issues(resource_type, content, resource_type)
+    if issues:
+        raise FhirError(422, IssueCode.PROCESSING, issues[0].diagnostics, issues=issues)

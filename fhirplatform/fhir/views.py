@@ -1,0 +1,324 @@
+"""FHIR REST views. Each one declares what it is (describe) and then only parses the
+request, calls a service or selector, and renders the result with its HTTP metadata."""
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django.http import QueryDict
+from django.utils.http import parse_http_date_safe
+from rest_framework.parsers import FormParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from fhirplatform.errors import FhirError, Issue, IssueCode, Severity, operation_outcome
+from fhirplatform.fhir import bundles, selectors, storage
+from fhirplatform.fhir.capability import capability_statement
+from fhirplatform.fhir.http import FHIR_JSON, FhirJSONParser, PlainJSONParser
+from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.pipeline import FhirView, PublicFhirView
+from fhirplatform.fhir.representation import (
+    etag_version,
+    history_bundle,
+    version_headers,
+    version_url,
+)
+from fhirplatform.fhir.validation import payload_check_size, resource_type_check
+from fhirplatform.limits.engine import EndpointClass
+from tenants.scopes import Interaction
+from tenants.selectors import tenant_fhir_base
+
+Description = tuple[Interaction, str, EndpointClass, int]
+
+_WRITE_INTERACTIONS = {
+    "PUT": Interaction.UPDATE,
+    "PATCH": Interaction.PATCH,
+    "DELETE": Interaction.DELETE,
+}
+
+
+class JsonPatchParser(FhirJSONParser):
+    media_type = "application/json-patch+json"
+
+
+def _prefer(request: Request) -> dict[str, str]:
+    """Prefer: return=minimal, handling=strict ... as a dict."""
+    prefer: dict[str, str] = {}
+    for part in request.headers.get("Prefer", "").replace(";", ",").split(","):
+        name, _, value = part.strip().partition("=")
+        if name:
+            prefer[name.lower()] = value.strip().strip('"').lower()
+    return prefer
+
+
+def _params(request: Request) -> list[tuple[str, str]]:
+    return [(name, value) for name, values in request.query_params.lists() for value in values]
+
+
+class BaseFhirView(FhirView):
+    @property
+    def base_url(self) -> str:
+        return tenant_fhir_base(self.caller.tenant)
+
+    def source(self) -> str:
+        # meta.source names the writing client and the request, so a version traces back.
+        request_id = getattr(self.request._request, "request_id", "")
+        return f"urn:fhirplatform:client:{self.caller.client.client_id}#{request_id}"
+
+    def body(self, request: Request) -> Any:
+        payload_check_size(size=int(request.META.get("CONTENT_LENGTH") or 0))
+        data = request.data
+        if not data and not request.META.get("CONTENT_LENGTH"):
+            raise FhirError(400, IssueCode.STRUCTURE, "The request needs a body")
+        return data
+
+    def written(
+        self, request: Request, resource: Resource, status: int, location: bool = False
+    ) -> Response:
+        headers = version_headers(resource)
+        if location:
+            headers["Location"] = version_url(self.base_url, resource)
+        returning = _prefer(request).get("return", "representation")
+        if returning == "minimal":
+            return Response(None, status=status, headers=headers)
+        if returning == "operationoutcome":
+            outcome = operation_outcome(
+                Issue(
+                    code=IssueCode.INFORMATIONAL,
+                    severity=Severity.INFORMATION,
+                    diagnostics=f"{resource.resource_type}/{resource.logical_id} is at version "
+                    f"{resource.version_id}",
+                )
+            )
+            return Response(outcome, status=status, headers=headers)
+        return Response(resource.content, status=status, headers=headers)
+
+    def search(
+        self, request: Request, resource_type: str | None, params: list[tuple[str, str]]
+    ) -> Response:
+        search = selectors.search_function()
+        if search is None:
+            raise selectors.search_unavailable()
+        strict = _prefer(request).get("handling") == "strict"
+        bundle = search(
+            caller=self.caller,
+            resource_type=resource_type,
+            params=params,
+            base_url=self.base_url,
+            strict=strict,
+        )
+        return Response(bundle, content_type=FHIR_JSON)
+
+
+class TypeView(BaseFhirView):
+    """[base]/Type — search (GET) and create (POST, optionally If-None-Exist)."""
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        resource_type_check(kwargs["resource_type"])
+        if request.method == "POST":
+            return Interaction.CREATE, kwargs["resource_type"], EndpointClass.WRITE, 1
+        return Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, 1
+
+    def get(self, request: Request, tenant: str, resource_type: str) -> Response:
+        return self.search(request, resource_type, _params(request))
+
+    def post(self, request: Request, tenant: str, resource_type: str) -> Response:
+        content = self.body(request)
+        if_none_exist = request.headers.get("If-None-Exist")
+        if if_none_exist:
+            result = storage.resource_create_conditional(
+                resource_type=resource_type,
+                content=content,
+                source=self.source(),
+                query=if_none_exist.lstrip("?"),
+                matches=lambda t, q: selectors.resource_match(
+                    caller=self.caller, resource_type=t, query=q
+                ),
+            )
+            status = 201 if result.created else 200
+            return self.written(request, result.resource, status, location=result.created)
+        resource = storage.resource_create(
+            resource_type=resource_type, content=content, source=self.source()
+        )
+        return self.written(request, resource, 201, location=True)
+
+
+class TypeSearchView(BaseFhirView):
+    """[base]/Type/_search — search with form-encoded parameters (POST)."""
+
+    parser_classes = [FormParser]
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        resource_type_check(kwargs["resource_type"])
+        return Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, 1
+
+    def post(self, request: Request, tenant: str, resource_type: str) -> Response:
+        payload_check_size(size=int(request.META.get("CONTENT_LENGTH") or 0))
+        data = request.data
+        if not isinstance(data, QueryDict):
+            raise FhirError(
+                415,
+                IssueCode.NOT_SUPPORTED,
+                "_search takes application/x-www-form-urlencoded parameters",
+            )
+        form = [(name, value) for name, values in data.lists() for value in values]
+        return self.search(request, resource_type, _params(request) + form)
+
+
+class InstanceView(BaseFhirView):
+    """[base]/Type/id — read, update, patch, delete."""
+
+    parser_classes = [FhirJSONParser, PlainJSONParser, JsonPatchParser]
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        resource_type_check(kwargs["resource_type"])
+        interaction = _WRITE_INTERACTIONS.get(request.method or "", Interaction.READ)
+        endpoint = EndpointClass.READ if interaction == Interaction.READ else EndpointClass.WRITE
+        return interaction, kwargs["resource_type"], endpoint, 1
+
+    def get(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
+        resource = selectors.resource_read(resource_type=resource_type, logical_id=logical_id)
+        headers = version_headers(resource)
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match and etag_version(if_none_match) == resource.version_id:
+            return Response(None, status=304, headers=headers)
+        since = parse_http_date_safe(request.headers.get("If-Modified-Since", ""))
+        if (
+            not if_none_match
+            and since is not None
+            and int(resource.last_updated.timestamp()) <= since
+        ):
+            return Response(None, status=304, headers=headers)
+        return Response(resource.content, headers=headers)
+
+    def put(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
+        resource = storage.resource_update(
+            resource_type=resource_type,
+            logical_id=logical_id,
+            content=self.body(request),
+            source=self.source(),
+            if_match=etag_version(request.headers.get("If-Match")),
+        )
+        return self.written(request, resource, 200)
+
+    def patch(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
+        if request.content_type.split(";")[0].strip() != JsonPatchParser.media_type:
+            raise FhirError(
+                415,
+                IssueCode.NOT_SUPPORTED,
+                f"PATCH takes {JsonPatchParser.media_type} (JSON Patch)",
+            )
+        resource = storage.resource_patch(
+            resource_type=resource_type,
+            logical_id=logical_id,
+            patch=self.body(request),
+            source=self.source(),
+            if_match=etag_version(request.headers.get("If-Match")),
+        )
+        return self.written(request, resource, 200)
+
+    def delete(
+        self, request: Request, tenant: str, resource_type: str, logical_id: str
+    ) -> Response:
+        resource = storage.resource_delete(
+            resource_type=resource_type,
+            logical_id=logical_id,
+            if_match=etag_version(request.headers.get("If-Match")),
+        )
+        return Response(None, status=204, headers={"ETag": f'W/"{resource.version_id}"'})
+
+
+class VersionView(BaseFhirView):
+    """[base]/Type/id/_history/vid — vread."""
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        resource_type_check(kwargs["resource_type"])
+        return Interaction.VREAD, kwargs["resource_type"], EndpointClass.READ, 1
+
+    def get(
+        self, request: Request, tenant: str, resource_type: str, logical_id: str, version_id: str
+    ) -> Response:
+        version = selectors.resource_vread(
+            resource_type=resource_type, logical_id=logical_id, version_id=version_id
+        )
+        return Response(version.content, headers=version_headers(version))
+
+
+class HistoryView(BaseFhirView):
+    """_history at instance, type and system level, paged by signed keyset cursors."""
+
+    interaction = Interaction.HISTORY_SYSTEM
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        resource_type = kwargs.get("resource_type")
+        if resource_type is None:
+            # System history spans every type; the scope check needs system/*.s.
+            return Interaction.HISTORY_SYSTEM, "*", EndpointClass.HISTORY, 1
+        resource_type_check(resource_type)
+        interaction = (
+            Interaction.HISTORY_INSTANCE if "logical_id" in kwargs else Interaction.HISTORY_TYPE
+        )
+        return interaction, resource_type, EndpointClass.HISTORY, 1
+
+    def get(
+        self,
+        request: Request,
+        tenant: str,
+        resource_type: str | None = None,
+        logical_id: str | None = None,
+    ) -> Response:
+        params = {name: request.query_params.get(name, "") for name in ("_since", "_count")}
+        query = selectors.history_parse(
+            params=params, resource_type=resource_type, logical_id=logical_id
+        )
+        cursor = request.query_params.get("_cursor")
+        page = selectors.history_page(caller=self.caller, query=query, cursor=cursor)
+        path = "/".join(p for p in (resource_type, logical_id, "_history") if p)
+        kept = {name: value for name, value in params.items() if value}
+        self_query = kept | ({"_cursor": cursor} if cursor else {})
+        self_url = f"{self.base_url}/{path}" + (f"?{urlencode(self_query)}" if self_query else "")
+        next_url = None
+        if page.next_cursor:
+            next_query = kept | {"_count": str(query.count), "_cursor": page.next_cursor}
+            next_url = f"{self.base_url}/{path}?{urlencode(next_query)}"
+        bundle = history_bundle(
+            versions=page.versions, base_url=self.base_url, self_url=self_url, next_url=next_url
+        )
+        return Response(bundle)
+
+
+class SystemView(BaseFhirView):
+    """[base] — batch/transaction Bundles (POST) and whole-system search (GET)."""
+
+    plans: list[bundles.EntryPlan]
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        if request.method != "POST":
+            return Interaction.SEARCH, "*", EndpointClass.SEARCH, 1
+        payload_check_size(size=int(request.META.get("CONTENT_LENGTH") or 0))
+        _, self.plans = bundles.bundle_plan(bundle=request.data, base_url=self.base_url)
+        # The pipeline checks the first entry; every entry is checked again as it runs.
+        first = self.plans[0] if self.plans else None
+        interaction = first.interaction if first else Interaction.SEARCH
+        resource_type = first.resource_type if first else "Bundle"
+        return interaction, resource_type, EndpointClass.BATCH, max(len(self.plans), 1)
+
+    def get(self, request: Request, tenant: str) -> Response:
+        return self.search(request, None, _params(request))
+
+    def post(self, request: Request, tenant: str) -> Response:
+        representation = _prefer(request).get("return") == "representation"
+        bundle = bundles.bundle_process(
+            caller=self.caller,
+            bundle=request.data,
+            base_url=self.base_url,
+            source=self.source(),
+            representation=representation,
+        )
+        return Response(bundle)
+
+
+class MetadataView(PublicFhirView):
+    """[base]/metadata — the CapabilityStatement, no authentication."""
+
+    def get(self, request: Request, tenant: str) -> Response:
+        return Response(capability_statement(base_url=tenant_fhir_base(self.tenant)))

@@ -1,0 +1,103 @@
+"""Helpers shared by the FHIR REST tests: an authenticated test client and body checks."""
+
+import json
+from typing import Any
+
+from django.test import Client
+from fhir.resources.R4B import get_fhir_model_class
+
+FHIR_JSON = "application/fhir+json"
+
+
+class FhirClient:
+    """Django's test client speaking FHIR JSON to one tenant with one bearer token."""
+
+    def __init__(self, tenant_slug: str, token: str) -> None:
+        self.client = Client()
+        self.base = f"/fhir/{tenant_slug}"
+        self.token = token
+
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        out = {"HTTP_AUTHORIZATION": f"Bearer {self.token}", "HTTP_ACCEPT": FHIR_JSON}
+        for name, value in (headers or {}).items():
+            out["HTTP_" + name.upper().replace("-", "_")] = value
+        return out
+
+    def get(self, path: str, headers: dict[str, str] | None = None, **params: Any) -> Any:
+        return self.client.get(f"{self.base}/{path}", params, **self._headers(headers))
+
+    def send(self, method: str, path: str, body: Any, headers: dict[str, str] | None = None,
+             content_type: str = FHIR_JSON) -> Any:
+        data = body if isinstance(body, str | bytes) else json.dumps(body)
+        call = getattr(self.client, method.lower())
+        return call(f"{self.base}/{path}", data, content_type=content_type,
+                    **self._headers(headers))
+
+    def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+        return self.send("POST", path, body, headers)
+
+    def put(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+        return self.send("PUT", path, body, headers)
+
+    def delete(self, path: str, headers: dict[str, str] | None = None) -> Any:
+        return self.client.delete(f"{self.base}/{path}", **self._headers(headers))
+
+
+def fhir_valid(body: dict[str, Any]) -> dict[str, Any]:
+    """Assert the body is valid FHIR (R4B model of its type) and return it."""
+    get_fhir_model_class(body["resourceType"]).model_validate(body)
+    return body
+
+
+def patient(family: str = "Chalmers", **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:1.2.36.146.595.217.0.1", "value": family}],
+        "name": [{"family": family, "given": ["Peter", "James"]}],
+        "gender": "male",
+        "birthDate": "1974-12-25",
+        **extra,
+    }
+
+
+def observation(patient_ref: str, value: float = 72.0) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4",
+                             "display": "Heart rate"}]},
+        "subject": {"reference": patient_ref},
+        "effectiveDateTime": "2024-03-01T10:00:00Z",
+        "valueQuantity": {"value": value, "unit": "beats/minute",
+                          "system": "http://unitsofmeasure.org", "code": "/min"},
+    }
+
+
+GENEROUS_PLAN = "fhir-rest-tests"
+
+
+def generous_limits(*tenants_and_grants: Any) -> None:
+    """Put the given tenants and grants on a count-only (dry-run) plan, so functional tests
+    of the FHIR API are not throttled by the per-minute write budgets of `standard`."""
+    from tenants.models import RatePlan
+
+    plan, _ = RatePlan.objects.get_or_create(
+        name=GENEROUS_PLAN,
+        defaults=dict(
+            description="FHIR REST tests: count, never refuse", read_per_minute=100_000,
+            search_per_minute=100_000, write_per_minute=100_000, history_per_minute=100_000,
+            batch_per_minute=100_000, export_per_hour=1_000, export_poll_per_minute=1_000,
+            concurrency=1_000, daily_quota=100_000_000, dry_run=True,
+        ),
+    )
+    for owner in tenants_and_grants:
+        owner.plan = plan
+        owner.save(update_fields=["plan"])
+    try:
+        from fhirplatform.limits.selectors import profile_cache
+    except ImportError:
+        return
+    profile_cache.clear()

@@ -1,0 +1,131 @@
+"""History at instance, type and system level: _since, _count, keyset paging, isolation."""
+
+import time
+from urllib.parse import urlsplit
+
+import pytest
+from django.utils import timezone
+
+from tests.fhir.rest_support import FhirClient, fhir_valid, generous_limits, observation, patient
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api(cast):
+    generous_limits(cast.tenant_a, cast.tenant_b, cast.client_a.grant, cast.client_b.grant)
+    return FhirClient(cast.tenant_a.slug, cast.client_a.token())
+
+
+def _follow(api, url):
+    """GET an absolute link of this server through the test client."""
+    parts = urlsplit(url)
+    path = parts.path.removeprefix(api.base + "/") + (f"?{parts.query}" if parts.query else "")
+    return api.client.get(f"{api.base}/{path}", **api._headers(None))
+
+
+def test_instance_history_lists_every_version_newest_first(api):
+    created = api.post("Patient", patient()).json()
+    path = f"Patient/{created['id']}"
+    api.put(path, created | {"gender": "female"})
+    api.delete(path)
+    response = api.get(f"{path}/_history")
+    assert response.status_code == 200
+    bundle = fhir_valid(response.json())
+    assert bundle["type"] == "history"
+    methods = [entry["request"]["method"] for entry in bundle["entry"]]
+    assert methods == ["DELETE", "PUT", "POST"]
+    assert [e["response"]["etag"] for e in bundle["entry"]] == ['W/"3"', 'W/"2"', 'W/"1"']
+    assert "resource" not in bundle["entry"][0]
+    assert bundle["entry"][2]["resource"]["gender"] == "male"
+    assert bundle["entry"][1]["fullUrl"].startswith("http")
+    assert bundle["link"][0]["relation"] == "self"
+    assert api.get("Patient/never-existed/_history").status_code == 404
+
+
+def test_type_and_system_history_with_since(api):
+    first = api.post("Patient", patient("Early")).json()
+    time.sleep(0.01)
+    since = timezone.now().isoformat()
+    second = api.post("Patient", patient("Late")).json()
+    obs = api.post("Observation", observation(f"Patient/{second['id']}")).json()
+    typed = fhir_valid(api.get("Patient/_history", _since=since).json())
+    ids = [entry["resource"]["id"] for entry in typed["entry"]]
+    assert second["id"] in ids and first["id"] not in ids and obs["id"] not in ids
+    system = fhir_valid(api.get("_history", _since=since).json())
+    ids = {entry["resource"]["id"] for entry in system["entry"]}
+    assert {second["id"], obs["id"]} <= ids and first["id"] not in ids
+    assert api.get("_history", _since="last tuesday").status_code == 400
+    assert api.get("_history", _count="-1").status_code == 400
+
+
+def test_paging_returns_each_version_exactly_once(api):
+    since = timezone.now().isoformat()
+    created = {api.post("Patient", patient(f"P{i}")).json()["id"] for i in range(23)}
+    seen: list[str] = []
+    response = api.get("Patient/_history", _since=since, _count="5")
+    pages = 0
+    while True:
+        bundle = fhir_valid(response.json())
+        pages += 1
+        assert len(bundle["entry"]) <= 5
+        seen += [entry["resource"]["id"] for entry in bundle["entry"]]
+        nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+        if not nxt:
+            break
+        assert nxt[0].startswith("http") and "_cursor=" in nxt[0]
+        response = _follow(api, nxt[0])
+        assert response.status_code == 200
+    assert pages == 5
+    assert sorted(seen) == sorted(created)
+
+
+def test_count_is_capped(api):
+    bundle = api.get("_history", _count="100000").json()
+    assert len(bundle["entry"]) <= 500
+
+
+def test_cursor_replays_only_for_its_client(api, cast):
+    for i in range(3):
+        api.post("Patient", patient(f"C{i}"))
+    bundle = api.get("Patient/_history", _count="1").json()
+    next_url = next(link["url"] for link in bundle["link"] if link["relation"] == "next")
+    assert _follow(api, next_url).status_code == 200
+    # The same tenant, another client: the signed cursor is refused.
+    from tenants.services import client_create
+
+    other = client_create(partner_name="Second Partner A", tenant_slugs=[cast.tenant_a.slug],
+                          scopes="system/*.rs").grants[0]
+    from tenants.scopes import scopes_parse
+    from tenants.tokens import token_issue
+
+    token = token_issue(grant=other, scopes=scopes_parse("system/*.rs"), auth_method="test")
+    second = FhirClient(cast.tenant_a.slug, token.access_token)
+    refused = _follow(second, next_url)
+    assert refused.status_code == 400
+    assert fhir_valid(refused.json())["issue"][0]["expression"] == ["_cursor"]
+
+
+def test_the_other_tenant_cannot(api, cast):
+    created = api.post("Patient", patient("Secret")).json()
+    bundle = api.get("Patient/_history", _count="1").json()
+    next_url = next(link["url"] for link in bundle["link"] if link["relation"] == "next")
+    token_b = cast.client_b.token()
+    own_b = FhirClient(cast.tenant_b.slug, token_b)
+    for path in ("_history", "Patient/_history"):
+        entries = own_b.get(path).json().get("entry", [])
+        assert created["id"] not in [e.get("resource", {}).get("id") for e in entries]
+    assert own_b.get(f"Patient/{created['id']}/_history").status_code == 404
+    stranger = FhirClient(cast.tenant_a.slug, token_b)
+    assert stranger.get("_history").status_code == 404
+    assert _follow(stranger, next_url).status_code == 404
+    # A's cursor replayed on B's base: B's schema, and refused as not B's cursor.
+    replay = own_b.client.get(
+        f"{own_b.base}/Patient/_history?{urlsplit(next_url).query}", **own_b._headers(None))
+    assert replay.status_code == 400
+
+
+def test_history_needs_search_scope(cast):
+    reader = FhirClient(cast.tenant_a.slug, cast.client_a.token("system/Patient.r"))
+    assert reader.get("Patient/_history").status_code == 403
+    assert reader.get("_history").status_code == 403
