@@ -16,6 +16,7 @@ from fhirplatform.context import context_update
 from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir.http import fhir_error_response
 from fhirplatform.limits.engine import Admission, EndpointClass, limit_admit
+from fhirplatform.limits.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
 from tenants.scopes import Interaction, required_scope_text, scopes_allow
 from tenants.selectors import tenant_for_url
 from tenants.tokens import Caller, token_authenticate
@@ -36,6 +37,7 @@ class FhirView(APIView):
 
     caller: Caller
     admission: Admission | None = None
+    idempotency: IdempotencyClaim | None = None
 
     def describe(
         self, request: Request, **kwargs: Any
@@ -59,19 +61,25 @@ class FhirView(APIView):
         self.admission = limit_admit(
             caller=self.caller, endpoint_class=endpoint_class, resource_type=resource_type, cost=cost
         )
+        self.idempotency = idempotency_begin(request=request, caller=self.caller)
         connection.set_tenant(self.caller.tenant)
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, FhirError):
             return fhir_error_response(exc)
+        if isinstance(exc, IdempotentReplay):
+            return exc.response()  # type: ignore[return-value]
         return super().handle_exception(exc)
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)
+        if self.idempotency is not None:
+            self.idempotency.complete(response)
+            self.idempotency = None
         if self.admission is not None:
             for name, value in self.admission.headers.items():
                 response[name] = value
-            self.admission.release()
+            self.admission.release(status=response.status_code)
             self.admission = None
         return response
 

@@ -1,0 +1,148 @@
+"""Lua run inside Redis: the whole admission decision is one EVALSHA.
+
+Time comes from Redis TIME so every worker shares one clock. Rate buckets are
+GCRA: the key holds the theoretical arrival time (TAT) of the bucket, in seconds.
+"""
+
+# KEYS: config-version, global in-flight ZSET, adaptive HASH, then the rate buckets,
+#       the daily counters and the in-flight slot ZSETs, in that order.
+# ARGV: request id, cost, lease seconds, overload share, #buckets, #dailies, #slots,
+#       overload dry (0/1), adaptive min, adaptive max, then per bucket
+#       (interval, depth, dry), per daily (quota, expire-at, dry), per slot (cap, dry).
+# Returns: config version, admitted (0/1), adaptive limit x1000, global in-flight,
+#          then per item (ok, remaining, reset ms, retry ms); the overload item last.
+ADMIT = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rid = ARGV[1]
+local cost = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
+local share = tonumber(ARGV[4])
+local nb, nd, nc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local overload_dry = ARGV[8] == '1'
+local amin, amax = tonumber(ARGV[9]), tonumber(ARGV[10])
+local a, k = 11, 4
+local out = {}
+local blocked = false
+local writes = {}
+
+for i = 1, nb do
+  local interval, depth = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local dry = ARGV[a + 2] == '1'
+  a = a + 3
+  local stored = tonumber(redis.call('GET', KEYS[k]) or '0')
+  local tat = math.max(stored, now)
+  local new_tat = tat + cost * interval
+  local allow_at = new_tat - depth * interval
+  -- A request costing more than the whole depth still passes into a full bucket.
+  local ok = allow_at <= now or stored <= now
+  if ok then
+    local remaining = math.floor((depth * interval - (new_tat - now)) / interval + 1e-9)
+    table.insert(out, 1); table.insert(out, math.max(remaining, 0))
+    table.insert(out, math.ceil((new_tat - now) * 1000)); table.insert(out, 0)
+    table.insert(writes, {'tat', KEYS[k], new_tat, math.ceil((new_tat - now) * 1000) + 1000})
+  else
+    local remaining = math.floor((depth * interval - (tat - now)) / interval + 1e-9)
+    table.insert(out, 0); table.insert(out, math.max(remaining, 0))
+    table.insert(out, math.ceil((tat - now) * 1000))
+    table.insert(out, math.ceil((allow_at - now) * 1000))
+    if not dry then blocked = true end
+  end
+  k = k + 1
+end
+
+for i = 1, nd do
+  local quota, expire_at = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local dry = ARGV[a + 2] == '1'
+  a = a + 3
+  local used = tonumber(redis.call('GET', KEYS[k]) or '0')
+  local reset_ms = math.ceil((expire_at - now) * 1000)
+  if used + cost <= quota then
+    table.insert(out, 1); table.insert(out, quota - used - cost)
+    table.insert(out, reset_ms); table.insert(out, 0)
+    table.insert(writes, {'daily', KEYS[k], expire_at})
+  else
+    table.insert(out, 0); table.insert(out, math.max(quota - used, 0))
+    table.insert(out, reset_ms); table.insert(out, reset_ms)
+    if not dry then blocked = true end
+  end
+  k = k + 1
+end
+
+for i = 1, nc do
+  local cap = tonumber(ARGV[a])
+  local dry = ARGV[a + 1] == '1'
+  a = a + 2
+  -- Expired leases belong to crashed or stuck workers: reap them before counting.
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
+  local n = redis.call('ZCARD', KEYS[k])
+  if n < cap then
+    table.insert(out, 1); table.insert(out, cap - n - 1)
+    table.insert(out, 0); table.insert(out, 0)
+    table.insert(writes, {'slot', KEYS[k]})
+  else
+    table.insert(out, 0); table.insert(out, 0)
+    table.insert(out, 1000); table.insert(out, 1000)
+    if not dry then blocked = true end
+  end
+  k = k + 1
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local inflight = redis.call('ZCARD', KEYS[2])
+local limit = tonumber(redis.call('HGET', KEYS[3], 'limit') or amax)
+local allowed_inflight = math.max(1, math.floor(limit * share))
+if inflight < allowed_inflight then
+  table.insert(out, 1); table.insert(out, allowed_inflight - inflight - 1)
+  table.insert(out, 0); table.insert(out, 0)
+else
+  table.insert(out, 0); table.insert(out, 0)
+  table.insert(out, 1000); table.insert(out, 1000)
+  if not overload_dry then blocked = true end
+end
+
+if not blocked then
+  for _, w in ipairs(writes) do
+    if w[1] == 'tat' then
+      redis.call('SET', w[2], tostring(w[3]), 'PX', w[4])
+    elseif w[1] == 'daily' then
+      redis.call('INCRBY', w[2], cost)
+      redis.call('EXPIREAT', w[2], math.ceil(w[3]) + 3600)
+    else
+      redis.call('ZADD', w[2], now + lease, rid)
+      redis.call('EXPIRE', w[2], math.ceil(lease) * 2)
+    end
+  end
+  redis.call('ZADD', KEYS[2], now + lease, rid)
+  redis.call('EXPIRE', KEYS[2], math.ceil(lease) * 2)
+end
+
+local version = tonumber(redis.call('GET', KEYS[1]) or '0')
+local head = {version, blocked and 0 or 1, math.floor(limit * 1000), inflight}
+for _, v in ipairs(out) do table.insert(head, v) end
+return head
+"""
+
+# KEYS: global in-flight ZSET, adaptive HASH, then the slot ZSETs.
+# ARGV: request id, bad (1 = slow or server error), adaptive min, adaptive max.
+# AIMD: a bad outcome cuts the limit by 10% at most once a second; each good one
+# adds 1/limit, so the limit grows by about one per "limit" good requests.
+RELEASE = r"""
+for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local amin, amax = tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit = tonumber(redis.call('HGET', KEYS[2], 'limit') or amax)
+if ARGV[2] == '1' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local cut_at = tonumber(redis.call('HGET', KEYS[2], 'cut_at') or '0')
+  if now - cut_at >= 1 then
+    limit = math.max(amin, limit * 0.9)
+    redis.call('HSET', KEYS[2], 'cut_at', tostring(now))
+  end
+else
+  limit = math.min(amax, limit + 1 / limit)
+end
+redis.call('HSET', KEYS[2], 'limit', tostring(limit))
+return math.floor(limit * 1000)
+"""

@@ -1,0 +1,137 @@
+"""Writes: limit overrides, the kill switch, and the throttle event log."""
+
+import atexit
+import logging
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections, transaction
+
+from fhirplatform.limits.models import LimiterSwitch, LimitOverride, ThrottleEvent
+
+logger = logging.getLogger(__name__)
+
+CONFIG_VERSION_KEY = "fp:rl:config-version"
+
+
+def limits_config_bump() -> None:
+    """Tell every process to drop its cached limits now, not when the cache expires."""
+    try:
+        redis.Redis.from_url(
+            settings.LIMITS_REDIS_URL, socket_timeout=1, socket_connect_timeout=1
+        ).incr(CONFIG_VERSION_KEY)
+    except redis.RedisError:
+        # The short local cache still picks the change up within seconds.
+        logger.warning("rate limiter: could not publish a config change; caches expire anyway")
+
+
+def limit_override_save(*, override: LimitOverride) -> LimitOverride:
+    override.full_clean()
+    override.save()
+    transaction.on_commit(limits_config_bump)
+    return override
+
+
+def limit_override_delete(*, override: LimitOverride) -> None:
+    override.delete()
+    transaction.on_commit(limits_config_bump)
+
+
+def limiter_switch_set(*, enabled: bool) -> LimiterSwitch:
+    """The platform-wide kill switch: off means nothing is refused anywhere."""
+    switch, _ = LimiterSwitch.objects.update_or_create(pk=1, defaults={"limits_enabled": enabled})
+    logger.warning("rate limiter switch changed", extra={"limits_enabled": enabled})
+    transaction.on_commit(limits_config_bump)
+    return switch
+
+
+_EventKey = tuple[
+    int, int, int, str, str, str, bool
+]  # second, tenant, client, reason, class, policy, dry
+
+
+class ThrottleEventBuffer:
+    """Refusals are counted in memory per second and per (tenant, client, reason,
+    endpoint class, policy) and written by one bulk insert a second per process,
+    so a client flooding at thousands of refusals a second costs one row per
+    second per process, not one row per refusal."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: Counter[_EventKey] = Counter()
+        self.thread: threading.Thread | None = None
+
+    def add(self, key: _EventKey) -> None:
+        with self.lock:
+            self.counts[key] += 1
+            if settings.LIMITS_EVENTS_BACKGROUND_FLUSH and (
+                self.thread is None or not self.thread.is_alive()
+            ):
+                self.thread = threading.Thread(
+                    target=self._run, name="throttle-events", daemon=True
+                )
+                self.thread.start()
+
+    def flush(self) -> int:
+        with self.lock:
+            counts, self.counts = self.counts, Counter()
+        if not counts:
+            return 0
+        rows = [
+            ThrottleEvent(
+                occurred=datetime.fromtimestamp(second, UTC),
+                tenant_id=tenant_id,
+                client_id=client_id,
+                reason=reason,
+                endpoint_class=endpoint_class,
+                policy=policy,
+                dry_run=dry,
+                count=count,
+            )
+            for (
+                second,
+                tenant_id,
+                client_id,
+                reason,
+                endpoint_class,
+                policy,
+                dry,
+            ), count in counts.items()
+        ]
+        ThrottleEvent.objects.bulk_create(rows)
+        return len(rows)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                self.flush()
+            except Exception:
+                logger.exception("rate limiter: throttle events could not be written")
+            finally:
+                close_old_connections()
+
+
+_events = ThrottleEventBuffer()
+atexit.register(lambda: _events.flush() if _events.counts else None)
+
+
+def throttle_event_record(
+    *,
+    tenant_id: int,
+    client_id: int,
+    reason: str,
+    endpoint_class: str,
+    policy: str,
+    dry_run: bool,
+) -> None:
+    _events.add((int(time.time()), tenant_id, client_id, reason, endpoint_class, policy, dry_run))
+
+
+def throttle_events_flush() -> int:
+    """Write buffered throttle events now; returns the number of rows written."""
+    return _events.flush()

@@ -1,0 +1,67 @@
+"""Fixtures for the limit engine: a clean limiter Redis per test, fresh plans and callers."""
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from django.conf import settings
+
+from fhirplatform.limits import services as limit_services
+from fhirplatform.limits.engine import limits_reset_local_state
+from tenants.models import Grant, RatePlan, Tenant
+from tenants.scopes import scopes_parse
+from tenants.services import client_create
+from tenants.tokens import Caller
+
+
+@pytest.fixture
+def limiter_redis(settings: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """The limiter's Redis database, empty, with no cached profiles in this process."""
+    settings.LIMITS_EVENTS_BACKGROUND_FLUSH = False  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(settings.LIMITS_REDIS_URL)  # type: ignore[attr-defined]
+    client.flushdb()
+    limits_reset_local_state()
+    limit_services._events.counts.clear()  # events of earlier, rolled-back tests
+    yield client
+    limits_reset_local_state()
+    limit_services._events.counts.clear()
+
+
+def plan_make(**limits: int | bool) -> RatePlan:
+    """A plan with generous defaults; pass the limits a test is about."""
+    values: dict[str, int | bool] = {
+        "read_per_minute": 6000, "search_per_minute": 6000, "write_per_minute": 6000,
+        "history_per_minute": 6000, "batch_per_minute": 6000, "export_per_hour": 6000,
+        "export_poll_per_minute": 6000, "burst_seconds": 10, "concurrency": 1000,
+        "daily_quota": 10_000_000, "priority": 50,
+    }
+    values.update(limits)
+    return RatePlan.objects.create(name="p-" + uuid.uuid4().hex[:10], **values)  # type: ignore[arg-type]
+
+
+def caller_for(grant: Grant) -> Caller:
+    grant = Grant.objects.select_related("client", "tenant__plan", "plan").get(pk=grant.pk)
+    return Caller(
+        tenant=grant.tenant, client=grant.client, grant=grant,
+        scopes=scopes_parse(grant.scopes), token_id=uuid.uuid4().hex,
+    )
+
+
+@pytest.fixture
+def new_caller() -> Callable[..., Caller]:
+    """A fresh client on a tenant, its grant on the given plan (unique keys per test)."""
+
+    def make(tenant: Tenant, plan: RatePlan | None = None) -> Caller:
+        issued = client_create(
+            partner_name="Limits " + uuid.uuid4().hex[:8], tenant_slugs=[tenant.slug],
+            scopes="system/*.cruds", plan_name=(plan or plan_make()).name,
+        )
+        return caller_for(issued.grants[0])
+
+    return make
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return str(settings.LIMITS_REDIS_URL)
