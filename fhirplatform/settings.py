@@ -18,9 +18,10 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 # Absolute URLs (token endpoint, FHIR base, Bundle links) are built from this, never from Host.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
 
+# `tenants` comes first so its create_tenant command wins over django-tenants' own.
 SHARED_APPS = [
-    "django_tenants",
     "tenants",
+    "django_tenants",
     "fhirplatform.limits",
     "django.contrib.admin",
     "django.contrib.auth",

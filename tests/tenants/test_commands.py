@@ -57,7 +57,7 @@ class TestCreateTenant:
         [
             ("Bad_Slug", [], "invalid slug"),
             ("ab", [], "invalid slug"),
-            ("-leading", [], "invalid slug"),
+            ("9leading", [], "invalid slug"),
             ("public", [], "reserved"),
             ("provider-a", [], "already exists"),
             ("fine-slug", ["--plan", "platinum"], "unknown plan"),

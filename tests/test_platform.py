@@ -1,0 +1,122 @@
+"""Cross-cutting platform pieces: probes, request ids, JSON logs, metrics, tenant tasks."""
+
+import json
+import logging
+
+import pytest
+from celery.exceptions import TimeoutError as CeleryTimeout
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from fhirplatform.celery import TenantMissing, app
+from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.tasks import resource_counts
+
+db = pytest.mark.django_db
+
+
+def test_healthz():
+    response = Client().get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@db
+def test_readyz_checks_postgres_redis_and_every_schemas_migrations(cast):
+    response = Client().get("/readyz")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ready"
+    assert body["checks"]["postgres"]["ok"] and body["checks"]["redis"]["ok"]
+    assert body["checks"]["migrations"]["tenants"] >= 2
+
+
+@db
+def test_readyz_reports_a_tenant_schema_behind_on_migrations(cast):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'DELETE FROM "{cast.tenant_b.schema_name}".django_migrations WHERE app = %s', ["fhir"]
+        )
+    response = Client().get("/readyz")
+    assert response.status_code == 503
+    assert cast.tenant_b.schema_name in response.json()["checks"]["migrations"]["error"]
+
+
+@db
+def test_sane_request_id_is_echoed_and_insane_one_replaced():
+    browser = Client()
+    assert browser.get("/healthz", HTTP_X_REQUEST_ID="req-12345678")["X-Request-ID"] == "req-12345678"
+    minted = browser.get("/healthz", HTTP_X_REQUEST_ID="bad id\r\n<script>")["X-Request-ID"]
+    assert len(minted) == 32 and minted.isalnum()
+    assert len(browser.get("/healthz")["X-Request-ID"]) == 32
+
+
+@db
+def test_every_log_line_is_json_with_the_request_id(caplog):
+    handler = logging.getLogger().handlers[0]
+    with caplog.at_level(logging.INFO, logger="fhirplatform.request"):
+        Client().get("/healthz", HTTP_X_REQUEST_ID="trace-abcdef12")
+    record = next(r for r in caplog.records if r.name == "fhirplatform.request")
+    for log_filter in handler.filters:
+        log_filter.filter(record)  # type: ignore[union-attr]
+    line = json.loads(handler.format(record))
+    assert line["request_id"] == "trace-abcdef12"
+    assert line["status"] == 200 and line["path"] == "/healthz"
+
+
+@db
+def test_unknown_url_gets_an_operation_outcome():
+    response = Client().get("/no/such/page")
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@db
+def test_metrics_are_prometheus_text_for_loopback_only():
+    browser = Client()
+    browser.get("/healthz")
+    response = browser.get("/metrics", REMOTE_ADDR="127.0.0.1")
+    assert response.status_code == 200
+    assert b"fhirplatform_http_requests_total" in response.content
+    assert browser.get("/metrics", REMOTE_ADDR="203.0.113.9").status_code == 404
+
+
+@db
+def test_tenant_task_without_tenant_fails_closed():
+    with pytest.raises(TypeError):
+        resource_counts.delay()  # refused before it is even enqueued
+    with pytest.raises(TenantMissing):
+        resource_counts.apply(kwargs={}).get()
+    with pytest.raises(TenantMissing):
+        resource_counts.apply(kwargs={"tenant_schema": "t_nobody"}).get()
+
+
+@pytest.mark.usefixtures("committed")
+def test_task_enqueued_for_tenant_a_runs_in_a_schema_on_a_real_worker(cast, celery_worker_process):
+    connection.set_tenant(cast.tenant_a)
+    Resource.objects.create(
+        resource_type="Basic", logical_id="celery-probe", version_id=1,
+        last_updated=timezone.now(), content={"resourceType": "Basic", "id": "celery-probe"},
+    )
+    connection.set_schema_to_public()
+    try:
+        result_a = resource_counts.delay(tenant_schema=cast.tenant_a.schema_name).get(timeout=60)
+        result_b = resource_counts.delay(tenant_schema=cast.tenant_b.schema_name).get(timeout=60)
+    except CeleryTimeout:
+        pytest.fail("the Celery worker did not answer")
+    finally:
+        connection.set_tenant(cast.tenant_a)
+        Resource.objects.filter(logical_id="celery-probe").delete()
+        connection.set_schema_to_public()
+    assert result_a["schema"] == cast.tenant_a.schema_name
+    assert result_a["counts"].get("Basic", 0) >= 1
+    assert result_b["schema"] == cast.tenant_b.schema_name
+    assert "Basic" not in result_b["counts"]
+
+
+@pytest.mark.usefixtures("committed")
+def test_worker_refuses_a_task_without_tenant(cast, celery_worker_process):
+    with pytest.raises(TenantMissing):
+        # Sent by name, as another producer would, so the worker itself must refuse it.
+        app.send_task("fhir.tasks.resource_counts", kwargs={}).get(timeout=60)
