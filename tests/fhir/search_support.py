@@ -78,7 +78,7 @@ def stored_many(resource_type: str, contents: list[dict[str, Any]]) -> list[Reso
 
 
 def in_tenant(tenant: Tenant) -> None:
-    connection.set_tenant(tenant)
+    connection.set_tenant(tenant)  # type: ignore[attr-defined]
 
 
 def search(

@@ -347,4 +347,4 @@ def test_other_tenant_sees_none_of_it(world: dict[str, Any], cast: Any) -> None:
     assert ids(search(caller_b, "Observation", f"patient={m}&_include=Observation:patient")) == []
     assert search(caller_b, "Patient", f"_id={m}&_summary=count")["total"] == 0
     assert search(caller_b, "Patient", "_revinclude=Observation:subject").get("entry") is None
-    connection.set_schema_to_public()
+    connection.set_schema_to_public()  # type: ignore[attr-defined]

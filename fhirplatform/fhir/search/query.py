@@ -336,10 +336,10 @@ def index_filter(
         resource_id=OuterRef("pk"), resource_type__in=resource_types, param=parameter.name
     )
     if criterion.modifier == Modifier.MISSING:
-        return ~Exists(rows) if _missing(criterion) else Exists(rows)
+        return ~Q(Exists(rows)) if _missing(criterion) else Q(Exists(rows))
     combined = Q()
     for value in criterion.values:
         combined |= value_q(parameter, criterion, value, base_url)
     if criterion.modifier == Modifier.NOT:
-        return ~Exists(rows.filter(combined))
-    return Exists(rows.filter(combined))
+        return ~Q(Exists(rows.filter(combined)))
+    return Q(Exists(rows.filter(combined)))

@@ -373,7 +373,7 @@ def _page(
                 Q(**{f"sort_key__{after}": key}) | Q(sort_key=key, **{f"pk__{after}": pk})
             )
     ordering = ["-sort_key", "-pk"] if descending else ["sort_key", "pk"]
-    rows = list(queryset.order_by(*ordering)[: request.count + 1])
+    rows: list[Resource] = list(queryset.order_by(*ordering)[: request.count + 1])
     more = len(rows) > request.count
     rows = rows[: request.count]
     if direction == Direction.PREVIOUS:

@@ -1,0 +1,111 @@
+"""Keyset paging: every result exactly once in both directions, and page links that
+replay only for the tenant and client that made them."""
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import pytest
+
+from fhirplatform.errors import FhirError
+from tests.fhir.search_support import caller_for, follow, ids, in_tenant, link, search, stored_many
+
+RESULTS = 2500
+PAGE = 300
+
+
+@pytest.fixture
+def many(db: None, cast: Any) -> dict[str, Any]:
+    in_tenant(cast.tenant_a)
+    contents = [
+        {
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4" if n % 5 else "9279-1"}]},
+            "subject": {"reference": f"Patient/p{n % 40}"},
+            # Many rows share a date, so ties must be broken by row id.
+            "effectiveDateTime": f"2021-{n % 12 + 1:02d}-{n % 28 + 1:02d}",
+            "valueQuantity": {"value": n % 97, "system": "http://unitsofmeasure.org", "code": "/min"},
+        }
+        for n in range(RESULTS)
+    ]
+    rows = stored_many("Observation", contents)
+    return {"ids": [r.logical_id for r in rows], "caller": caller_for(cast.client_a, cast.tenant_a)}
+
+
+def walk(caller: Any, query: str, relation: str, start: dict[str, Any] | None = None) -> list[list[str]]:
+    bundle = start or search(caller, "Observation", query)
+    pages = [ids(bundle)]
+    while (url := link(bundle, relation)) is not None:
+        bundle = follow(caller, "Observation", url)
+        pages.append(ids(bundle))
+    return pages
+
+
+@pytest.mark.parametrize("sort", ["", "_sort=-date", "_sort=date", "_sort=_id", "_sort=-value-quantity",
+                                  "_sort=-_lastUpdated"])
+def test_every_result_exactly_once_forward_and_back(many: dict[str, Any], sort: str) -> None:
+    caller = many["caller"]
+    query = f"code=8867-4&_count={PAGE}&{sort}"
+    expected = {i for n, i in enumerate(many["ids"]) if n % 5}
+    forward = walk(caller, query, "next")
+    seen = [i for page in forward for i in page]
+    assert len(seen) == len(expected) and set(seen) == expected
+    assert all(len(page) == PAGE for page in forward[:-1])
+    # From the last page back to the first: the same pages, in reverse.
+    last_bundle = search(caller, "Observation", query)
+    while (url := link(last_bundle, "next")) is not None:
+        last_bundle = follow(caller, "Observation", url)
+    backward = walk(caller, query, "previous", start=last_bundle)
+    assert backward == list(reversed(forward))
+
+
+def test_sort_order_holds_across_pages(many: dict[str, Any]) -> None:
+    caller = many["caller"]
+    forward = [i for page in walk(caller, f"_count={PAGE}&_sort=-date", "next") for i in page]
+    position = {i: n for n, i in enumerate(many["ids"])}
+    months = [(position[i] % 12, position[i] % 28) for i in forward]
+    dates = [f"{m + 1:02d}-{d + 1:02d}" for m, d in months]
+    assert dates == sorted(dates, reverse=True)
+
+
+def test_total_only_when_cheap_or_asked(many: dict[str, Any]) -> None:
+    caller = many["caller"]
+    assert "total" not in search(caller, "Observation", f"_count={PAGE}")
+    assert search(caller, "Observation", f"_count={PAGE}&_total=accurate")["total"] == RESULTS
+    assert search(caller, "Observation", "_summary=count")["total"] == RESULTS
+
+
+def test_page_link_of_another_tenant_or_client_is_refused(many: dict[str, Any], cast: Any) -> None:
+    url = link(search(many["caller"], "Observation", f"_count={PAGE}"), "next")
+    assert url is not None
+    in_tenant(cast.tenant_b)
+    with pytest.raises(FhirError) as other_tenant:
+        follow(caller_for(cast.client_b, cast.tenant_b), "Observation", url)
+    assert other_tenant.value.status == 404
+    in_tenant(cast.tenant_a)
+    # Same tenant, another client holding the link: the same 404.
+    stranger = caller_for(cast.outsider, cast.tenant_a)
+    with pytest.raises(FhirError) as other_client:
+        follow(stranger, "Observation", url)
+    assert other_client.value.status == 404
+
+
+def test_page_link_is_tamper_proof_and_bound_to_its_search(many: dict[str, Any]) -> None:
+    caller = many["caller"]
+    url = link(search(caller, "Observation", f"code=8867-4&_count={PAGE}"), "next")
+    assert url is not None
+    params = parse_qsl(urlsplit(url).query)
+    cursor = dict(params)["_cursor"]
+    forged = [(k, v if k != "_cursor" else cursor[:-3] + "abc") for k, v in params]
+    with pytest.raises(FhirError) as tampered:
+        search(caller, "Observation", urlencode(forged))
+    assert tampered.value.status == 400
+    swapped = [(k, v if k != "code" else "9279-1") for k, v in params]
+    with pytest.raises(FhirError) as other_search:
+        search(caller, "Observation", urlencode(swapped))
+    assert other_search.value.status == 400 and "different search" in other_search.value.issues[0].diagnostics
+
+
+def test_other_tenant_pages_see_nothing(many: dict[str, Any], cast: Any) -> None:
+    in_tenant(cast.tenant_b)
+    bundle = search(caller_for(cast.client_b, cast.tenant_b), "Observation", f"_count={PAGE}")
+    assert ids(bundle) == [] and link(bundle, "next") is None and bundle["total"] == 0
