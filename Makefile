@@ -21,10 +21,10 @@ services: $(STAMP)
 run: services
 	$(WITH_SERVICES) $(BIN)/python scripts/run.py
 
-lint: $(STAMP)
+lint: services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy .
+	$(WITH_SERVICES) $(BIN)/mypy .
 
 test: services lint
 	$(WITH_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run

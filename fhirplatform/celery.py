@@ -13,6 +13,8 @@ from typing import Any
 from celery import Celery, Task
 from celery.schedules import crontab
 
+from fhirplatform.schemas import schema_activate, schema_public
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
 
 app = Celery("fhirplatform")
@@ -42,8 +44,6 @@ class TenantTask(Task):  # type: ignore[misc]
     abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from django.db import connection
-
         from tenants.models import Tenant
 
         schema = kwargs.get("tenant_schema")
@@ -52,11 +52,11 @@ class TenantTask(Task):  # type: ignore[misc]
         tenant = Tenant.objects.filter(schema_name=schema).first()
         if tenant is None:
             raise TenantMissing(f"{self.name}: no tenant with schema {schema!r}")
-        connection.set_tenant(tenant)
+        schema_activate(tenant)
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            connection.set_schema_to_public()
+            schema_public()
 
 
 def tenant_task(**options: Any) -> Callable[[Callable[..., Any]], Any]:

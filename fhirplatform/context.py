@@ -4,7 +4,7 @@ import logging
 import re
 import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
@@ -15,7 +15,6 @@ class RequestContext:
     tenant: str = ""
     client: str = ""
     actor: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
@@ -34,10 +33,10 @@ def context_begin(*, request_id: str) -> RequestContext:
     return context
 
 
-def context_update(**changes: str) -> None:
+def context_update(*, tenant: str, client: str, actor: str) -> None:
     context = _current.get()
     if context is not None:
-        _current.set(replace(context, **changes))
+        _current.set(replace(context, tenant=tenant, client=client, actor=actor))
 
 
 def context_end() -> None:

@@ -10,6 +10,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from fhirplatform.schemas import schema_public
 from tenants.models import Tenant
 
 
@@ -41,21 +42,19 @@ def _redis() -> None:
 
 
 def _migrations() -> dict[str, Any]:
-    """Public schema: no unapplied migration. Tenant schemas: each has every tenant-app migration."""
-    connection.set_schema_to_public()
+    """Public schema has no unapplied migration; each tenant schema has every tenant-app one."""
+    schema_public()
     executor = MigrationExecutor(connection)
     pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
     if pending:
         raise RuntimeError(f"{len(pending)} public migration(s) pending")
     tenant_labels = {app.rsplit(".", 1)[-1] for app in settings.TENANT_APPS}
-    expected = {
-        key for key in executor.loader.graph.nodes if key[0] in tenant_labels
-    }
+    expected = {key for key in executor.loader.graph.nodes if key[0] in tenant_labels}
     schemas = list(Tenant.objects.values_list("schema_name", flat=True))
     if not schemas:
         return {"tenants": 0}
     union = " UNION ALL ".join(
-        f"SELECT %s AS schema, app, name FROM \"{schema}\".django_migrations" for schema in schemas
+        f'SELECT %s AS schema, app, name FROM "{schema}".django_migrations' for schema in schemas
     )
     with connection.cursor() as cursor:
         cursor.execute(union, schemas)
@@ -71,6 +70,11 @@ def _migrations() -> dict[str, Any]:
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"postgres": _check(_postgres), "redis": _check(_redis)}
-    checks["migrations"] = _check(_migrations) if checks["postgres"]["ok"] else {"ok": False, "error": "postgres down"}
+    checks["migrations"] = (
+        _check(_migrations) if checks["postgres"]["ok"] else {"ok": False, "error": "postgres down"}
+    )
     ready = all(check["ok"] for check in checks.values())
-    return JsonResponse({"status": "ready" if ready else "not-ready", "checks": checks}, status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ready" if ready else "not-ready", "checks": checks},
+        status=200 if ready else 503,
+    )

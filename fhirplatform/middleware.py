@@ -2,11 +2,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from fhirplatform.context import context_begin, context_end, request_id_from_header
 from fhirplatform.metrics import LATENCY, REQUESTS, route_class
+from fhirplatform.schemas import schema_public
 
 logger = logging.getLogger("fhirplatform.request")
 
@@ -56,8 +56,8 @@ class PublicSchemaMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        connection.set_schema_to_public()
+        schema_public()
         try:
             return self.get_response(request)
         finally:
-            connection.set_schema_to_public()
+            schema_public()

@@ -36,8 +36,14 @@ def admin_execute(base_url: str, sql: str) -> None:
 
 def manage(env: dict[str, str], *args: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -54,6 +60,7 @@ def main() -> None:
     try:
         print(f"public schema migrate: {manage(env, 'migrate_schemas', '--shared'):.2f} s")
         os.environ.update(env)
+        sys.path.insert(0, str(ROOT))
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
         import django
 

@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from tenants import services, tokens
+from tenants import services
 from tenants.models import (
     AccessToken,
     ApiClient,
@@ -44,8 +44,21 @@ class RatePlanAdmin(admin.ModelAdmin):
     search_fields = ["name", "description"]
 
 
+class GrantForm(forms.ModelForm):
+    class Meta:
+        model = Grant
+        fields = ["client", "tenant", "scopes", "purposes", "plan", "status"]
+
+    def clean_scopes(self) -> str:
+        try:
+            return scopes_text(scopes_parse(self.cleaned_data["scopes"]))
+        except ScopeError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
 class GrantInline(admin.TabularInline):
     model = Grant
+    form = GrantForm
     extra = 0
     fields = ["client", "tenant", "scopes", "purposes", "plan", "status", "created"]
     readonly_fields = ["created"]
@@ -145,21 +158,6 @@ class ClientSecretInline(admin.TabularInline):
         return False
 
 
-class GrantForm(forms.ModelForm):
-    class Meta:
-        model = Grant
-        fields = ["client", "tenant", "scopes", "purposes", "plan", "status"]
-
-    def clean_scopes(self) -> str:
-        try:
-            return scopes_text(scopes_parse(self.cleaned_data["scopes"]))
-        except ScopeError as exc:
-            raise forms.ValidationError(str(exc)) from None
-
-
-GrantInline.form = GrantForm
-
-
 @admin.register(ApiClient)
 class ApiClientAdmin(admin.ModelAdmin):
     list_display = ["client_id", "name", "partner", "status", "created", "revoked_at"]
@@ -205,7 +203,15 @@ class GrantAdmin(admin.ModelAdmin):
 
 @admin.register(AccessToken)
 class AccessTokenAdmin(admin.ModelAdmin):
-    list_display = ["id", "client", "tenant", "auth_method", "issued_at", "expires_at", "revoked_at"]
+    list_display = [
+        "id",
+        "client",
+        "tenant",
+        "auth_method",
+        "issued_at",
+        "expires_at",
+        "revoked_at",
+    ]
     list_filter = ["auth_method", "tenant", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["id", "client__client_id", "tenant__slug"]
     readonly_fields = [
@@ -228,5 +234,5 @@ class AccessTokenAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
         for token in queryset.filter(revoked_at__isnull=True):
-            tokens.token_revoke(token=token)
+            services.token_revoke(token=token)
         self.message_user(request, "Revoked.", messages.SUCCESS)

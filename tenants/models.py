@@ -92,9 +92,7 @@ class Partner(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     contact_email = models.EmailField(blank=True)
-    members = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, blank=True, related_name="partners"
-    )
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="partners")
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -155,6 +153,9 @@ class ClientSecret(models.Model):
 
     class Meta:
         ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"secret …{self.hint}"
 
 
 class GrantStatus(models.TextChoices):

@@ -20,8 +20,8 @@ import pytest
 import redis
 import requests
 from django.conf import settings
-from django.db import connection
 
+from fhirplatform.schemas import schema_public
 from tenants.models import ApiClient, Grant, Tenant
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, tenant_create
@@ -81,7 +81,7 @@ def committed(django_db_blocker: pytest.FixtureRequest) -> Iterator[None]:
     """Writes outside the per-test transaction, visible to live servers and workers."""
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         yield
-        connection.set_schema_to_public()
+        schema_public()
 
 
 @pytest.fixture
@@ -135,9 +135,20 @@ def live_server_url(django_db_setup: Cast) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     env = test_environment() | {"PUBLIC_BASE_URL": base}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "fhirplatform.wsgi:application",
-         "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "fhirplatform.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--log-level",
+            "warning",
+        ],
         cwd=ROOT,
         env=env,
     )
@@ -154,8 +165,20 @@ def celery_worker_process(django_db_setup: Cast) -> Iterator[subprocess.Popen[by
     """A real Celery worker consuming from the test Redis database."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "fhirplatform", "worker",
-         "--pool", "solo", "--loglevel", "warning", "--without-gossip", "--without-mingle"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "fhirplatform",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "warning",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         cwd=ROOT,
         env=test_environment(),
     )

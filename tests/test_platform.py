@@ -12,6 +12,7 @@ from django.utils import timezone
 from fhirplatform.celery import TenantMissing, app
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.tasks import resource_counts
+from fhirplatform.schemas import schema_activate, schema_public
 
 db = pytest.mark.django_db
 
@@ -46,7 +47,9 @@ def test_readyz_reports_a_tenant_schema_behind_on_migrations(cast):
 @db
 def test_sane_request_id_is_echoed_and_insane_one_replaced():
     browser = Client()
-    assert browser.get("/healthz", HTTP_X_REQUEST_ID="req-12345678")["X-Request-ID"] == "req-12345678"
+    assert (
+        browser.get("/healthz", HTTP_X_REQUEST_ID="req-12345678")["X-Request-ID"] == "req-12345678"
+    )
     minted = browser.get("/healthz", HTTP_X_REQUEST_ID="bad id\r\n<script>")["X-Request-ID"]
     assert len(minted) == 32 and minted.isalnum()
     assert len(browser.get("/healthz")["X-Request-ID"]) == 32
@@ -94,21 +97,24 @@ def test_tenant_task_without_tenant_fails_closed():
 
 @pytest.mark.usefixtures("committed")
 def test_task_enqueued_for_tenant_a_runs_in_a_schema_on_a_real_worker(cast, celery_worker_process):
-    connection.set_tenant(cast.tenant_a)
+    schema_activate(cast.tenant_a)
     Resource.objects.create(
-        resource_type="Basic", logical_id="celery-probe", version_id=1,
-        last_updated=timezone.now(), content={"resourceType": "Basic", "id": "celery-probe"},
+        resource_type="Basic",
+        logical_id="celery-probe",
+        version_id=1,
+        last_updated=timezone.now(),
+        content={"resourceType": "Basic", "id": "celery-probe"},
     )
-    connection.set_schema_to_public()
+    schema_public()
     try:
         result_a = resource_counts.delay(tenant_schema=cast.tenant_a.schema_name).get(timeout=60)
         result_b = resource_counts.delay(tenant_schema=cast.tenant_b.schema_name).get(timeout=60)
     except CeleryTimeout:
         pytest.fail("the Celery worker did not answer")
     finally:
-        connection.set_tenant(cast.tenant_a)
+        schema_activate(cast.tenant_a)
         Resource.objects.filter(logical_id="celery-probe").delete()
-        connection.set_schema_to_public()
+        schema_public()
     assert result_a["schema"] == cast.tenant_a.schema_name
     assert result_a["counts"].get("Basic", 0) >= 1
     assert result_b["schema"] == cast.tenant_b.schema_name

@@ -7,7 +7,6 @@ handler → headers. Errors anywhere become an OperationOutcome with the headers
 import logging
 from typing import Any
 
-from django.db import connection
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,6 +16,7 @@ from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir.http import fhir_error_response
 from fhirplatform.limits.engine import Admission, EndpointClass, limit_admit
 from fhirplatform.limits.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
+from fhirplatform.schemas import schema_activate
 from tenants.scopes import Interaction, required_scope_text, scopes_allow
 from tenants.selectors import tenant_for_url
 from tenants.tokens import Caller, token_authenticate
@@ -50,19 +50,27 @@ class FhirView(APIView):
         self.caller = token_authenticate(
             authorization=request.headers.get("Authorization"), url_tenant_slug=url_slug
         )
-        context_update(tenant=self.caller.tenant.slug, client=self.caller.client.client_id,
-                       actor=self.caller.actor)
+        context_update(
+            tenant=self.caller.tenant.slug,
+            client=self.caller.client.client_id,
+            actor=self.caller.actor,
+        )
         interaction, resource_type, endpoint_class, cost = self.describe(request, **kwargs)
         if not scopes_allow(self.caller.scopes, resource_type, interaction):
             needed = required_scope_text(resource_type, interaction)
             raise FhirError(
-                403, IssueCode.FORBIDDEN, f"Missing scope {needed} for {interaction} on {resource_type}"
+                403,
+                IssueCode.FORBIDDEN,
+                f"Missing scope {needed} for {interaction} on {resource_type}",
             )
         self.admission = limit_admit(
-            caller=self.caller, endpoint_class=endpoint_class, resource_type=resource_type, cost=cost
+            caller=self.caller,
+            endpoint_class=endpoint_class,
+            resource_type=resource_type,
+            cost=cost,
         )
         self.idempotency = idempotency_begin(request=request, caller=self.caller)
-        connection.set_tenant(self.caller.tenant)
+        schema_activate(self.caller.tenant)
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, FhirError):

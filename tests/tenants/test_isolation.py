@@ -5,6 +5,7 @@ from django.db import connection
 from django.utils import timezone
 
 from fhirplatform.fhir.models import Resource
+from fhirplatform.schemas import schema_activate, schema_public
 
 pytestmark = pytest.mark.django_db
 
@@ -20,25 +21,25 @@ def _store_patient(logical_id: str) -> None:
 
 
 def test_rows_written_in_tenant_a_are_invisible_from_tenant_b(cast):
-    connection.set_tenant(cast.tenant_a)
+    schema_activate(cast.tenant_a)
     _store_patient("only-in-a")
     assert Resource.objects.filter(logical_id="only-in-a").count() == 1
 
-    connection.set_tenant(cast.tenant_b)
+    schema_activate(cast.tenant_b)
     assert not Resource.objects.filter(logical_id="only-in-a").exists()
     assert Resource.objects.count() == 0
 
 
 def test_each_tenant_has_its_own_table(cast):
-    connection.set_tenant(cast.tenant_a)
+    schema_activate(cast.tenant_a)
     _store_patient("same-id")
-    connection.set_tenant(cast.tenant_b)
+    schema_activate(cast.tenant_b)
     _store_patient("same-id")  # no unique clash: a different table in a different schema
     assert Resource.objects.filter(logical_id="same-id").count() == 1
 
 
 def test_public_schema_has_no_fhir_tables(cast):
-    connection.set_schema_to_public()
+    schema_public()
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM information_schema.tables "

@@ -14,12 +14,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--partner", required=True, help="Partner organisation name.")
         parser.add_argument("--tenant", action="append", required=True, dest="tenants")
-        parser.add_argument("--scope", required=True, help='e.g. "system/Patient.rs system/Observation.rs"')
+        parser.add_argument(
+            "--scope", required=True, help='e.g. "system/Patient.rs system/Observation.rs"'
+        )
         parser.add_argument("--plan", default=DEFAULT_GRANT_PLAN)
         parser.add_argument("--name", default="")
         parser.add_argument("--purpose", action="append", default=[], dest="purposes")
         parser.add_argument("--jwks", type=Path, help="JWKS file with the client's public keys.")
-        parser.add_argument("--no-secret", action="store_true", help="Key-only client (private_key_jwt).")
+        parser.add_argument(
+            "--no-secret", action="store_true", help="Key-only client (private_key_jwt)."
+        )
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -42,6 +46,15 @@ class Command(BaseCommand):
             )
         except ProvisioningError as exc:
             raise CommandError(str(exc)) from None
+        grants = [
+            {
+                "tenant": grant.tenant.slug,
+                "fhir_base_url": tenant_fhir_base(grant.tenant),
+                "scope": grant.scopes,
+                "plan": grant.plan.name,
+            }
+            for grant in issued.grants
+        ]
         result = {
             "client_id": issued.client.client_id,
             "client_secret": issued.client_secret,
@@ -49,15 +62,7 @@ class Command(BaseCommand):
             "token_endpoint": token_endpoint_url(),
             "auth_methods": (["client_secret_basic"] if issued.client_secret else [])
             + (["private_key_jwt"] if jwks else []),
-            "grants": [
-                {
-                    "tenant": grant.tenant.slug,
-                    "fhir_base_url": tenant_fhir_base(grant.tenant),
-                    "scope": grant.scopes,
-                    "plan": grant.plan.name,
-                }
-                for grant in issued.grants
-            ],
+            "grants": grants,
         }
         if options["json"]:
             self.stdout.write(json.dumps(result, indent=2))
@@ -66,5 +71,5 @@ class Command(BaseCommand):
         if issued.client_secret:
             self.stdout.write(f"client_secret:  {issued.client_secret}  (shown once)")
         self.stdout.write(f"token endpoint: {result['token_endpoint']}")
-        for grant in result["grants"]:
+        for grant in grants:
             self.stdout.write(f"  {grant['tenant']}: {grant['fhir_base_url']}  [{grant['scope']}]")

@@ -42,6 +42,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result, indent=2))
         else:
             self.stdout.write(
-                f"Created tenant {tenant.slug} (schema {tenant.schema_name}, plan {tenant.plan.name}) "
-                f"in {result['seconds']}s\nFHIR base: {result['fhir_base_url']}"
+                f"Created tenant {tenant.slug} (schema {tenant.schema_name}, "
+                f"plan {tenant.plan.name}) in {result['seconds']}s\n"
+                f"FHIR base: {result['fhir_base_url']}"
             )

@@ -10,12 +10,18 @@ class Command(BaseCommand):
     help = "Create (or find) the demo tenants, partner, clients, users and data; print them."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--patients", type=int, default=200, help="Synthetic patients per tenant.")
-        parser.add_argument("--observations", type=int, default=20, help="Observations per patient.")
+        parser.add_argument(
+            "--patients", type=int, default=200, help="Synthetic patients per tenant."
+        )
+        parser.add_argument(
+            "--observations", type=int, default=20, help="Observations per patient."
+        )
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        report = demo_seed(patients=options["patients"], observations_per_patient=options["observations"])
+        report = demo_seed(
+            patients=options["patients"], observations_per_patient=options["observations"]
+        )
         if options["json"]:
             self.stdout.write(json.dumps(demo_report_dict(report), indent=2))
             return
