@@ -1,5 +1,7 @@
 """The one place that moves the database connection between tenant schemas."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection
@@ -21,3 +23,13 @@ def schema_public() -> None:
 
 def schema_current() -> str:
     return str(_tenant_connection.schema_name)
+
+
+@contextmanager
+def tenant_schema(tenant: "Tenant") -> Iterator[None]:
+    """Run a block in the tenant's schema; always back to public afterwards."""
+    schema_activate(tenant)
+    try:
+        yield
+    finally:
+        schema_public()

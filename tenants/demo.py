@@ -18,6 +18,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from jwt.algorithms import RSAAlgorithm
 
+from fhirplatform.fhir.loading import fhir_generate
+from fhirplatform.fhir.models import Resource
+from fhirplatform.schemas import tenant_schema
 from tenants.models import ApiClient, Partner, Tenant
 from tenants.selectors import tenant_fhir_base, token_endpoint_url
 from tenants.services import client_create, partner_get_or_create, tenant_create
@@ -89,7 +92,13 @@ def _rsa_key_pair(kid: str) -> tuple[str, dict[str, Any]]:
 
 
 def _demo_client(
-    credentials: dict[str, Any], key: str, *, name: str, scopes: str, tenants: list[str], plan: str,
+    credentials: dict[str, Any],
+    key: str,
+    *,
+    name: str,
+    scopes: str,
+    tenants: list[str],
+    plan: str,
     with_key: bool = False,
 ) -> dict[str, Any]:
     known = credentials.setdefault("clients", {}).get(key)
@@ -129,7 +138,9 @@ def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoRe
     credentials = _load_credentials()
     base = settings.PUBLIC_BASE_URL
     report = DemoReport(
-        admin_url=f"{base}/admin/", portal_url=f"{base}/portal/", token_endpoint=token_endpoint_url()
+        admin_url=f"{base}/admin/",
+        portal_url=f"{base}/portal/",
+        token_endpoint=token_endpoint_url(),
     )
     report.users[OPERATOR_USERNAME] = _user(
         OPERATOR_USERNAME, credentials, is_staff=True, is_superuser=True
@@ -151,17 +162,29 @@ def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoRe
 
     report.clients = [
         _demo_client(
-            credentials, "care-coordination", name="Acme Care Coordination",
-            scopes="system/*.cruds", tenants=["demo-provider", "demo-payer"], plan="premium",
+            credentials,
+            "care-coordination",
+            name="Acme Care Coordination",
+            scopes="system/*.cruds",
+            tenants=["demo-provider", "demo-payer"],
+            plan="premium",
         ),
         _demo_client(
-            credentials, "analytics-backend", name="Acme Analytics (SMART Backend Services)",
-            scopes="system/*.rs", tenants=["demo-provider", "demo-payer"], plan="standard",
+            credentials,
+            "analytics-backend",
+            name="Acme Analytics (SMART Backend Services)",
+            scopes="system/*.rs",
+            tenants=["demo-provider", "demo-payer"],
+            plan="standard",
             with_key=True,
         ),
         _demo_client(
-            credentials, "sandbox-app", name="Acme Sandbox App",
-            scopes="system/*.cruds", tenants=["sandbox"], plan="sandbox",
+            credentials,
+            "sandbox-app",
+            name="Acme Sandbox App",
+            scopes="system/*.cruds",
+            tenants=["sandbox"],
+            plan="sandbox",
         ),
     ]
     _save_credentials(credentials)
@@ -170,8 +193,27 @@ def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoRe
 
 
 def _demo_data(*, patients: int, observations_per_patient: int) -> dict[str, Any]:
-    """Load realistic data into each demo tenant that has none yet."""
-    return {}
+    """Generate a synthetic population into each demo tenant that has no data yet."""
+    loaded: dict[str, Any] = {}
+    for slug, _, _ in DEMO_TENANTS:
+        tenant = Tenant.objects.get(slug=slug)
+        with tenant_schema(tenant):
+            existing = Resource.objects.filter(deleted=False).count()
+        if existing or patients <= 0:
+            loaded[slug] = f"{existing} resources"
+            continue
+        # The sandbox gets a small population; the production-like tenants the full one.
+        count = max(1, patients // 10) if slug == "sandbox" else patients
+        report = fhir_generate(
+            tenant=tenant,
+            patients=count,
+            observations_per_patient=observations_per_patient,
+            seed=sum(map(ord, slug)),
+        )
+        loaded[slug] = (
+            f"{report.resources} resources generated in {report.seconds:.1f} s ({count} patients)"
+        )
+    return loaded
 
 
 def demo_report_dict(report: DemoReport) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 import pytest
 import redis
@@ -97,11 +98,9 @@ def free_port() -> int:
 
 def test_environment() -> dict[str, str]:
     """Environment for subprocesses: the test database, the test Redis database."""
-    database = settings.DATABASES["default"]
-    url = (
-        f"postgresql://{database['USER']}:{database['PASSWORD'] or ''}@"
-        f"{database['HOST'] or ''}:{database['PORT'] or 5432}/{database['NAME']}"
-    )
+    # Same server and options as DATABASE_URL (TCP or a socket folder), the test database's name.
+    configured = urlparse(os.environ["DATABASE_URL"])
+    url = urlunparse(configured._replace(path="/" + settings.DATABASES["default"]["NAME"]))
     env = dict(os.environ)
     env.update(
         DATABASE_URL=url,
@@ -122,7 +121,7 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 30) 
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a slow first request: retry
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up")
