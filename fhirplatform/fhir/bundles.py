@@ -15,9 +15,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from django.db import transaction
 
-from fhirplatform.errors import FhirError, Issue, IssueCode, operation_outcome
+from fhirplatform.errors import FhirError, IssueCode, operation_outcome
 from fhirplatform.fhir import selectors, storage
-from fhirplatform.fhir.representation import etag, resource_url, version_url
+from fhirplatform.fhir.representation import etag, etag_version, resource_url, version_url
 from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirplatform.fhir.storage import instant_text, now_instant
 from tenants.scopes import Interaction, required_scope_text, scopes_allow
@@ -73,8 +73,6 @@ def _bad(index: int, diagnostics: str, element: str = "request") -> FhirError:
 
 
 def _version(text: Any) -> int | None:
-    from fhirplatform.fhir.representation import etag_version
-
     return etag_version(text) if isinstance(text, str) else None
 
 
@@ -360,6 +358,7 @@ def _batch(
                     caller, plan, base_url=base_url, source=source, representation=representation
                 )
         except FhirError as error:
+            error = _entry_error(plan.index, error)
             results[plan.index] = {
                 "response": {
                     "status": str(error.status),
@@ -382,7 +381,3 @@ def bundle_process(
         "meta": {"lastUpdated": instant_text(now_instant())},
         "entry": entries,
     }
-
-
-def bundle_issue(*, diagnostics: str) -> Issue:
-    return Issue(code=IssueCode.INVALID, diagnostics=diagnostics)

@@ -26,12 +26,19 @@ class FhirClient:
     def get(self, path: str, headers: dict[str, str] | None = None, **params: Any) -> Any:
         return self.client.get(f"{self.base}/{path}", params, **self._headers(headers))
 
-    def send(self, method: str, path: str, body: Any, headers: dict[str, str] | None = None,
-             content_type: str = FHIR_JSON) -> Any:
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        content_type: str = FHIR_JSON,
+    ) -> Any:
         data = body if isinstance(body, str | bytes) else json.dumps(body)
         call = getattr(self.client, method.lower())
-        return call(f"{self.base}/{path}", data, content_type=content_type,
-                    **self._headers(headers))
+        return call(
+            f"{self.base}/{path}", data, content_type=content_type, **self._headers(headers)
+        )
 
     def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
         return self.send("POST", path, body, headers)
@@ -64,15 +71,27 @@ def observation(patient_ref: str, value: float = 72.0) -> dict[str, Any]:
     return {
         "resourceType": "Observation",
         "status": "final",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4",
-                             "display": "Heart rate"}]},
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]
+        },
         "subject": {"reference": patient_ref},
         "effectiveDateTime": "2024-03-01T10:00:00Z",
-        "valueQuantity": {"value": value, "unit": "beats/minute",
-                          "system": "http://unitsofmeasure.org", "code": "/min"},
+        "valueQuantity": {
+            "value": value,
+            "unit": "beats/minute",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
     }
 
 
@@ -87,10 +106,17 @@ def generous_limits(*tenants_and_grants: Any) -> None:
     plan, _ = RatePlan.objects.get_or_create(
         name=GENEROUS_PLAN,
         defaults=dict(
-            description="FHIR REST tests: count, never refuse", read_per_minute=100_000,
-            search_per_minute=100_000, write_per_minute=100_000, history_per_minute=100_000,
-            batch_per_minute=100_000, export_per_hour=1_000, export_poll_per_minute=1_000,
-            concurrency=1_000, daily_quota=100_000_000, dry_run=True,
+            description="FHIR REST tests: count, never refuse",
+            read_per_minute=100_000,
+            search_per_minute=100_000,
+            write_per_minute=100_000,
+            history_per_minute=100_000,
+            batch_per_minute=100_000,
+            export_per_hour=1_000,
+            export_poll_per_minute=1_000,
+            concurrency=1_000,
+            daily_quota=100_000_000,
+            dry_run=True,
         ),
     )
     for owner in tenants_and_grants:

@@ -94,8 +94,9 @@ def test_cursor_replays_only_for_its_client(api, cast):
     # The same tenant, another client: the signed cursor is refused.
     from tenants.services import client_create
 
-    other = client_create(partner_name="Second Partner A", tenant_slugs=[cast.tenant_a.slug],
-                          scopes="system/*.rs").grants[0]
+    other = client_create(
+        partner_name="Second Partner A", tenant_slugs=[cast.tenant_a.slug], scopes="system/*.rs"
+    ).grants[0]
     from tenants.scopes import scopes_parse
     from tenants.tokens import token_issue
 
@@ -108,6 +109,7 @@ def test_cursor_replays_only_for_its_client(api, cast):
 
 def test_the_other_tenant_cannot(api, cast):
     created = api.post("Patient", patient("Secret")).json()
+    api.post("Patient", patient("Secret2"))
     bundle = api.get("Patient/_history", _count="1").json()
     next_url = next(link["url"] for link in bundle["link"] if link["relation"] == "next")
     token_b = cast.client_b.token()
@@ -121,7 +123,8 @@ def test_the_other_tenant_cannot(api, cast):
     assert _follow(stranger, next_url).status_code == 404
     # A's cursor replayed on B's base: B's schema, and refused as not B's cursor.
     replay = own_b.client.get(
-        f"{own_b.base}/Patient/_history?{urlsplit(next_url).query}", **own_b._headers(None))
+        f"{own_b.base}/Patient/_history?{urlsplit(next_url).query}", **own_b._headers(None)
+    )
     assert replay.status_code == 400
 
 

@@ -108,24 +108,35 @@ def test_update_refuses_mismatched_or_missing_ids(api):
 def test_patch_json_patch(api):
     created = _create(api)
     path = f"Patient/{created['id']}"
-    ops = [{"op": "replace", "path": "/gender", "value": "female"},
-           {"op": "add", "path": "/active", "value": True}]
-    patched = api.send("PATCH", path, ops, content_type="application/json-patch+json",
-                       headers={"If-Match": 'W/"1"'})
+    ops = [
+        {"op": "replace", "path": "/gender", "value": "female"},
+        {"op": "add", "path": "/active", "value": True},
+    ]
+    patched = api.send(
+        "PATCH",
+        path,
+        ops,
+        content_type="application/json-patch+json",
+        headers={"If-Match": 'W/"1"'},
+    )
     assert patched.status_code == 200, patched.content
     body = fhir_valid(patched.json())
     assert body["gender"] == "female" and body["active"] is True
     assert body["meta"]["versionId"] == "2"
     failing = [{"op": "test", "path": "/gender", "value": "male"}]
-    assert api.send("PATCH", path, failing, content_type="application/json-patch+json"
-                    ).status_code == 422
+    assert (
+        api.send("PATCH", path, failing, content_type="application/json-patch+json").status_code
+        == 422
+    )
     invalid = [{"op": "replace", "path": "/gender", "value": "banana"}]
     rejected = api.send("PATCH", path, invalid, content_type="application/json-patch+json")
     assert rejected.status_code == 422
     assert rejected.json()["issue"][0]["expression"] == ["Patient.gender"]
     renaming = [{"op": "replace", "path": "/id", "value": "other"}]
-    assert api.send("PATCH", path, renaming, content_type="application/json-patch+json"
-                    ).status_code == 400
+    assert (
+        api.send("PATCH", path, renaming, content_type="application/json-patch+json").status_code
+        == 400
+    )
     assert api.send("PATCH", path, ops, content_type="application/fhir+json").status_code == 415
     assert api.get(path).json()["meta"]["versionId"] == "2"
 
@@ -157,14 +168,26 @@ def test_delete_keeps_history(api, cast):
         ({"resourceType": "Patient", "favouriteColour": "blue"}, 422, "Patient.favouriteColour"),
         ({"resourceType": "Patient", "birthDate": "25/12/1974"}, 422, "Patient.birthDate"),
         ({"resourceType": "Patient", "name": [{"given": [7]}]}, 422, "Patient.name[0].given[0]"),
-        ({"resourceType": "Patient", "generalPractitioner": [{"reference": "not a ref"}]}, 422,
-         "Patient.generalPractitioner[0].reference"),
-        ({"resourceType": "Patient", "managingOrganization": {"reference": "Banana/1"}}, 422,
-         "Patient.managingOrganization.reference"),
-        ({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, 400,
-         "Patient.resourceType"),
-        ({"resourceType": "Patient", "text": {"status": "odd", "div": "<div>x</div>"}}, 422,
-         "Patient.text.status"),
+        (
+            {"resourceType": "Patient", "generalPractitioner": [{"reference": "not a ref"}]},
+            422,
+            "Patient.generalPractitioner[0].reference",
+        ),
+        (
+            {"resourceType": "Patient", "managingOrganization": {"reference": "Banana/1"}},
+            422,
+            "Patient.managingOrganization.reference",
+        ),
+        (
+            {"resourceType": "Observation", "status": "final", "code": {"text": "x"}},
+            400,
+            "Patient.resourceType",
+        ),
+        (
+            {"resourceType": "Patient", "text": {"status": "odd", "div": "<div>x</div>"}},
+            422,
+            "Patient.text.status",
+        ),
     ],
 )
 def test_invalid_payloads_are_refused_and_nothing_is_stored(api, cast, body, status, expression):
@@ -185,14 +208,21 @@ def test_required_status_codes_of_core_types(api):
     response = api.post("Observation", missing)
     assert response.status_code == 422
     assert response.json()["issue"][0]["code"] == "required"
-    condition = {"resourceType": "Condition", "subject": {"reference": "Patient/x"},
-                 "clinicalStatus": {"coding": [{
-                     "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                     "code": "sort-of"}]}}
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/x"},
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    "code": "sort-of",
+                }
+            ]
+        },
+    }
     response = api.post("Condition", condition)
     assert response.status_code == 422
-    assert response.json()["issue"][0]["expression"] == [
-        "Condition.clinicalStatus.coding[0].code"]
+    assert response.json()["issue"][0]["expression"] == ["Condition.clinicalStatus.coding[0].code"]
 
 
 def test_malformed_json_and_payload_limit(api, cast, settings):
@@ -208,9 +238,11 @@ def test_malformed_json_and_payload_limit(api, cast, settings):
 
 
 def test_every_r4_type_is_accepted_including_r4_only_types(api):
-    medicinal = {"resourceType": "MedicinalProduct",
-                 "name": [{"productName": "Aspirin 100mg"}],
-                 "identifier": [{"system": "urn:oid:1.2.3", "value": "A1"}]}
+    medicinal = {
+        "resourceType": "MedicinalProduct",
+        "name": [{"productName": "Aspirin 100mg"}],
+        "identifier": [{"system": "urn:oid:1.2.3", "value": "A1"}],
+    }
     response = api.post("MedicinalProduct", medicinal)
     assert response.status_code == 201, response.content
     assert response.json()["meta"]["versionId"] == "1"
@@ -245,9 +277,13 @@ def test_the_other_tenant_cannot(api, cast):
     token_b = cast.client_b.token()
     # Tenant B's token on tenant A's URL: the shared 404, whatever the interaction.
     stranger = FhirClient(cast.tenant_a.slug, token_b)
-    for response in (stranger.get(path), stranger.get(f"{path}/_history/1"),
-                     stranger.put(path, created), stranger.delete(path),
-                     stranger.post("Patient", patient())):
+    for response in (
+        stranger.get(path),
+        stranger.get(f"{path}/_history/1"),
+        stranger.put(path, created),
+        stranger.delete(path),
+        stranger.post("Patient", patient()),
+    ):
         assert response.status_code == 404
         assert fhir_valid(response.json())["issue"][0]["code"] == "not-found"
     outsider = FhirClient(cast.tenant_a.slug, cast.outsider.token())
@@ -257,8 +293,7 @@ def test_the_other_tenant_cannot(api, cast):
     assert own.get(path).status_code == 404
     assert own.put(path, created).status_code == 405
     assert api.get(path).json()["meta"]["versionId"] == "1"
-    assert _stored_count(cast.tenant_b) == 0 or all(
-        r != created["id"] for r in _ids(cast.tenant_b))
+    assert _stored_count(cast.tenant_b) == 0 or all(r != created["id"] for r in _ids(cast.tenant_b))
 
 
 def _ids(tenant):
