@@ -19,11 +19,17 @@ def many(db: None, cast: Any) -> dict[str, Any]:
     contents = [
         {
             "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4" if n % 5 else "9279-1"}]},
+            "code": {
+                "coding": [{"system": "http://loinc.org", "code": "8867-4" if n % 5 else "9279-1"}]
+            },
             "subject": {"reference": f"Patient/p{n % 40}"},
             # Many rows share a date, so ties must be broken by row id.
             "effectiveDateTime": f"2021-{n % 12 + 1:02d}-{n % 28 + 1:02d}",
-            "valueQuantity": {"value": n % 97, "system": "http://unitsofmeasure.org", "code": "/min"},
+            "valueQuantity": {
+                "value": n % 97,
+                "system": "http://unitsofmeasure.org",
+                "code": "/min",
+            },
         }
         for n in range(RESULTS)
     ]
@@ -31,7 +37,9 @@ def many(db: None, cast: Any) -> dict[str, Any]:
     return {"ids": [r.logical_id for r in rows], "caller": caller_for(cast.client_a, cast.tenant_a)}
 
 
-def walk(caller: Any, query: str, relation: str, start: dict[str, Any] | None = None) -> list[list[str]]:
+def walk(
+    caller: Any, query: str, relation: str, start: dict[str, Any] | None = None
+) -> list[list[str]]:
     bundle = start or search(caller, "Observation", query)
     pages = [ids(bundle)]
     while (url := link(bundle, relation)) is not None:
@@ -40,8 +48,10 @@ def walk(caller: Any, query: str, relation: str, start: dict[str, Any] | None = 
     return pages
 
 
-@pytest.mark.parametrize("sort", ["", "_sort=-date", "_sort=date", "_sort=_id", "_sort=-value-quantity",
-                                  "_sort=-_lastUpdated"])
+@pytest.mark.parametrize(
+    "sort",
+    ["", "_sort=-date", "_sort=date", "_sort=_id", "_sort=-value-quantity", "_sort=-_lastUpdated"],
+)
 def test_every_result_exactly_once_forward_and_back(many: dict[str, Any], sort: str) -> None:
     caller = many["caller"]
     query = f"code=8867-4&_count={PAGE}&{sort}"
@@ -102,7 +112,10 @@ def test_page_link_is_tamper_proof_and_bound_to_its_search(many: dict[str, Any])
     swapped = [(k, v if k != "code" else "9279-1") for k, v in params]
     with pytest.raises(FhirError) as other_search:
         search(caller, "Observation", urlencode(swapped))
-    assert other_search.value.status == 400 and "different search" in other_search.value.issues[0].diagnostics
+    assert (
+        other_search.value.status == 400
+        and "different search" in other_search.value.issues[0].diagnostics
+    )
 
 
 def test_other_tenant_pages_see_nothing(many: dict[str, Any], cast: Any) -> None:
