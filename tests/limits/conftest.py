@@ -31,10 +31,17 @@ def limiter_redis(settings: pytest.FixtureRequest) -> Iterator[redis.Redis]:
 def plan_make(**limits: int | bool) -> RatePlan:
     """A plan with generous defaults; pass the limits a test is about."""
     values: dict[str, int | bool] = {
-        "read_per_minute": 6000, "search_per_minute": 6000, "write_per_minute": 6000,
-        "history_per_minute": 6000, "batch_per_minute": 6000, "export_per_hour": 6000,
-        "export_poll_per_minute": 6000, "burst_seconds": 10, "concurrency": 1000,
-        "daily_quota": 10_000_000, "priority": 50,
+        "read_per_minute": 6000,
+        "search_per_minute": 6000,
+        "write_per_minute": 6000,
+        "history_per_minute": 6000,
+        "batch_per_minute": 6000,
+        "export_per_hour": 6000,
+        "export_poll_per_minute": 6000,
+        "burst_seconds": 10,
+        "concurrency": 1000,
+        "daily_quota": 10_000_000,
+        "priority": 50,
     }
     values.update(limits)
     return RatePlan.objects.create(name="p-" + uuid.uuid4().hex[:10], **values)  # type: ignore[arg-type]
@@ -43,8 +50,11 @@ def plan_make(**limits: int | bool) -> RatePlan:
 def caller_for(grant: Grant) -> Caller:
     grant = Grant.objects.select_related("client", "tenant__plan", "plan").get(pk=grant.pk)
     return Caller(
-        tenant=grant.tenant, client=grant.client, grant=grant,
-        scopes=scopes_parse(grant.scopes), token_id=uuid.uuid4().hex,
+        tenant=grant.tenant,
+        client=grant.client,
+        grant=grant,
+        scopes=scopes_parse(grant.scopes),
+        token_id=uuid.uuid4().hex,
     )
 
 
@@ -54,8 +64,10 @@ def new_caller() -> Callable[..., Caller]:
 
     def make(tenant: Tenant, plan: RatePlan | None = None) -> Caller:
         issued = client_create(
-            partner_name="Limits " + uuid.uuid4().hex[:8], tenant_slugs=[tenant.slug],
-            scopes="system/*.cruds", plan_name=(plan or plan_make()).name,
+            partner_name="Limits " + uuid.uuid4().hex[:8],
+            tenant_slugs=[tenant.slug],
+            scopes="system/*.cruds",
+            plan_name=(plan or plan_make()).name,
         )
         return caller_for(issued.grants[0])
 
@@ -65,3 +77,12 @@ def new_caller() -> Callable[..., Caller]:
 @pytest.fixture
 def redis_url() -> str:
     return str(settings.LIMITS_REDIS_URL)
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup: object) -> Iterator[str]:
+    """Our own gunicorn (2 workers x 4 threads) on loopback against the test database."""
+    from tests.limits.live import gunicorn
+
+    with gunicorn(workers=2, threads=4) as base:
+        yield base

@@ -178,7 +178,9 @@ def test_overload_sheds_search_and_sandbox_before_reads(limiter_redis, cast, new
     admit(production, endpoint_class=SEARCH).release()
 
 
-def test_adaptive_limit_cuts_on_errors_and_grows_on_success(limiter_redis, cast, new_caller, settings):
+def test_adaptive_limit_cuts_on_errors_and_grows_on_success(
+    limiter_redis, cast, new_caller, settings
+):
     settings.LIMITS_ADAPTIVE_MAX = 100
     caller = new_caller(cast.tenant_a)
     limiter_redis.hset(ADAPTIVE_KEY, "limit", "50")
@@ -198,8 +200,12 @@ def test_dry_run_plan_reports_but_never_refuses(limiter_redis, cast, new_caller)
     assert policies(admission.headers)["endpoint-read"]["r"] == 0
     throttle_events_flush()
     events = ThrottleEvent.objects.filter(client=caller.client)
-    assert events.filter(dry_run=True, reason=ThrottleReason.ENDPOINT_RATE).aggregate(
-        n=Sum("count"))["n"] == 4
+    assert (
+        events.filter(dry_run=True, reason=ThrottleReason.ENDPOINT_RATE).aggregate(n=Sum("count"))[
+            "n"
+        ]
+        == 4
+    )
 
 
 def test_kill_switch_turns_every_limit_off(
@@ -228,8 +234,11 @@ def test_an_admin_change_applies_without_waiting_for_the_cache(
     caller = new_caller(cast.tenant_a)
     admit(caller).release()
     with django_capture_on_commit_callbacks(execute=True):
-        limit_override_save(override=LimitOverride(
-            tenant=cast.tenant_a, client=caller.client, endpoint_class=READ, per_minute=6))
+        limit_override_save(
+            override=LimitOverride(
+                tenant=cast.tenant_a, client=caller.client, endpoint_class=READ, per_minute=6
+            )
+        )
     # The next decision already uses the new limit (admitted or not, its headers say so).
     try:
         headers = admit(caller).headers
@@ -257,8 +266,10 @@ def test_one_redis_round_trip_per_decision(limiter_redis, cast, new_caller):
 
     def calls() -> dict[str, int]:
         stats = limiter_redis.info("commandstats")
-        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
-                for name in ("evalsha", "eval", "script|load")}
+        return {
+            name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            for name in ("evalsha", "eval", "script|load")
+        }
 
     before = calls()
     held = [admit(caller) for _ in range(8)]  # the tenant plan allows 10 in flight
