@@ -1,0 +1,39 @@
+"""A test-only URLconf: a FHIR create endpoint that runs the real pipeline and waits until
+the test lets it finish, so "the first request is still in flight" is deterministic."""
+
+import threading
+import uuid
+from typing import Any
+
+from django.urls import path
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.pipeline import FhirView
+from fhirplatform.limits.codes import EndpointClass
+from tenants.scopes import Interaction
+
+
+class GatedCreate(FhirView):
+    gate = threading.Event()
+    entered = threading.Event()
+    calls: list[str] = []
+
+    def describe(
+        self, request: Request, **kwargs: Any
+    ) -> tuple[Interaction, str, EndpointClass, int]:
+        return Interaction.CREATE, "Patient", EndpointClass.WRITE, 1
+
+    def post(self, request: Request, tenant: str) -> Response:
+        self.calls.append(tenant)
+        self.entered.set()
+        assert self.gate.wait(timeout=20)
+        if request.data.get("fail"):
+            raise FhirError(500, IssueCode.EXCEPTION, "handler failed")
+        logical_id = uuid.uuid4().hex
+        body = dict(request.data, id=logical_id)
+        return Response(body, status=201, headers={"Location": f"Patient/{logical_id}/_history/1"})
+
+
+urlpatterns = [path("fhir/<slug:tenant>/Gated", GatedCreate.as_view())]
