@@ -486,6 +486,7 @@ def _describe(
     limits: LimitSet,
     ec: EndpointClass,
     resource_type: str,
+    engine: str = "redis",
 ) -> tuple[ThrottleReason, str]:
     slug, cid = limits.tenant_slug, limits.client_id
     if item is None:
@@ -521,7 +522,12 @@ def _describe(
     }[item.scope]
     return reason, (
         f"Rate limit for {ec} requests of {scope_text} reached (policy '{item.policy}', "
-        f"{item.quota} units per {item.window} s, burst {item.depth})"
+        f"{_fallback_quota(item.quota, engine)} units per {item.window} s"
+        + (
+            ", local fallback limits while the shared limiter is unreachable)"
+            if engine == "local"
+            else f", burst {item.depth})"
+        )
     )
 
 
@@ -555,7 +561,9 @@ def limit_admit(
             tenant=caller.tenant, client=caller.client, grant=caller.grant
         )
         limits = limit_set_for(
-            profile=profile, caller=caller, endpoint_class=endpoint_class,
+            profile=profile,
+            caller=caller,
+            endpoint_class=endpoint_class,
             resource_type=resource_type,
         )
         decision, engine = _decide(limits, request_id, cost)
@@ -604,7 +612,7 @@ def limit_admit(
         if slots
         else enforced[0]
     )
-    reason, diagnostics = _describe(chosen, limits, endpoint_class, resource_type)
+    reason, diagnostics = _describe(chosen, limits, endpoint_class, resource_type, engine)
     retry_after = retry_after_seconds(result.retry_ms)
     metrics.limiter_decisions.labels("refused", str(reason)).inc()
     status = 503 if reason == ThrottleReason.OVERLOAD else 429
