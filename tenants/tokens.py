@@ -136,22 +136,25 @@ def token_issue(*, grant: Grant, scopes: list[Scope], auth_method: str) -> Issue
     )
 
 
-def _unauthorized(diagnostics: str, code: IssueCode = IssueCode.LOGIN) -> FhirError:
-    return FhirError(
-        401,
-        code,
-        diagnostics,
-        headers={"WWW-Authenticate": 'Bearer realm="fhirplatform", error="invalid_token"'},
-    )
+def _unauthorized(
+    diagnostics: str, code: IssueCode = IssueCode.LOGIN, bearer_error: str | None = "invalid_token"
+) -> FhirError:
+    # RFC 6750 3.1: a request with no credentials gets the challenge without an error code.
+    challenge = 'Bearer realm="fhirplatform"'
+    if bearer_error:
+        challenge += f', error="{bearer_error}"'
+    return FhirError(401, code, diagnostics, headers={"WWW-Authenticate": challenge})
 
 
 def bearer_from_header(authorization: str | None) -> str:
     if not authorization:
-        raise _unauthorized("Authorization: Bearer <access token> is required")
+        raise _unauthorized("Authorization: Bearer <access token> is required", bearer_error=None)
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > 512:
-        raise _unauthorized("Authorization header must be 'Bearer <access token>'")
+        raise _unauthorized(
+            "Authorization header must be 'Bearer <access token>'", bearer_error="invalid_request"
+        )
     return token
 
 

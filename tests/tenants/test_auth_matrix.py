@@ -340,7 +340,10 @@ def test_refused_caller_gets_its_status_and_nothing_else(client, world, call_nam
     )
     _assert_outcome(response, case.status, case.code, world)
     if case.status == 401:
-        assert response["WWW-Authenticate"].startswith("Bearer")
+        challenge = response["WWW-Authenticate"]
+        assert challenge.startswith('Bearer realm="fhirplatform"')
+        # RFC 6750: no credentials, no error code; bad credentials say which.
+        assert ("error=" in challenge) == (case_name != "no-token")
     assert _snapshot(world) == before
 
 
