@@ -272,11 +272,11 @@ def in_tenant(tenant: Tenant) -> Any:
 
     @contextmanager
     def schema() -> Iterator[None]:
-        connection.set_tenant(tenant)
+        connection.set_tenant(tenant)  # type: ignore[attr-defined]
         try:
             yield
         finally:
-            connection.set_schema_to_public()
+            connection.set_schema_to_public()  # type: ignore[attr-defined]
 
     return schema()
 

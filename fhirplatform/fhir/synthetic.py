@@ -171,7 +171,7 @@ def _patient_record(
         "managingOrganization": {"reference": f"Organization/{organization['id']}"},
     }
     subject = {"reference": f"Patient/{patient_id}"}
-    encounters = []
+    encounters: list[tuple[dict[str, Any], datetime, str]] = []
     for _ in range(max(1, observations // 10)):
         start = now - timedelta(days=rng.randrange(1, 3650), minutes=rng.randrange(0, 1440))
         practitioner = rng.choice(practitioners)
@@ -196,10 +196,10 @@ def _patient_record(
             "period": {"start": _instant(start), "end": _instant(start + timedelta(minutes=30))},
             "serviceProvider": {"reference": f"Organization/{organization['id']}"},
         }
-        encounters.append((encounter, start))
+        encounters.append((encounter, start, f"Practitioner/{practitioner['id']}"))
         yield encounter
     for index in range(observations):
-        encounter, start = encounters[index % len(encounters)]
+        encounter, start, _ = encounters[index % len(encounters)]
         code, display, unit, ucum, low, high, category = rng.choice(OBSERVATION_KINDS)
         yield {
             "resourceType": "Observation",
@@ -222,7 +222,7 @@ def _patient_record(
             },
         }
     for code, display in rng.sample(CONDITIONS, rng.randint(1, 3)):
-        encounter, start = rng.choice(encounters)
+        encounter, start, _ = rng.choice(encounters)
         yield {
             "resourceType": "Condition",
             "id": new_id(),
@@ -236,7 +236,7 @@ def _patient_record(
             "onsetDateTime": _instant(start),
         }
     for code, display in rng.sample(MEDICATIONS, rng.randint(1, 2)):
-        encounter, start = rng.choice(encounters)
+        encounter, start, requester = rng.choice(encounters)
         yield {
             "resourceType": "MedicationRequest",
             "id": new_id(),
@@ -249,5 +249,5 @@ def _patient_record(
             "subject": subject,
             "encounter": {"reference": f"Encounter/{encounter['id']}"},
             "authoredOn": _instant(start),
-            "requester": {"reference": encounter["participant"][0]["individual"]["reference"]},
+            "requester": {"reference": requester},
         }

@@ -1,6 +1,8 @@
 """Helpers shared by the FHIR REST tests: an authenticated test client and body checks."""
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.test import Client
@@ -127,3 +129,27 @@ def generous_limits(*tenants_and_grants: Any) -> None:
     except ImportError:
         return
     profile_cache.clear()
+
+
+@dataclass(frozen=True)
+class LiveCast:
+    url: str
+    token_a: str
+    token_b: str
+
+
+def live_cast(cast: Any, live_server_url: str, django_db_blocker: Any) -> Iterator[LiveCast]:
+    """For module fixtures of live-server tests: tokens and generous plans committed outside
+    any test transaction (so the server sees them), the plans restored afterwards."""
+    owners = [cast.tenant_a, cast.tenant_b, cast.client_a.grant, cast.client_b.grant]
+    with django_db_blocker.unblock():
+        saved = [(owner, owner.plan_id) for owner in owners]
+        generous_limits(*owners)
+        live = LiveCast(live_server_url, cast.client_a.token(), cast.client_b.token())
+    try:
+        yield live
+    finally:
+        with django_db_blocker.unblock():
+            for owner, plan_id in saved:
+                type(owner).objects.filter(pk=owner.pk).update(plan_id=plan_id)
+                owner.refresh_from_db(fields=["plan"])

@@ -1,0 +1,60 @@
+"""GET /metadata: a CapabilityStatement generated from what the server supports."""
+
+import pytest
+from django.test import Client
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.fhir.search.registry import search_parameters_for
+
+pytestmark = pytest.mark.django_db
+
+
+def _metadata(slug):
+    return Client().get(f"/fhir/{slug}/metadata", HTTP_ACCEPT="application/fhir+json")
+
+
+def test_metadata_needs_no_token_and_is_valid(cast, settings):
+    response = _metadata(cast.tenant_a.slug)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/fhir+json")
+    body = response.json()
+    CapabilityStatement.model_validate(body)
+    assert body["fhirVersion"] == "4.0.1"
+    assert body["implementation"]["url"] == f"{settings.PUBLIC_BASE_URL}/fhir/provider-a"
+    rest = body["rest"][0]
+    assert {r["type"] for r in rest["resource"]} == set(R4_RESOURCE_TYPES)
+    system = {i["code"] for i in rest["interaction"]}
+    assert {"transaction", "batch", "history-system", "search-system"} <= system
+
+
+def test_search_parameters_come_from_the_search_registry(cast):
+    rest = _metadata(cast.tenant_a.slug).json()["rest"][0]
+    observation = next(r for r in rest["resource"] if r["type"] == "Observation")
+    advertised = {p["name"] for p in observation["searchParam"]}
+    assert advertised == {p.name for p in search_parameters_for("Observation")}
+    assert {"patient", "code", "date", "subject", "category", "status"} <= advertised
+    interactions = {i["code"] for i in observation["interaction"]}
+    assert {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "create",
+        "search-type",
+        "history-instance",
+        "history-type",
+    } == interactions
+    assert observation["updateCreate"] is False
+
+
+def test_the_other_tenant_cannot_be_guessed(cast):
+    # An unknown tenant gets the same 404 as anything else that is not there.
+    response = _metadata("no-such-tenant")
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+    a = _metadata(cast.tenant_a.slug).json()
+    b = _metadata(cast.tenant_b.slug).json()
+    assert a["implementation"]["url"].endswith("/provider-a")
+    assert b["implementation"]["url"].endswith("/payer-b")
