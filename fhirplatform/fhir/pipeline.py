@@ -7,6 +7,9 @@ handler → headers. Errors anywhere become an OperationOutcome with the headers
 import logging
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -77,6 +80,15 @@ class FhirView(APIView):
             return fhir_error_response(exc)
         if isinstance(exc, IdempotentReplay):
             return exc.response()  # type: ignore[return-value]
+        if not isinstance(exc, APIException | Http404 | PermissionDenied):
+            # Unhandled: Django answers 500 without finalize_response, so free the
+            # in-flight slot and the idempotency key here.
+            if self.idempotency is not None:
+                self.idempotency.abandon()
+                self.idempotency = None
+            if self.admission is not None:
+                self.admission.release(status=500)
+                self.admission = None
         return super().handle_exception(exc)
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:

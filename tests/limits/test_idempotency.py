@@ -150,6 +150,24 @@ def test_a_server_error_frees_the_key(committed, cast, limiter_redis, settings):
     assert len(GatedCreate.calls) == 2  # not replayed: the client may retry after a 5xx
 
 
+def test_an_unhandled_error_frees_the_key_and_the_slot(committed, cast, limiter_redis, settings):
+    settings.ROOT_URLCONF = "tests.limits.urls"
+    token, key = new_token("provider-a"), str(uuid.uuid4())
+    GatedCreate.gate.set()
+    GatedCreate.calls.clear()
+    client = Client(raise_request_exception=False)
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_IDEMPOTENCY_KEY": key}
+    body = {"resourceType": "Patient", "crash": 1}
+    for _ in range(2):
+        response = client.post(
+            "/fhir/provider-a/Gated", data=body, content_type="application/fhir+json", **headers
+        )
+        assert response.status_code == 500
+    assert len(GatedCreate.calls) == 2
+    assert limiter_redis.zcard("fp:rl:provider-a:inflight") == 0
+    assert limiter_redis.zcard("fp:rl:global:inflight") == 0
+
+
 @pytest.mark.django_db
 def test_a_read_ignores_the_key(cast, limiter_redis):
     # (Also the db-marked item that makes pytest-django create the test database when

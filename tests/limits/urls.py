@@ -31,6 +31,8 @@ class GatedCreate(FhirView):
         assert self.gate.wait(timeout=20)
         if request.data.get("fail"):
             raise FhirError(500, IssueCode.EXCEPTION, "handler failed")
+        if request.data.get("crash"):
+            raise RuntimeError("unhandled handler error")
         logical_id = uuid.uuid4().hex
         body = dict(request.data, id=logical_id)
         return Response(body, status=201, headers={"Location": f"Patient/{logical_id}/_history/1"})

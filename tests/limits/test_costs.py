@@ -1,0 +1,55 @@
+"""The cost table: weights, and the requests refused up front as too costly."""
+
+import pytest
+
+from fhirplatform.errors import FhirError
+from fhirplatform.limits.codes import EndpointClass
+from fhirplatform.limits.costs import bundle_cost, cost_of, search_cost
+
+
+def test_a_search_costs_more_than_a_read_and_grows_with_count(settings):
+    settings.LIMITS_SEARCH_MAX_COUNT = 1000
+    assert cost_of(EndpointClass.READ) == 1
+    assert search_cost(count=None) == 2 > cost_of(EndpointClass.READ)
+    assert search_cost(count="100") == 2
+    assert search_cost(count="101") == 3
+    assert search_cost(count="1000") == 11
+
+
+@pytest.mark.parametrize("count", ["1001", "-1", "ten"])
+def test_a_count_above_the_cap_or_invalid_is_refused(settings, count):
+    settings.LIMITS_SEARCH_MAX_COUNT = 1000
+    with pytest.raises(FhirError) as caught:
+        search_cost(count=count)
+    issue = caught.value.outcome()["issue"][0]
+    assert caught.value.status == 400
+    assert issue["expression"] == ["_count"]
+    if count == "1001":
+        assert issue["code"] == "too-costly" and "1000" in issue["diagnostics"]
+
+
+def test_a_bundle_costs_the_sum_of_its_entries():
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": "Patient?name=x"}},
+            {"request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "DELETE", "url": "Patient/1"}},
+        ],
+    }
+    assert bundle_cost(bundle=bundle) == 2 + 1 + 1
+
+
+def test_an_oversized_bundle_is_refused_before_anything_runs(settings):
+    settings.LIMITS_BUNDLE_MAX_ENTRIES = 3
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "POST", "url": "Patient"}}] * 4,
+    }
+    with pytest.raises(FhirError) as caught:
+        bundle_cost(bundle=bundle)
+    assert caught.value.status == 413
+    assert caught.value.outcome()["issue"][0]["code"] == "too-costly"
+    assert "4 entries" in caught.value.outcome()["issue"][0]["diagnostics"]
