@@ -249,6 +249,8 @@ def test_summary_count_elements_and_total(world: dict[str, Any]) -> None:
     caller = world["caller"]
     counted = search(caller, "Observation", "code=29463-7&_summary=count")
     assert counted["total"] == 3 and "entry" not in counted
+    zero = search(caller, "Observation", "code=29463-7&_count=0")
+    assert zero["total"] == 3 and "entry" not in zero
     shaped = search(caller, "Patient", "gender=female&_elements=gender")
     resource = shaped["entry"][0]["resource"]
     assert set(resource) == {"resourceType", "id", "meta", "gender"}
@@ -299,6 +301,10 @@ def test_unknown_parameters_strict_and_lenient(world: dict[str, Any]) -> None:
         ("Observation", "value-quantity=heavy", "value-quantity"),
         ("Observation", "value-quantity=5|kg", "value-quantity"),
         ("Observation", "subject:Medication=1", "subject:Medication"),
+        ("Observation", "value-quantity=NaN", "value-quantity"),
+        ("Observation", "date=ge2020-01-01T25:00:00Z", "date"),
+        ("Observation", "patient=Patient/", "patient"),
+        ("Observation", "code:below=x", "code:below"),
         ("Patient", "_count=-1", "_count"),
         ("Patient", "_count=ten", "_count"),
         ("Patient", "_sort=shoe-size", "_sort"),

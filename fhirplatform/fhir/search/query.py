@@ -230,6 +230,8 @@ def _reference_q(parameter: SearchParameter, criterion: Criterion, value: str, b
             types = [target_type] if target_type else list(parameter.targets)
             q = Q(target_id=value)
             return q & Q(target_type__in=types) if types else q
+        if ":" not in value:  # neither Type/id nor an absolute URL or URN
+            raise bad_value(criterion, f"'{value}' is not a Type/id reference or a URL")
         return Q(url=parsed.url)
     if target_type and parsed.target_type != target_type:
         raise bad_value(criterion, f"'{value}' is not a {target_type} reference")

@@ -472,7 +472,7 @@ def search_bundle(
     queryset = _base_queryset(request, base)
     digest = _digest(request, resource_type)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if request.summary_count:
+    if request.summary_count or request.count == 0:  # _count=0 asks for the total only
         bundle["total"] = queryset.count()
         bundle["link"] = [{"relation": "self", "url": _link(base, path, request.used)}]
         return bundle
