@@ -202,6 +202,19 @@ def test_reference_forms(world: dict[str, Any]) -> None:
     assert run(world, "Observation", f"subject:Device={m}") == []
 
 
+def test_chained_parameters(world: dict[str, Any]) -> None:
+    obs = world["obs"]
+    assert run(world, "Observation", "subject:Patient.family=mül") == lids(obs[0], obs[1], obs[2])
+    assert run(world, "Observation", "patient.gender=male") == lids(obs[3])
+    assert run(world, "Observation", f"patient.identifier={MRN}|M-1&code=8302-2") == lids(obs[2])
+    assert run(world, "Observation", "patient.birthdate=lt1900") == []
+    with pytest.raises(FhirError) as unknown:
+        search(world["caller"], "Observation", "patient.shoe-size=12", strict=True)
+    assert unknown.value.issues[0].expression == ["patient.shoe-size"]
+    with pytest.raises(FhirError):
+        search(world["caller"], "Observation", "patient.birthdate=notadate")
+
+
 def test_missing(world: dict[str, Any]) -> None:
     assert run(world, "Patient", "name:missing=true") == lids(world["nameless"])
     assert run(world, "Patient", "birthdate:missing=false") == lids(

@@ -15,6 +15,7 @@ from django.db import models
 from django.db.models import Exists, OuterRef, Q
 
 from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.search.extract import date_range, reference_parse, text_normalise
 from fhirplatform.fhir.search.models import (
     DateIndex,
@@ -345,3 +346,35 @@ def index_filter(
     if criterion.modifier == Modifier.NOT:
         return ~Q(Exists(rows.filter(combined)))
     return Q(Exists(rows.filter(combined)))
+
+
+@dataclass(frozen=True)
+class Chain:
+    """`subject:Patient.name=x`: a reference parameter, the types it may point at, and the
+    parameter searched on those targets (one level of chaining)."""
+
+    reference: SearchParameter
+    targets: tuple[str, ...]
+    parameter: SearchParameter
+    criterion: Criterion  # the chained part: name, modifier and values
+
+
+def chain_filter(*, chain: Chain, resource_types: list[str], base_url: str) -> Q:
+    """EXISTS a reference row pointing at a target that matches the chained criterion."""
+    targets = list(chain.targets)
+    matching = Resource.objects.filter(resource_type__in=targets, deleted=False).filter(
+        index_filter(
+            parameter=chain.parameter,
+            criterion=chain.criterion,
+            resource_types=targets,
+            base_url=base_url,
+        )
+    )
+    references = ReferenceIndex.objects.filter(
+        resource_id=OuterRef("pk"),
+        resource_type__in=resource_types,
+        param=chain.reference.name,
+        target_type__in=targets,
+        target_id__in=matching.values("logical_id"),
+    )
+    return Q(Exists(references))

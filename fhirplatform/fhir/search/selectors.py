@@ -27,7 +27,9 @@ from fhirplatform.fhir.search.extract import MAX_INSTANT, MIN_INSTANT
 from fhirplatform.fhir.search.models import ReferenceIndex
 from fhirplatform.fhir.search.query import (
     INDEX_MODEL,
+    Chain,
     Criterion,
+    chain_filter,
     column_filter,
     index_filter,
     split_values,
@@ -83,6 +85,7 @@ class SearchRequest:
     resource_types: list[str]
     system_level: bool
     criteria: list[tuple[Criterion, SearchParameter | None]] = field(default_factory=list)
+    chains: list[Chain] = field(default_factory=list)
     count: int = DEFAULT_COUNT
     sort: SortKey = field(default_factory=lambda: SortKey("_pk", False, "pk"))
     summary_count: bool = False
@@ -253,12 +256,40 @@ def _parse_criterion(request: SearchRequest, name: str, value: str, types: list[
         request.criteria.append((criterion, None))
         request.used.append((name, value))
         return
-    parameter = None if "." in code else _parameter_for(types, code)
-    if parameter is None:  # also chained parameters (`subject.name`), not supported
+    if "." in name:
+        chain = _parse_chain(name, split_values(value), types)
+        if chain is None:
+            request.unknown.append(name)
+        else:
+            request.chains.append(chain)
+            request.used.append((name, value))
+        return
+    parameter = _parameter_for(types, code)
+    if parameter is None:
         request.unknown.append(name)
         return
     request.criteria.append((criterion, parameter))
     request.used.append((name, value))
+
+
+def _parse_chain(name: str, values: tuple[str, ...], types: list[str]) -> Chain | None:
+    """`reference[:Type].parameter[:modifier]`; None when any part is not a parameter."""
+    head, _, tail = name.partition(".")
+    reference_name, _, target_type = head.partition(":")
+    chained_name, _, modifier = tail.partition(":")
+    reference = _parameter_for(types, reference_name)
+    if reference is None or reference.type is not ParamType.REFERENCE or "." in tail:
+        return None
+    candidates = [target_type] if target_type else list(reference.targets)
+    if target_type and reference.targets and target_type not in reference.targets:
+        return None
+    found = [(t, search_parameter(t, chained_name)) for t in candidates]
+    usable = [(t, p) for t, p in found if p is not None and p.column is None]
+    if not usable:
+        return None
+    first = usable[0][1]
+    targets = tuple(t for t, p in usable if p.type == first.type)
+    return Chain(reference, targets, first, Criterion(chained_name, modifier or None, values))
 
 
 def _base_queryset(request: SearchRequest, base_url: str) -> QuerySet[Resource]:
@@ -278,6 +309,11 @@ def _base_queryset(request: SearchRequest, base_url: str) -> QuerySet[Resource]:
                     base_url=base_url,
                 )
             )
+    for chain in request.chains:
+        types = request.resource_types or sorted(R4_RESOURCE_TYPES)
+        queryset = queryset.filter(
+            chain_filter(chain=chain, resource_types=types, base_url=base_url)
+        )
     return queryset
 
 
