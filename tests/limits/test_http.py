@@ -76,6 +76,7 @@ def test_headers_on_every_response_and_a_clear_429(server, committed, cast, limi
         assert time.monotonic() < deadline, "throttle event not recorded"
         time.sleep(0.2)
     event = ThrottleEvent.objects.filter(client=client).first()
+    assert event is not None
     assert (event.tenant_id, event.reason, event.endpoint_class) == (
         cast.tenant_a.pk,
         ThrottleReason.ENDPOINT_RATE,
@@ -186,7 +187,7 @@ def test_noisy_neighbour_gets_no_429_for_tenant_b(server, committed, cast, limit
     url_b = f"{server}/fhir/payer-b/Patient/{patient_b}"
     quiet, quiet_statuses = _latencies(url_b, token_b, count=40, interval=0.02)
 
-    result: dict[str, object] = {}
+    result: dict[str, tuple[list[int], float, float]] = {}
 
     def flood() -> None:
         result["flood"] = _flood(
@@ -198,7 +199,7 @@ def test_noisy_neighbour_gets_no_429_for_tenant_b(server, committed, cast, limit
     time.sleep(0.3)
     noisy, noisy_statuses = _latencies(url_b, token_b, count=40, interval=0.02)
     flooder.join()
-    statuses, started, ended = result["flood"]  # type: ignore[misc]
+    statuses, started, ended = result["flood"]
     rate = len(statuses) / (ended - started)
     assert rate >= 20, f"flood of {rate:.0f}/s is not 10x the 2/s quota"
     assert statuses.count(429) > len(statuses) / 2

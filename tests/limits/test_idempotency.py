@@ -2,6 +2,7 @@
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
@@ -132,7 +133,7 @@ def test_a_server_error_frees_the_key(committed, cast, limiter_redis, settings):
     token, key = new_token("provider-a"), str(uuid.uuid4())
     GatedCreate.gate.set()
     GatedCreate.calls.clear()
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_IDEMPOTENCY_KEY": key}
+    headers: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_IDEMPOTENCY_KEY": key}
     failed = Client().post(
         "/fhir/provider-a/Gated",
         data={"resourceType": "Patient", "fail": 1},
@@ -156,7 +157,7 @@ def test_an_unhandled_error_frees_the_key_and_the_slot(committed, cast, limiter_
     GatedCreate.gate.set()
     GatedCreate.calls.clear()
     client = Client(raise_request_exception=False)
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_IDEMPOTENCY_KEY": key}
+    headers: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_IDEMPOTENCY_KEY": key}
     body = {"resourceType": "Patient", "crash": 1}
     for _ in range(2):
         response = client.post(
