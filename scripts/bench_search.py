@@ -17,6 +17,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
@@ -154,6 +155,9 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--observations", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--pages", type=int, default=20, help="next links followed in the deep-paging run"
+    )
     args = parser.parse_args()
     rng = random.Random(4)
 
@@ -203,6 +207,29 @@ def main() -> None:
         f"p50 {statistics.median(timings):.2f} ms, p99 {percentile(timings, 0.99):.2f} ms, "
         f"mean matches {statistics.mean(matches):.1f}"
     )
+
+    # A broad search sorted by date, paged deep: keyset pages cost the same at any depth.
+    broad = [("code", f"http://loinc.org|{CODES[0]}"), ("_sort", "-date"), ("_count", "50")]
+    page_ms: list[float] = []
+    bundle = search_bundle(
+        caller=caller, resource_type="Observation", params=broad, base_url=base, strict=True
+    )
+    for _ in range(args.pages):
+        url = next((li["url"] for li in bundle["link"] if li["relation"] == "next"), None)
+        if url is None:
+            break
+        params = parse_qsl(urlsplit(url).query)
+        began = time.perf_counter()
+        bundle = search_bundle(
+            caller=caller, resource_type="Observation", params=params, base_url=base, strict=True
+        )
+        page_ms.append((time.perf_counter() - began) * 1000)
+    if page_ms:
+        print(
+            f"Observation?code=Y&_sort=-date&_count=50, next pages 2..{len(page_ms) + 1}: "
+            f"first {page_ms[0]:.1f} ms, last {page_ms[-1]:.1f} ms, "
+            f"p50 {statistics.median(page_ms):.1f} ms"
+        )
 
     with CaptureQueriesContext(connection) as captured:
         search_bundle(
