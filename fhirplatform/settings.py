@@ -134,7 +134,7 @@ TOKEN_RATE_LIMIT_PER_IP = env_str("TOKEN_RATE_LIMIT_PER_IP", "60/m")
 RATELIMIT_USE_CACHE = "default"
 
 # Rate limits (fhirplatform/limits): the engine's own Redis connection and its knobs.
-LIMITS_REDIS_URL = env_str("LIMITS_REDIS_URL", REDIS_URL)
+LIMITS_REDIS_URL = env_str("LIMITS_REDIS_URL", "") or REDIS_URL
 LIMITS_REDIS_TIMEOUT_MS = env_int("LIMITS_REDIS_TIMEOUT_MS", 250, minimum=10)
 LIMITS_REDIS_RETRY_SECONDS = env_int("LIMITS_REDIS_RETRY_SECONDS", 1, minimum=1)
 LIMITS_FALLBACK_PERCENT = env_int("LIMITS_FALLBACK_PERCENT", 25, minimum=1)
@@ -151,7 +151,9 @@ FHIR_MAX_PAYLOAD_BYTES = env_int("FHIR_MAX_PAYLOAD_BYTES", 5 * 1024 * 1024, mini
 DATA_UPLOAD_MAX_MEMORY_SIZE = FHIR_MAX_PAYLOAD_BYTES + 1024
 
 # Where seed_demo keeps the demo credentials it made (local demo only).
-DEMO_CREDENTIALS_FILE = env_str("DEMO_CREDENTIALS_FILE", str(BASE_DIR / ".data" / "demo-credentials.json"))
+DEMO_CREDENTIALS_FILE = env_str(
+    "DEMO_CREDENTIALS_FILE", str(BASE_DIR / ".data" / "demo-credentials.json")
+)
 
 # /metrics answers loopback callers, or callers presenting this bearer token.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
