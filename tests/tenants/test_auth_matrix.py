@@ -8,7 +8,7 @@ tenant and a missing resource is one body, byte for byte.
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -114,13 +114,25 @@ def _store_patient(tenant: Tenant, family: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(cast, django_db_blocker) -> World:
+def world(cast, django_db_blocker) -> Iterator[World]:
+    """One committed patient per tenant for the module, removed afterwards (others count rows)."""
     with django_db_blocker.unblock():
-        return World(
+        built = World(
             cast=cast,
             patient_a=_store_patient(cast.tenant_a, MARK_A),
             patient_b=_store_patient(cast.tenant_b, MARK_B),
         )
+    yield built
+    with django_db_blocker.unblock():
+        for tenant, logical_id in (
+            (cast.tenant_a, built.patient_a),
+            (cast.tenant_b, built.patient_b),
+        ):
+            connection.set_tenant(tenant)
+            try:
+                Resource.objects.filter(resource_type="Patient", logical_id=logical_id).delete()
+            finally:
+                connection.set_schema_to_public()
 
 
 def _fill(text: str, tenant: str, logical_id: str) -> str:
