@@ -16,5 +16,6 @@ urlpatterns = [
 admin.site.site_header = "fhirplatform operations"
 admin.site.site_title = "fhirplatform"
 
+handler400 = "fhirplatform.fhir.http.handler400"
 handler404 = "fhirplatform.fhir.http.handler404"
 handler500 = "fhirplatform.fhir.http.handler500"

@@ -4,12 +4,13 @@ import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
-from fhirplatform.errors import FhirError, Issue, IssueCode, operation_outcome
+from fhirplatform.errors import FhirError, Issue, IssueCode, not_found, operation_outcome
 
 FHIR_JSON = "application/fhir+json"
 
@@ -19,7 +20,9 @@ class FhirJSONRenderer(BaseRenderer):
     format = "json"
     charset = "utf-8"
 
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
         if data is None:
             return b""
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
@@ -38,14 +41,18 @@ class FhirJSONParser(BaseParser):
         try:
             return json.loads(stream.read().decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise FhirError(400, IssueCode.STRUCTURE, f"Request body is not valid JSON: {exc}") from exc
+            raise FhirError(
+                400, IssueCode.STRUCTURE, f"Request body is not valid JSON: {exc}"
+            ) from exc
 
 
 class PlainJSONParser(FhirJSONParser):
     media_type = "application/json"
 
 
-def outcome_response(status_code: int, outcome: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+def outcome_response(
+    status_code: int, outcome: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
     response = Response(outcome, status=status_code, content_type=FHIR_JSON)
     for name, value in (headers or {}).items():
         response[name] = value
@@ -74,28 +81,39 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, exceptions.APIException):
         code = _DRF_ISSUE_CODES.get(exc.status_code, IssueCode.PROCESSING)
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return outcome_response(exc.status_code, operation_outcome(Issue(code=code, diagnostics=str(detail))))
+        return outcome_response(
+            exc.status_code, operation_outcome(Issue(code=code, diagnostics=str(detail)))
+        )
     return None
 
 
 def _wants_outcome(request: HttpRequest) -> bool:
+    # The admin and the portal are HTML; every other error body is an OperationOutcome.
     return not request.path.startswith(("/admin/", "/portal/"))
+
+
+def _outcome_json(error: FhirError) -> HttpResponse:
+    return JsonResponse(error.outcome(), status=error.status, content_type=FHIR_JSON)
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Requests Django refuses before routing (e.g. a Host outside ALLOWED_HOSTS)."""
+    if not _wants_outcome(request):
+        return defaults.bad_request(request, exception or Exception())
+    return _outcome_json(FhirError(400, IssueCode.INVALID, "Bad request"))
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if not _wants_outcome(request):
-        from django.views.defaults import page_not_found
-
-        return page_not_found(request, exception or Exception())
-    return JsonResponse(
-        FhirError(404, IssueCode.NOT_FOUND, "Resource not found").outcome(),
-        status=404,
-        content_type=FHIR_JSON,
-    )
+        return defaults.page_not_found(request, exception or Exception())
+    return _outcome_json(not_found())
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    outcome = operation_outcome(
-        Issue(code=IssueCode.EXCEPTION, diagnostics="Internal error; quote the X-Request-ID when reporting it")
+    if not _wants_outcome(request):
+        return defaults.server_error(request)
+    return _outcome_json(
+        FhirError(
+            500, IssueCode.EXCEPTION, "Internal error; quote the X-Request-ID when reporting it"
+        )
     )
-    return JsonResponse(outcome, status=500, content_type=FHIR_JSON)

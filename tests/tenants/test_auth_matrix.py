@@ -479,11 +479,6 @@ def test_positive_control_the_right_caller_gets_through(client, world, call_name
     assert 200 <= response.status_code < 300, response.content[:500]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Host outside ALLOWED_HOSTS is answered by Django's HTML 400: "
-    "fhirplatform/urls.py needs a handler400 that renders an OperationOutcome",
-)
 def test_host_outside_allowed_hosts_is_a_400_operation_outcome(client, world):
     response = _send(
         client,
