@@ -23,8 +23,12 @@ def many(db: None, cast: Any) -> dict[str, Any]:
                 "coding": [{"system": "http://loinc.org", "code": "8867-4" if n % 5 else "9279-1"}]
             },
             "subject": {"reference": f"Patient/p{n % 40}"},
-            # Many rows share a date, so ties must be broken by row id.
-            "effectiveDateTime": f"2021-{n % 12 + 1:02d}-{n % 28 + 1:02d}",
+            # Many rows share a date, so ties must be broken by row id; some have none.
+            **(
+                {}
+                if n % 7 == 3
+                else {"effectiveDateTime": f"2021-{n % 12 + 1:02d}-{n % 28 + 1:02d}"}
+            ),
             "valueQuantity": {
                 "value": n % 97,
                 "system": "http://unitsofmeasure.org",
@@ -72,9 +76,12 @@ def test_sort_order_holds_across_pages(many: dict[str, Any]) -> None:
     caller = many["caller"]
     forward = [i for page in walk(caller, f"_count={PAGE}&_sort=-date", "next") for i in page]
     position = {i: n for n, i in enumerate(many["ids"])}
-    months = [(position[i] % 12, position[i] % 28) for i in forward]
-    dates = [f"{m + 1:02d}-{d + 1:02d}" for m, d in months]
+    dated = [i for i in forward if position[i] % 7 != 3]
+    undated = [i for i in forward if position[i] % 7 == 3]
+    assert forward == dated + undated  # resources without a date come last
+    dates = [f"{position[i] % 12 + 1:02d}-{position[i] % 28 + 1:02d}" for i in dated]
     assert dates == sorted(dates, reverse=True)
+    assert undated == sorted(undated, key=lambda i: -position[i])  # then newest row first
 
 
 def test_total_only_when_cheap_or_asked(many: dict[str, Any]) -> None:

@@ -17,13 +17,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.core import signing
-from django.db.models import F, Max, Min, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db import models
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 
 from fhirplatform.errors import FhirError, Issue, IssueCode, Severity, not_found, operation_outcome
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
-from fhirplatform.fhir.search.extract import MAX_INSTANT, MIN_INSTANT
 from fhirplatform.fhir.search.models import ReferenceIndex
 from fhirplatform.fhir.search.query import (
     INDEX_MODEL,
@@ -50,9 +49,6 @@ SUBSETTED = {
 # Parameters that shape the result rather than filter it; _format/_pretty are the renderer's.
 IGNORED_CONTROL = {"_format", "_pretty"}
 _ELEMENT = re.compile(r"^[a-z][A-Za-z0-9]*$")
-# Sort keys of rows lacking the value: they go last in either direction.
-_LAST_STRING = "\U0010ffff"
-_LAST_NUMBER = Decimal("1e30")
 
 
 class Control(StrEnum):
@@ -318,31 +314,111 @@ def _base_queryset(request: SearchRequest, base_url: str) -> QuerySet[Resource]:
 
 
 def _sort_expression(request: SearchRequest) -> Any:
-    sort = request.sort
-    if sort.kind == "pk":
-        return F("pk")
-    if sort.kind == "id":
-        return F("logical_id")
-    if sort.kind == "lastUpdated":
-        return F("last_updated")
+    """The resource column a column sort orders by (parameter sorts use the index)."""
+    return F({"pk": "pk", "id": "logical_id", "lastUpdated": "last_updated"}[request.sort.kind])
+
+
+def _sort_column(sort: SortKey) -> tuple[type[models.Model], str]:
     kind = ParamType(sort.kind)
-    model = INDEX_MODEL[kind]
     column = {
         ParamType.DATE: "high" if sort.descending else "low",
         ParamType.STRING: "value",
         ParamType.TOKEN: "code",
         ParamType.URI: "uri",
     }.get(kind, "value")
-    aggregate = Max(column) if sort.descending else Min(column)
-    rows = model._default_manager.filter(resource_id=OuterRef("pk"), param=sort.name)
-    value = Subquery(rows.values("resource_id").annotate(key=aggregate).values("key")[:1])
-    if kind is ParamType.DATE:
-        missing: Any = MIN_INSTANT if sort.descending else MAX_INSTANT
-    elif kind in (ParamType.NUMBER, ParamType.QUANTITY):
-        missing = -_LAST_NUMBER if sort.descending else _LAST_NUMBER
+    return INDEX_MODEL[kind], column
+
+
+def _value_segment(
+    queryset: QuerySet[Resource],
+    request: SearchRequest,
+    descending: bool,
+    after: tuple[Any, int] | None,
+    limit: int,
+) -> list[tuple[Any, int]]:
+    """(sort value, resource pk) of matching resources that have a value, walked in
+    index order. A resource is represented by one row: its smallest value for an
+    ascending sort, its largest for a descending one (ties broken by row id)."""
+    sort = request.sort
+    model, column = _sort_column(sort)
+    closer = "gt" if sort.descending else "lt"
+    better = model._default_manager.filter(
+        resource_id=OuterRef("resource_id"), param=sort.name
+    ).filter(
+        Q(**{f"{column}__{closer}": OuterRef(column)})
+        | Q(**{column: OuterRef(column), "pk__lt": OuterRef("pk")})
+    )
+    rows = model._default_manager.filter(
+        resource_type__in=request.resource_types or sorted(R4_RESOURCE_TYPES),
+        param=sort.name,
+        resource_id__in=queryset.values("pk"),
+    ).filter(~Exists(better))
+    if after is not None:
+        op = "lt" if descending else "gt"
+        rows = rows.filter(
+            Q(**{f"{column}__{op}": after[0]})
+            | Q(**{column: after[0], f"resource_id__{op}": after[1]})
+        )
+    order = [f"-{column}", "-resource_id"] if descending else [column, "resource_id"]
+    return list(rows.order_by(*order).values_list(column, "resource_id")[:limit])
+
+
+def _missing_segment(
+    queryset: QuerySet[Resource],
+    request: SearchRequest,
+    descending: bool,
+    after_pk: int | None,
+    limit: int,
+) -> list[tuple[Any, int]]:
+    """Matching resources without a value for the sort parameter; they come last."""
+    model, _ = _sort_column(request.sort)
+    has_value = model._default_manager.filter(resource_id=OuterRef("pk"), param=request.sort.name)
+    rows = queryset.filter(~Exists(has_value))
+    if after_pk is not None:
+        rows = rows.filter(**{f"pk__{'lt' if descending else 'gt'}": after_pk})
+    pks = rows.order_by("-pk" if descending else "pk").values_list("pk", flat=True)[:limit]
+    return [(None, pk) for pk in pks]
+
+
+def _page_by_value(
+    queryset: QuerySet[Resource], request: SearchRequest, position: dict[str, Any] | None
+) -> tuple[list[Resource], bool, Direction]:
+    """Keyset page for a sort on a parameter: resources with a value (in value order),
+    then those without (in row order). A cursor with key null sits in the second part."""
+    sort = request.sort
+    direction = Direction(position["d"]) if position else Direction.NEXT
+    descending = sort.descending != (direction == Direction.PREVIOUS)
+    limit = request.count + 1
+    in_missing = position is not None and position["k"] is None
+    after = (
+        None
+        if position is None or in_missing
+        else (_key_value(sort, position["k"]), int(position["i"]))
+    )
+    missing_after = int(position["i"]) if position is not None and in_missing else None
+    if direction == Direction.NEXT:
+        keys = [] if in_missing else _value_segment(queryset, request, descending, after, limit)
+        if len(keys) < limit:
+            keys += _missing_segment(
+                queryset, request, descending, missing_after, limit - len(keys)
+            )
+    elif in_missing:
+        keys = _missing_segment(queryset, request, descending, missing_after, limit)
+        if len(keys) < limit:
+            keys += _value_segment(queryset, request, descending, None, limit - len(keys))
     else:
-        missing = "" if sort.descending else _LAST_STRING
-    return Coalesce(value, Value(missing))
+        keys = _value_segment(queryset, request, descending, after, limit)
+    more = len(keys) > request.count
+    keys = keys[: request.count]
+    if direction == Direction.PREVIOUS:
+        keys.reverse()
+    found = Resource.objects.in_bulk([pk for _, pk in keys])
+    rows = []
+    for key, pk in keys:
+        resource = found[pk]
+        resource.sort_key = key  # type: ignore[attr-defined]
+        rows.append(resource)
+    return rows, more, direction
 
 
 def _key_json(value: Any) -> Any:
@@ -354,6 +430,8 @@ def _key_json(value: Any) -> Any:
 
 
 def _key_value(sort: SortKey, raw: Any) -> Any:
+    if raw is None:
+        return None
     if sort.kind in ("lastUpdated", ParamType.DATE):
         return datetime.fromisoformat(raw)
     if sort.kind in (ParamType.NUMBER, ParamType.QUANTITY):
@@ -395,6 +473,8 @@ def _page(
 ) -> tuple[list[Resource], bool, Direction]:
     """One page of rows in sort order, whether more exist beyond it, and the direction read."""
     sort = request.sort
+    if sort.kind not in ("pk", "id", "lastUpdated"):
+        return _page_by_value(queryset, request, position)
     queryset = queryset.annotate(sort_key=_sort_expression(request))
     direction = Direction(position["d"]) if position else Direction.NEXT
     # Reading backwards (previous page) flips the order; the rows are reversed afterwards.
