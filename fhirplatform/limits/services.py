@@ -117,7 +117,14 @@ class ThrottleEventBuffer:
 
 
 _events = ThrottleEventBuffer()
-atexit.register(lambda: _events.flush() if _events.counts else None)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    try:
+        _events.flush()
+    except Exception:
+        logger.exception("rate limiter: throttle events lost at exit")
 
 
 def throttle_event_record(
