@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from fhirplatform.context import context_update
 from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir.http import fhir_error_response
+from fhirplatform.limits.costs import request_cost
 from fhirplatform.limits.engine import Admission, EndpointClass, limit_admit
 from fhirplatform.limits.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
 from fhirplatform.schemas import schema_activate
@@ -70,7 +71,7 @@ class FhirView(APIView):
             caller=self.caller,
             endpoint_class=endpoint_class,
             resource_type=resource_type,
-            cost=cost,
+            cost=request_cost(request=request, endpoint_class=endpoint_class, declared=cost),
         )
         self.idempotency = idempotency_begin(request=request, caller=self.caller)
         schema_activate(self.caller.tenant)

@@ -65,6 +65,16 @@ def cost_of(endpoint_class: EndpointClass) -> int:
     return BASE_COST[endpoint_class]
 
 
+def request_cost(*, request: Any, endpoint_class: EndpointClass, declared: int) -> int:
+    """What the limiter charges for a request: the view's declared cost, never less than
+    the cost table says. Refuses a too-costly search or Bundle before any bucket moves."""
+    if endpoint_class == EndpointClass.SEARCH:
+        return max(declared, search_cost(count=request.query_params.get("_count")))
+    if endpoint_class == EndpointClass.BATCH and request.method == "POST":
+        return max(declared, bundle_cost(bundle=request.data))
+    return max(declared, BASE_COST[endpoint_class])
+
+
 def search_cost(*, count: Any) -> int:
     """Cost of a search asking for `_count` results; refuses a `_count` above the cap."""
     cap = settings.LIMITS_SEARCH_MAX_COUNT

@@ -216,3 +216,38 @@ def test_operators_see_throttle_events_read_only_in_the_admin(admin_client):
     assert admin_client.get("/admin/limits/throttleevent/add/").status_code == 403
     assert admin_client.get("/admin/limits/limitoverride/add/").status_code == 200
     assert admin_client.get("/admin/limits/limiterswitch/").status_code == 200
+
+
+def test_costs_are_weighted_and_too_costly_requests_refused_up_front(
+    server, committed, cast, limiter_redis
+):
+    client, token = new_client(cast.tenant_a.slug, search_per_minute=60, batch_per_minute=60)
+    patient_id = patient_create(server, "provider-a", token)
+    search_key = f"fp:rl:provider-a:grant:{client.client_id}:search"
+    refused = requests.get(
+        f"{server}/fhir/provider-a/Patient?_count=5000", headers=bearer(token), timeout=10
+    )
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["code"] == "too-costly"
+    assert not limiter_redis.exists(search_key)  # refused before any bucket moved
+
+    search = requests.get(
+        f"{server}/fhir/provider-a/Patient?_count=150", headers=bearer(token), timeout=10
+    )
+    assert search.status_code == 200
+    assert parsed(search)["endpoint-search"]["r"] == 10 - 3  # 2 + 1 for the second page
+
+    # Reads in a batch are priced like the searches they may be: 3 GET entries cost 6.
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": f"Patient/{patient_id}"}}] * 3,
+    }
+    batch = requests.post(
+        f"{server}/fhir/provider-a/",
+        json=bundle,
+        headers=bearer(token) | {"Content-Type": "application/fhir+json"},
+        timeout=10,
+    )
+    assert batch.status_code == 200, batch.text
+    assert parsed(batch)["endpoint-batch"]["r"] == 10 - 6  # the sum of its 3 entries
