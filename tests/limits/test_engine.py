@@ -278,3 +278,41 @@ def test_one_redis_round_trip_per_decision(limiter_redis, cast, new_caller):
     assert after["eval"] == before["eval"] and after["script|load"] == before["script|load"]
     for admission in held:
         admission.release()
+
+
+def test_slow_responses_cut_the_adaptive_limit(limiter_redis, cast, new_caller, settings):
+    settings.LIMITS_ADAPTIVE_MAX = 100
+    caller = new_caller(cast.tenant_a)
+    limiter_redis.hset(ADAPTIVE_KEY, "limit", "40")
+    admission = admit(caller)
+    time.sleep(0.55)  # above the 500 ms latency target of a read
+    admission.release(status=200)
+    assert float(limiter_redis.hget(ADAPTIVE_KEY, "limit")) == pytest.approx(36)
+
+
+def test_retry_after_is_never_before_the_reset_and_is_jittered(limiter_redis, cast, new_caller):
+    caller = new_caller(cast.tenant_a, plan_make(read_per_minute=6))  # one unit per 10 s
+    admit(caller).release()
+    waits = set()
+    for _ in range(30):
+        error = refusal(caller)
+        wait = policies(error.headers)["endpoint-read"]["t"]
+        retry_after = int(error.headers["Retry-After"])
+        assert wait <= retry_after <= wait + 2
+        waits.add(retry_after - wait)
+    assert len(waits) > 1  # refused clients do not all come back in the same second
+
+
+def test_portal_selector_lists_a_tenants_events_only(limiter_redis, cast, new_caller):
+    from fhirplatform.limits.selectors import throttle_events_for
+
+    caller_a = new_caller(cast.tenant_a, plan_make(read_per_minute=6))
+    caller_b = new_caller(cast.tenant_b, plan_make(read_per_minute=6))
+    for caller in (caller_a, caller_b):
+        admit(caller).release()
+        refusal(caller)
+    throttle_events_flush()
+    events_a = throttle_events_for(tenant=cast.tenant_a, client=caller_a.client)
+    assert [e.reason for e in events_a] == [ThrottleReason.ENDPOINT_RATE]
+    assert all(e.tenant_id == cast.tenant_a.pk for e in throttle_events_for(tenant=cast.tenant_a))
+    assert not throttle_events_for(tenant=cast.tenant_b, client=caller_a.client)
