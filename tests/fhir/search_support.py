@@ -28,6 +28,9 @@ def caller_for(cast_client: Any, tenant: Tenant, scopes: str | None = None) -> C
     )
 
 
+TAG_SYSTEM = "urn:fhirplatform:test-run"
+
+
 def stored(
     resource_type: str,
     content: dict[str, Any],
@@ -35,6 +38,7 @@ def stored(
     when: datetime | None = None,
     logical_id: str | None = None,
     index: bool = True,
+    tag: str | None = None,
 ) -> Resource:
     """A version-1 resource in the current tenant schema, indexed unless told otherwise."""
     logical_id = logical_id or str(uuid.uuid4())
@@ -45,6 +49,8 @@ def stored(
         **content,
         "meta": {"versionId": "1", "lastUpdated": when.isoformat().replace("+00:00", "Z")},
     }
+    if tag:  # lets a test's queries see only its own resources
+        body["meta"]["tag"] = [{"system": TAG_SYSTEM, "code": tag}]
     resource = Resource.objects.create(
         resource_type=resource_type,
         logical_id=logical_id,

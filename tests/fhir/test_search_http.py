@@ -9,8 +9,13 @@ import pytest
 import redis
 import requests
 from django.conf import settings
+from django.db import connection
 from fhir.resources.R4B import get_fhir_model_class
 from fhirpy import SyncFHIRClient
+
+from tenants.scopes import scopes_parse
+from tenants.services import client_create, tenant_create
+from tenants.tokens import token_issue
 
 # django_db makes pytest-django set up the test database; the data itself is committed by
 # the live server, and tokens are issued (committed) in the module fixture.
@@ -39,14 +44,25 @@ def next_url(bundle: dict[str, Any]) -> str | None:
 
 @pytest.fixture(scope="module")
 def seeded(live_server_url: str, cast: Any, django_db_blocker: Any) -> dict[str, Any]:
-    """A patient with 25 observations in tenant A, created through the API."""
-    base = f"{live_server_url}/fhir/{cast.tenant_a.slug}"
+    """A fresh tenant (committed, so the live server sees it) holding a patient with 25
+    observations created through the API; tenant B's client plays the other tenant."""
+    slug = "s" + uuid.uuid4().hex[:10]
+    base = f"{live_server_url}/fhir/{slug}"
     # Rate-limit buckets of earlier runs live in the test Redis database: start from full.
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     family = "Zz" + uuid.uuid4().hex[:10]
     with django_db_blocker.unblock():
-        http = session(cast.client_a.token())
-        token_a, token_b = cast.client_a.token(), cast.client_b.token()
+        tenant_create(slug=slug, name="Search over HTTP")
+        issued = client_create(
+            partner_name=f"Search {slug}", tenant_slugs=[slug], scopes="system/*.cruds"
+        )
+        grant = issued.grants[0]
+        token_a = token_issue(
+            grant=grant, scopes=scopes_parse(grant.scopes), auth_method="test"
+        ).access_token
+        token_b = cast.client_b.token()
+        connection.set_schema_to_public()  # type: ignore[attr-defined]
+    http = session(token_a)
     # One transaction Bundle: the patient and its observations, linked by urn:uuid.
     patient_ref = f"urn:uuid:{uuid.uuid4()}"
     entries: list[dict[str, Any]] = [
@@ -93,6 +109,7 @@ def seeded(live_server_url: str, cast: Any, django_db_blocker: Any) -> dict[str,
     ]
     patient_id, observations = created[0], created[1:]
     return {
+        "slug": slug,
         "base": base,
         "http": http,
         "family": family,
@@ -205,8 +222,6 @@ def test_other_tenant_sees_none_of_it(
     url = next_url(page)
     assert url is not None
     assert http_b.get(url).status_code == 404
-    rerouted = http_b.get(
-        url.replace(f"/fhir/{cast.tenant_a.slug}/", f"/fhir/{cast.tenant_b.slug}/")
-    )
+    rerouted = http_b.get(url.replace(f"/fhir/{seeded['slug']}/", f"/fhir/{cast.tenant_b.slug}/"))
     assert rerouted.status_code == 404
     assert valid(rerouted.json())["resourceType"] == "OperationOutcome"

@@ -1,6 +1,7 @@
 """Keyset paging: every result exactly once in both directions, and page links that
 replay only for the tenant and client that made them."""
 
+import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -16,12 +17,13 @@ PAGE = 300
 @pytest.fixture
 def many(db: None, cast: Any) -> dict[str, Any]:
     in_tenant(cast.tenant_a)
+    # Codes unique to this run: other modules commit observations into the same tenant.
+    run = uuid.uuid4().hex[:8]
+    common, rare = f"common-{run}", f"rare-{run}"
     contents = [
         {
             "status": "final",
-            "code": {
-                "coding": [{"system": "http://loinc.org", "code": "8867-4" if n % 5 else "9279-1"}]
-            },
+            "code": {"coding": [{"system": "http://loinc.org", "code": common if n % 5 else rare}]},
             "subject": {"reference": f"Patient/p{n % 40}"},
             # Many rows share a date, so ties must be broken by row id; some have none.
             **(
@@ -38,7 +40,13 @@ def many(db: None, cast: Any) -> dict[str, Any]:
         for n in range(RESULTS)
     ]
     rows = stored_many("Observation", contents)
-    return {"ids": [r.logical_id for r in rows], "caller": caller_for(cast.client_a, cast.tenant_a)}
+    return {
+        "ids": [r.logical_id for r in rows],
+        "caller": caller_for(cast.client_a, cast.tenant_a),
+        "common": common,
+        "rare": rare,
+        "run": f"code={common},{rare}",
+    }
 
 
 def walk(
@@ -58,7 +66,7 @@ def walk(
 )
 def test_every_result_exactly_once_forward_and_back(many: dict[str, Any], sort: str) -> None:
     caller = many["caller"]
-    query = f"code=8867-4&_count={PAGE}&{sort}"
+    query = f"code={many['common']}&_count={PAGE}&{sort}"
     expected = {i for n, i in enumerate(many["ids"]) if n % 5}
     forward = walk(caller, query, "next")
     seen = [i for page in forward for i in page]
@@ -74,7 +82,9 @@ def test_every_result_exactly_once_forward_and_back(many: dict[str, Any], sort: 
 
 def test_sort_order_holds_across_pages(many: dict[str, Any]) -> None:
     caller = many["caller"]
-    forward = [i for page in walk(caller, f"_count={PAGE}&_sort=-date", "next") for i in page]
+    forward = [
+        i for page in walk(caller, f"{many['run']}&_count={PAGE}&_sort=-date", "next") for i in page
+    ]
     position = {i: n for n, i in enumerate(many["ids"])}
     dated = [i for i in forward if position[i] % 7 != 3]
     undated = [i for i in forward if position[i] % 7 == 3]
@@ -86,13 +96,16 @@ def test_sort_order_holds_across_pages(many: dict[str, Any]) -> None:
 
 def test_total_only_when_cheap_or_asked(many: dict[str, Any]) -> None:
     caller = many["caller"]
-    assert "total" not in search(caller, "Observation", f"_count={PAGE}")
-    assert search(caller, "Observation", f"_count={PAGE}&_total=accurate")["total"] == RESULTS
-    assert search(caller, "Observation", "_summary=count")["total"] == RESULTS
+    mine = many["run"]
+    assert "total" not in search(caller, "Observation", f"{mine}&_count={PAGE}")
+    assert (
+        search(caller, "Observation", f"{mine}&_count={PAGE}&_total=accurate")["total"] == RESULTS
+    )
+    assert search(caller, "Observation", f"{mine}&_summary=count")["total"] == RESULTS
 
 
 def test_page_link_of_another_tenant_or_client_is_refused(many: dict[str, Any], cast: Any) -> None:
-    url = link(search(many["caller"], "Observation", f"_count={PAGE}"), "next")
+    url = link(search(many["caller"], "Observation", f"{many['run']}&_count={PAGE}"), "next")
     assert url is not None
     in_tenant(cast.tenant_b)
     with pytest.raises(FhirError) as other_tenant:
@@ -108,7 +121,7 @@ def test_page_link_of_another_tenant_or_client_is_refused(many: dict[str, Any], 
 
 def test_page_link_is_tamper_proof_and_bound_to_its_search(many: dict[str, Any]) -> None:
     caller = many["caller"]
-    url = link(search(caller, "Observation", f"code=8867-4&_count={PAGE}"), "next")
+    url = link(search(caller, "Observation", f"code={many['common']}&_count={PAGE}"), "next")
     assert url is not None
     params = parse_qsl(urlsplit(url).query)
     cursor = dict(params)["_cursor"]
@@ -116,7 +129,7 @@ def test_page_link_is_tamper_proof_and_bound_to_its_search(many: dict[str, Any])
     with pytest.raises(FhirError) as tampered:
         search(caller, "Observation", urlencode(forged))
     assert tampered.value.status == 400
-    swapped = [(k, v if k != "code" else "9279-1") for k, v in params]
+    swapped = [(k, v if k != "code" else many["rare"]) for k, v in params]
     with pytest.raises(FhirError) as other_search:
         search(caller, "Observation", urlencode(swapped))
     assert (
@@ -127,5 +140,9 @@ def test_page_link_is_tamper_proof_and_bound_to_its_search(many: dict[str, Any])
 
 def test_other_tenant_pages_see_nothing(many: dict[str, Any], cast: Any) -> None:
     in_tenant(cast.tenant_b)
-    bundle = search(caller_for(cast.client_b, cast.tenant_b), "Observation", f"_count={PAGE}")
+    bundle = search(
+        caller_for(cast.client_b, cast.tenant_b), "Observation", f"{many['run']}&_count={PAGE}"
+    )
     assert ids(bundle) == [] and link(bundle, "next") is None and bundle["total"] == 0
+    everything = search(caller_for(cast.client_b, cast.tenant_b), "Observation", "_count=1000")
+    assert not set(ids(everything)) & set(many["ids"])

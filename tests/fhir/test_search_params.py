@@ -1,6 +1,8 @@
 """Search parameter types, modifiers and prefixes, answered from the index tables."""
 
+import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -10,7 +12,8 @@ from django.db import connection
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir.search.models import DateIndex, ReferenceIndex, StringIndex, TokenIndex
 from fhirplatform.fhir.search.services import index_remove
-from tests.fhir.search_support import caller_for, ids, in_tenant, search, stored
+from tests.fhir.search_support import TAG_SYSTEM, caller_for, ids, in_tenant, search
+from tests.fhir.search_support import stored as stored_any
 
 LOINC = "http://loinc.org"
 MRN = "http://hospital.example/mrn"
@@ -53,7 +56,11 @@ def observation(
 
 @pytest.fixture
 def world(db: None, cast: Any) -> dict[str, Any]:
+    """A few patients and observations, tagged so that queries see only them (other test
+    modules commit resources into the same tenant)."""
     in_tenant(cast.tenant_a)
+    tag = uuid.uuid4().hex
+    stored = partial(stored_any, tag=tag)
     muller = stored(
         "Patient",
         {
@@ -91,11 +98,20 @@ def world(db: None, cast: Any) -> dict[str, Any]:
         "nameless": nameless,
         "obs": obs,
         "caller": caller_for(cast.client_a, cast.tenant_a),
+        "tag": tag,
     }
 
 
+def tagged(world: dict[str, Any], query: str) -> str:
+    return f"{query}&_tag={TAG_SYSTEM}|{world['tag']}"
+
+
+def find(world: dict[str, Any], resource_type: str, query: str, **kw: Any) -> dict[str, Any]:
+    return search(world["caller"], resource_type, tagged(world, query), **kw)
+
+
 def run(world: dict[str, Any], resource_type: str, query: str, **kw: Any) -> list[str]:
-    return sorted(ids(search(world["caller"], resource_type, query, **kw)))
+    return sorted(ids(find(world, resource_type, query, **kw)))
 
 
 def lids(*resources: Any) -> list[str]:
@@ -209,10 +225,10 @@ def test_chained_parameters(world: dict[str, Any]) -> None:
     assert run(world, "Observation", f"patient.identifier={MRN}|M-1&code=8302-2") == lids(obs[2])
     assert run(world, "Observation", "patient.birthdate=lt1900") == []
     with pytest.raises(FhirError) as unknown:
-        search(world["caller"], "Observation", "patient.shoe-size=12", strict=True)
+        find(world, "Observation", "patient.shoe-size=12", strict=True)
     assert unknown.value.issues[0].expression == ["patient.shoe-size"]
     with pytest.raises(FhirError):
-        search(world["caller"], "Observation", "patient.birthdate=notadate")
+        find(world, "Observation", "patient.birthdate=notadate")
 
 
 def test_missing(world: dict[str, Any]) -> None:
@@ -232,39 +248,37 @@ def test_common_id_and_last_updated(world: dict[str, Any]) -> None:
 
 
 def test_sort_by_date_string_token_and_id(world: dict[str, Any]) -> None:
-    caller = world["caller"]
     obs = world["obs"]
-    bundle = search(caller, "Observation", "_sort=-date")
+    bundle = find(world, "Observation", "_sort=-date")
     assert ids(bundle) == [
         obs[2].logical_id,
         obs[1].logical_id,
         obs[3].logical_id,
         obs[0].logical_id,
     ]
-    families = ids(search(caller, "Patient", "_sort=family"))
+    families = ids(find(world, "Patient", "_sort=family"))
     assert families == [
         world["miller"].logical_id,
         world["muller"].logical_id,
         world["nameless"].logical_id,
     ]
-    genders = ids(search(caller, "Patient", "_sort=-gender"))
+    genders = ids(find(world, "Patient", "_sort=-gender"))
     assert genders == [
         world["nameless"].logical_id,
         world["miller"].logical_id,
         world["muller"].logical_id,
     ]
-    assert ids(search(caller, "Patient", "_sort=_id")) == lids(
+    assert ids(find(world, "Patient", "_sort=_id")) == lids(
         world["muller"], world["miller"], world["nameless"]
     )
 
 
 def test_summary_count_elements_and_total(world: dict[str, Any]) -> None:
-    caller = world["caller"]
-    counted = search(caller, "Observation", "code=29463-7&_summary=count")
+    counted = find(world, "Observation", "code=29463-7&_summary=count")
     assert counted["total"] == 3 and "entry" not in counted
-    zero = search(caller, "Observation", "code=29463-7&_count=0")
+    zero = find(world, "Observation", "code=29463-7&_count=0")
     assert zero["total"] == 3 and "entry" not in zero
-    shaped = search(caller, "Patient", "gender=female&_elements=gender")
+    shaped = find(world, "Patient", "gender=female&_elements=gender")
     resource = shaped["entry"][0]["resource"]
     assert set(resource) == {"resourceType", "id", "meta", "gender"}
     assert any(tag["code"] == "SUBSETTED" for tag in resource["meta"]["tag"])
@@ -272,12 +286,11 @@ def test_summary_count_elements_and_total(world: dict[str, Any]) -> None:
 
 
 def test_include_and_revinclude(world: dict[str, Any]) -> None:
-    caller = world["caller"]
     m = world["muller"].logical_id
-    bundle = search(caller, "Observation", f"patient={m}&code=8302-2&_include=Observation:patient")
+    bundle = find(world, "Observation", f"patient={m}&code=8302-2&_include=Observation:patient")
     assert ids(bundle) == [world["obs"][2].logical_id]
     assert ids(bundle, "include") == [m]
-    reverse = search(caller, "Patient", f"_id={m}&_revinclude=Observation:subject")
+    reverse = find(world, "Patient", f"_id={m}&_revinclude=Observation:subject")
     assert ids(reverse) == [m]
     assert sorted(ids(reverse, "include")) == lids(*world["obs"][:3])
 
@@ -289,12 +302,11 @@ def test_include_respects_scopes(world: dict[str, Any], cast: Any) -> None:
 
 
 def test_unknown_parameters_strict_and_lenient(world: dict[str, Any]) -> None:
-    caller = world["caller"]
     with pytest.raises(FhirError) as failure:
-        search(caller, "Patient", "gender=female&shoe-size=12&color=red", strict=True)
+        find(world, "Patient", "gender=female&shoe-size=12&color=red", strict=True)
     assert failure.value.status == 400
     assert [i.expression for i in failure.value.issues] == [["shoe-size"], ["color"]]
-    lenient = search(caller, "Patient", "gender=female&shoe-size=12")
+    lenient = find(world, "Patient", "gender=female&shoe-size=12")
     assert ids(lenient) == [world["muller"].logical_id]
     self_link = next(li["url"] for li in lenient["link"] if li["relation"] == "self")
     assert "gender=female" in self_link and "shoe-size" not in self_link
@@ -344,9 +356,9 @@ def test_bad_values_give_400_naming_the_parameter(
 
 
 def test_count_is_capped_and_said_in_self_link(world: dict[str, Any]) -> None:
-    bundle = search(world["caller"], "Patient", "_count=5000")
+    bundle = find(world, "Patient", "_count=5000")
     assert "_count=1000" in bundle["link"][0]["url"]
-    assert "_count=50" in search(world["caller"], "Patient", "")["link"][0]["url"]
+    assert "_count=50" in find(world, "Patient", "")["link"][0]["url"]
 
 
 def test_system_search_across_types(world: dict[str, Any]) -> None:
@@ -365,5 +377,7 @@ def test_other_tenant_sees_none_of_it(world: dict[str, Any], cast: Any) -> None:
     assert ids(search(caller_b, "Patient", "family=mü")) == []
     assert ids(search(caller_b, "Observation", f"patient={m}&_include=Observation:patient")) == []
     assert search(caller_b, "Patient", f"_id={m}&_summary=count")["total"] == 0
-    assert search(caller_b, "Patient", "_revinclude=Observation:subject").get("entry") is None
+    assert (
+        search(caller_b, "Patient", f"_id={m}&_revinclude=Observation:subject").get("entry") is None
+    )
     connection.set_schema_to_public()  # type: ignore[attr-defined]
