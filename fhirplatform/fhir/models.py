@@ -25,6 +25,9 @@ class Resource(models.Model):
         ]
         indexes = [models.Index(fields=["resource_type", "last_updated", "id"])]
 
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.logical_id} v{self.version_id}"
+
 
 class ResourceVersion(models.Model):
     """Every version ever written, including deletes (method DELETE, content null)."""
@@ -47,3 +50,6 @@ class ResourceVersion(models.Model):
             models.Index(fields=["last_updated", "id"]),
             models.Index(fields=["resource_type", "last_updated", "id"]),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.logical_id}/_history/{self.version_id}"
