@@ -121,9 +121,10 @@ def generous_limits(*tenants_and_grants: Any) -> None:
             dry_run=True,
         ),
     )
+    # Rows only: the session cast objects stay untouched, so a rolled-back test leaves
+    # no dangling plan id in memory (the pipeline reads plans fresh from the token).
     for owner in tenants_and_grants:
-        owner.plan = plan
-        owner.save(update_fields=["plan"])
+        type(owner).objects.filter(pk=owner.pk).update(plan=plan)
     try:
         from fhirplatform.limits.selectors import profile_cache
     except ImportError:
@@ -143,7 +144,10 @@ def live_cast(cast: Any, live_server_url: str, django_db_blocker: Any) -> Iterat
     any test transaction (so the server sees them), the plans restored afterwards."""
     owners = [cast.tenant_a, cast.tenant_b, cast.client_a.grant, cast.client_b.grant]
     with django_db_blocker.unblock():
-        saved = [(owner, owner.plan_id) for owner in owners]
+        saved = [
+            (owner, type(owner).objects.values_list("plan_id", flat=True).get(pk=owner.pk))
+            for owner in owners
+        ]
         generous_limits(*owners)
         live = LiveCast(live_server_url, cast.client_a.token(), cast.client_b.token())
     try:
@@ -152,4 +156,3 @@ def live_cast(cast: Any, live_server_url: str, django_db_blocker: Any) -> Iterat
         with django_db_blocker.unblock():
             for owner, plan_id in saved:
                 type(owner).objects.filter(pk=owner.pk).update(plan_id=plan_id)
-                owner.refresh_from_db(fields=["plan"])

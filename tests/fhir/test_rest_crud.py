@@ -309,3 +309,43 @@ def test_unauthenticated_is_refused(cast):
     response = anonymous.get(f"Patient/{uuid.uuid4()}")
     assert response.status_code == 401
     assert json.loads(response.content)["resourceType"] == "OperationOutcome"
+
+
+def test_search_endpoints_get_post_and_strict_handling(api, cast):
+    family = f"Srch{uuid.uuid4().hex[:8]}"
+    created = _create(api, patient(family))
+    found = api.get("Patient", family=family)
+    assert found.status_code == 200
+    bundle = fhir_valid(found.json())
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [created["id"]]
+    posted = api.send(
+        "POST",
+        "Patient/_search",
+        f"family={family}",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert posted.status_code == 200, posted.content
+    assert [e["resource"]["id"] for e in posted.json()["entry"]] == [created["id"]]
+    json_body = api.post("Patient/_search", {"family": family})
+    assert json_body.status_code == 415
+    strict = api.get("Patient", headers={"Prefer": "handling=strict"}, bogus="1")
+    assert strict.status_code == 400
+    assert fhir_valid(strict.json())["resourceType"] == "OperationOutcome"
+    lenient = api.get("Patient", family=family, bogus="1")
+    assert lenient.status_code == 200
+    # The other tenant's search does not see it.
+    other = FhirClient(cast.tenant_b.slug, cast.client_b.token())
+    assert other.get("Patient", family=family).json().get("entry", []) == []
+
+
+def test_conditional_create(api):
+    marker = uuid.uuid4().hex
+    body = patient(marker)
+    header = {"If-None-Exist": f"identifier=urn:oid:1.2.36.146.595.217.0.1|{marker}"}
+    first = api.post("Patient", body, headers=header)
+    assert first.status_code == 201
+    second = api.post("Patient", body, headers=header)
+    assert second.status_code == 200
+    assert second.json()["id"] == first.json()["id"]
+    api.post("Patient", body)  # a second match, made without the condition
+    assert api.post("Patient", body, headers=header).status_code == 412
