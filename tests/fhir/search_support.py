@@ -2,10 +2,12 @@
 their index rows, and call the search selector as a given client."""
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import pytest
 from django.db import connection
 
 from fhirplatform.fhir.models import Resource
@@ -81,6 +83,13 @@ def stored_many(resource_type: str, contents: list[dict[str, Any]]) -> list[Reso
     created = Resource.objects.bulk_create(rows)
     index_resources(resources=created)
     return created
+
+
+@pytest.fixture(autouse=True)
+def public_schema_after() -> Iterator[None]:
+    """Tests switch the connection into tenant schemas; leave it on public for the next."""
+    yield
+    connection.set_schema_to_public()  # type: ignore[attr-defined]
 
 
 def in_tenant(tenant: Tenant) -> None:

@@ -52,6 +52,7 @@ def seeded(live_server_url: str, cast: Any, django_db_blocker: Any) -> dict[str,
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     family = "Zz" + uuid.uuid4().hex[:10]
     with django_db_blocker.unblock():
+        connection.set_schema_to_public()  # type: ignore[attr-defined]
         tenant_create(slug=slug, name="Search over HTTP")
         issued = client_create(
             partner_name=f"Search {slug}", tenant_slugs=[slug], scopes="system/*.cruds"

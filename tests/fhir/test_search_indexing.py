@@ -13,7 +13,13 @@ from fhirplatform.fhir import storage
 from fhirplatform.fhir.search.extract import _compiled, _plan, date_range, resource_values
 from fhirplatform.fhir.search.models import DateIndex, StringIndex, TokenIndex
 from fhirplatform.fhir.search.registry import ParamType, search_parameter, search_parameters_for
-from tests.fhir.search_support import caller_for, ids, in_tenant, search
+from tests.fhir.search_support import (
+    caller_for,
+    ids,
+    in_tenant,
+    public_schema_after,  # noqa: F401 - autouse fixture
+    search,
+)
 
 SYNTHEA = Path(__file__).resolve().parents[3] / "shared" / "data" / "synthea-r4"
 

@@ -8,7 +8,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 
 from fhirplatform.errors import FhirError
-from tests.fhir.search_support import caller_for, follow, ids, in_tenant, link, search, stored_many
+from tests.fhir.search_support import (
+    caller_for,
+    follow,
+    ids,
+    in_tenant,
+    link,
+    public_schema_after,  # noqa: F401 - autouse fixture
+    search,
+    stored_many,
+)
 
 RESULTS = 2500
 PAGE = 300

@@ -12,7 +12,14 @@ from django.db import connection
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir.search.models import DateIndex, ReferenceIndex, StringIndex, TokenIndex
 from fhirplatform.fhir.search.services import index_remove
-from tests.fhir.search_support import TAG_SYSTEM, caller_for, ids, in_tenant, search
+from tests.fhir.search_support import (
+    TAG_SYSTEM,
+    caller_for,
+    ids,
+    in_tenant,
+    public_schema_after,  # noqa: F401 - autouse fixture
+    search,
+)
 from tests.fhir.search_support import stored as stored_any
 
 LOINC = "http://loinc.org"
