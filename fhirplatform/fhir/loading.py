@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 LOADER_SOURCE = "urn:fhirplatform:loader"
 NDJSON_CHUNK = 1000
 BULK_BATCH = 1000
+# After a load this large, refresh the planner statistics of the tenant's FHIR tables.
+ANALYZE_AFTER = 1000
 
 
 class LoadError(ValueError):
@@ -266,6 +268,24 @@ def _load_file(path: Path) -> LoadReport:
     return report
 
 
+def tables_analyze() -> None:
+    """ANALYZE the current schema's store and search index tables.
+
+    Freshly bulk-loaded tables have no statistics until autovacuum gets to them, and
+    until then the planner treats every index table as one row: a 100,000-observation
+    search measured 0.2-0.9 s before and 5 ms after.
+    """
+    from django.apps import apps
+
+    models = [
+        *apps.get_app_config("fhir").get_models(),
+        *apps.get_app_config("fhir_search").get_models(),
+    ]
+    with connection.cursor() as cursor:
+        for model in models:
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
+
+
 def in_tenant(tenant: Tenant) -> Any:
     """Context manager: run in the tenant's schema, back to public afterwards."""
     from contextlib import contextmanager
@@ -297,6 +317,8 @@ def fhir_load_path(*, tenant: Tenant, path: Path | str) -> LoadReport:
                 report.files += 1
                 report.failures.append(f"{file}: {error}")
                 logger.warning("load failed", extra={"tenant": tenant.slug, "file": str(file)})
+        if report.resources >= ANALYZE_AFTER:
+            tables_analyze()
     report.seconds = time.perf_counter() - started
     logger.info("fhir load", extra={"tenant": tenant.slug, **report.as_dict()})
     return report
@@ -320,6 +342,8 @@ def fhir_load_resources(*, tenant: Tenant, resources: Iterable[dict[str, Any]]) 
                 flush()
         if chunk:
             flush()
+        if sum(report.by_type.values()) >= ANALYZE_AFTER:
+            tables_analyze()
     report.resources = sum(report.by_type.values())
     report.seconds = time.perf_counter() - started
     return report
