@@ -32,11 +32,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
 django.setup()
 
-from django.db import connection  # noqa: E402
-
 from fhirplatform.fhir.loading import fhir_generate  # noqa: E402
 from fhirplatform.fhir.models import Resource  # noqa: E402
 from fhirplatform.fhir.synthetic import OBSERVATION_KINDS  # noqa: E402
+from fhirplatform.schemas import tenant_schema  # noqa: E402
 from tenants.models import Grant, RatePlan, Tenant  # noqa: E402
 from tenants.scopes import scopes_parse  # noqa: E402
 from tenants.services import client_create, tenant_create  # noqa: E402
@@ -83,9 +82,8 @@ def _tenant(slug: str, patients: int, observations: int, seed: int) -> tuple[Ten
             plan_name=BENCH_PLAN,
             name="fhir benchmark",
         ).grants[0]
-    connection.set_tenant(tenant)  # type: ignore[attr-defined]
-    have = Resource.objects.filter(resource_type="Observation").count()
-    connection.set_schema_to_public()  # type: ignore[attr-defined]
+    with tenant_schema(tenant):
+        have = Resource.objects.filter(resource_type="Observation").count()
     if have < observations:
         print(
             f"generating {patients} patients / {observations} observations into {slug} ...",
@@ -228,13 +226,12 @@ def main() -> None:
     slug = args.tenant or f"bench-{args.patients}p-{args.observations}o"
     tenant, grant = _tenant(slug, args.patients, args.observations, args.seed)
 
-    connection.set_tenant(tenant)  # type: ignore[attr-defined]
-    patient_ids = list(
-        Resource.objects.filter(resource_type="Patient", deleted=False).values_list(
-            "logical_id", flat=True
-        )[:500]
-    )
-    connection.set_schema_to_public()  # type: ignore[attr-defined]
+    with tenant_schema(tenant):
+        patient_ids = list(
+            Resource.objects.filter(resource_type="Patient", deleted=False).values_list(
+                "logical_id", flat=True
+            )[:500]
+        )
     codes = [kind[0] for kind in OBSERVATION_KINDS]
 
     port = _free_port()

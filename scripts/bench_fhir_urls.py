@@ -1,11 +1,11 @@
 """The platform's URLs plus the benchmark's baseline: a bare Django view that returns the
 same stored JSON as a FHIR read, with no token, scope, rate limit or DRF in between."""
 
-from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from fhirplatform.fhir.models import Resource
+from fhirplatform.schemas import schema_activate
 from fhirplatform.urls import handler404, handler500, urlpatterns  # noqa: F401
 from tenants.models import Tenant
 
@@ -13,7 +13,7 @@ from tenants.models import Tenant
 def bare_read(
     request: HttpRequest, tenant: str, resource_type: str, logical_id: str
 ) -> HttpResponse:
-    connection.set_tenant(Tenant.objects.get(slug=tenant))  # type: ignore[attr-defined]
+    schema_activate(Tenant.objects.get(slug=tenant))
     content = (
         Resource.objects.filter(resource_type=resource_type, logical_id=logical_id)
         .values_list("content", flat=True)

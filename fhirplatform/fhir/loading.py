@@ -27,6 +27,7 @@ from fhirplatform.fhir import storage
 from fhirplatform.fhir.models import Resource, ResourceVersion
 from fhirplatform.fhir.search.services import index_resources
 from fhirplatform.fhir.validation import resource_type_check, resource_validate
+from fhirplatform.schemas import tenant_schema
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -286,21 +287,6 @@ def tables_analyze() -> None:
             cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
 
 
-def in_tenant(tenant: Tenant) -> Any:
-    """Context manager: run in the tenant's schema, back to public afterwards."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def schema() -> Iterator[None]:
-        connection.set_tenant(tenant)  # type: ignore[attr-defined]
-        try:
-            yield
-        finally:
-            connection.set_schema_to_public()  # type: ignore[attr-defined]
-
-    return schema()
-
-
 def fhir_load_path(*, tenant: Tenant, path: Path | str) -> LoadReport:
     """Load a Bundle (.json, .json.gz), an NDJSON file (.ndjson[.gz]) or a directory of them.
 
@@ -309,7 +295,7 @@ def fhir_load_path(*, tenant: Tenant, path: Path | str) -> LoadReport:
     """
     started = time.perf_counter()
     report = LoadReport()
-    with in_tenant(tenant):
+    with tenant_schema(tenant):
         for file in _files(Path(path)):
             try:
                 report.add(_load_file(file))
@@ -335,7 +321,7 @@ def fhir_load_resources(*, tenant: Tenant, resources: Iterable[dict[str, Any]]) 
             report.by_type.update(pending_store(_validated(chunk, "generated")))
         chunk.clear()
 
-    with in_tenant(tenant):
+    with tenant_schema(tenant):
         for resource in resources:
             chunk.append(Pending(resource["resourceType"], resource["id"], resource))
             if len(chunk) >= NDJSON_CHUNK:
