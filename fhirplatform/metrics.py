@@ -20,7 +20,9 @@ from prometheus_client import (
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
 REQUESTS = Counter(
-    "fhirplatform_http_requests_total", "HTTP requests by route class and status", ["route", "status"]
+    "fhirplatform_http_requests_total",
+    "HTTP requests by route class and status",
+    ["route", "status"],
 )
 LATENCY = Histogram(
     "fhirplatform_http_request_seconds",
@@ -32,8 +34,12 @@ LATENCY = Histogram(
 
 def route_class(path: str) -> str:
     """A bounded label: never the tenant or resource id, so cardinality stays small."""
-    for prefix, name in (("/fhir/", "fhir"), ("/oauth/", "oauth"), ("/admin/", "admin"),
-                         ("/portal/", "portal")):
+    for prefix, name in (
+        ("/fhir/", "fhir"),
+        ("/oauth/", "oauth"),
+        ("/admin/", "admin"),
+        ("/portal/", "portal"),
+    ):
         if path.startswith(prefix):
             return name
     return "other"

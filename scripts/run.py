@@ -27,7 +27,9 @@ def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, cwd=ROOT, start_new_session=True)
 
 
-def wait_ready(url: str, processes: dict[str, subprocess.Popen[bytes]], seconds: float = 60) -> bool:
+def wait_ready(
+    url: str, processes: dict[str, subprocess.Popen[bytes]], seconds: float = 60
+) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if any(process.poll() is not None for process in processes.values()):
@@ -74,19 +76,53 @@ def main() -> int:
     processes: dict[str, subprocess.Popen[bytes]] = {}
     processes["web"] = start(
         "web (gunicorn)",
-        [PYTHON, "-m", "gunicorn", "fhirplatform.wsgi:application", "--bind", f"0.0.0.0:{port}",
-         "--workers", os.environ.get("WEB_WORKERS", "2"), "--threads", "8",
-         "--access-logfile", "-", "--log-level", "warning"],
+        [
+            PYTHON,
+            "-m",
+            "gunicorn",
+            "fhirplatform.wsgi:application",
+            "--bind",
+            f"0.0.0.0:{port}",
+            "--workers",
+            os.environ.get("WEB_WORKERS", "2"),
+            "--threads",
+            "8",
+            "--access-logfile",
+            "-",
+            "--log-level",
+            "warning",
+        ],
     )
     processes["worker"] = start(
         "Celery worker",
-        [PYTHON, "-m", "celery", "-A", "fhirplatform", "worker", "--concurrency", "2",
-         "--loglevel", "info", "--without-gossip"],
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "fhirplatform",
+            "worker",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "info",
+            "--without-gossip",
+        ],
     )
     processes["beat"] = start(
         "Celery beat",
-        [PYTHON, "-m", "celery", "-A", "fhirplatform", "beat", "--loglevel", "info",
-         "--schedule", str(data / "celerybeat-schedule")],
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "fhirplatform",
+            "beat",
+            "--loglevel",
+            "info",
+            "--schedule",
+            str(data / "celerybeat-schedule"),
+        ],
     )
 
     def on_signal(signum: int, frame: object) -> None:

@@ -66,7 +66,9 @@ def pg_ensure_database(url: str) -> None:
     database = urlparse(url).path.lstrip("/")
     admin_url = pg_with_database(url, "postgres")
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{database}"')
             log(f"created database {database}")
@@ -122,9 +124,23 @@ def redis_usable(url: str) -> bool:
 def redis_start(binary: str, port: int, directory: Path) -> bool:
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [binary, "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
-         "--save", "", "--appendonly", "no", "--dir", str(directory),
-         "--logfile", str(directory / "redis.log")],
+        [
+            binary,
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--logfile",
+            str(directory / "redis.log"),
+        ],
         check=False,
         capture_output=True,
     )
@@ -143,7 +159,11 @@ def redis_url() -> str:
     system_binary = shutil.which("redis-server")
     if system_binary and not port_open("127.0.0.1", 6379):
         log("starting the local redis-server on 6379")
-        if redis_start(system_binary, 6379, Path("/var/lib/redis") if Path("/var/lib/redis").is_dir() else DATA / "redis"):
+        if redis_start(
+            system_binary,
+            6379,
+            Path("/var/lib/redis") if Path("/var/lib/redis").is_dir() else DATA / "redis",
+        ):
             return local
     embedded = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
     if redis_usable(embedded):

@@ -98,10 +98,14 @@ def scopes_intersect(requested: list[Scope], granted: list[Scope]) -> list[Scope
         for have in granted:
             if have.resource_type not in (WILDCARD, want.resource_type):
                 continue
-            letters = "".join(p for p in _V2_ORDER if p in want.permissions and p in have.permissions)
+            letters = "".join(
+                p for p in _V2_ORDER if p in want.permissions and p in have.permissions
+            )
             if not letters:
                 continue
-            resource_type = want.resource_type if want.resource_type != WILDCARD else have.resource_type
+            resource_type = (
+                want.resource_type if want.resource_type != WILDCARD else have.resource_type
+            )
             result.append(Scope(resource_type, letters, f"system/{resource_type}.{letters}"))
     return _dedupe(result)
 

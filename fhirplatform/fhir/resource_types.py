@@ -5,7 +5,7 @@ Extracted from the StructureDefinitions of npm hl7.fhir.r4.examples@4.0.1
 """
 
 R4_RESOURCE_TYPES: frozenset[str] = frozenset(
- {
+    {
         "Account",
         "ActivityDefinition",
         "AdverseEvent",

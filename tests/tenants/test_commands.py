@@ -81,8 +81,15 @@ class TestCreateClient:
     def test_prints_credentials_and_each_granted_tenants_fhir_base(self, cast):
         result = json.loads(
             _run(
-                "create_client", "--partner", "Newco", "--tenant", "provider-a",
-                "--tenant", "payer-b", "--scope", "system/Patient.rs system/Observation.read",
+                "create_client",
+                "--partner",
+                "Newco",
+                "--tenant",
+                "provider-a",
+                "--tenant",
+                "payer-b",
+                "--scope",
+                "system/Patient.rs system/Observation.read",
                 "--json",
             )
         )
@@ -102,8 +109,19 @@ class TestCreateClient:
         path = tmp_path / "jwks.json"
         path.write_text(json.dumps(jwks))
         result = json.loads(
-            _run("create_client", "--partner", "Keyco", "--tenant", "provider-a",
-                 "--scope", "system/*.rs", "--jwks", str(path), "--no-secret", "--json")
+            _run(
+                "create_client",
+                "--partner",
+                "Keyco",
+                "--tenant",
+                "provider-a",
+                "--scope",
+                "system/*.rs",
+                "--jwks",
+                str(path),
+                "--no-secret",
+                "--json",
+            )
         )
         assert result["client_secret"] is None
         assert result["auth_methods"] == ["private_key_jwt"]
@@ -113,14 +131,22 @@ class TestCreateClient:
         ("args", "message"),
         [
             (["--tenant", "nowhere", "--scope", "system/*.rs"], "unknown tenant"),
-            (["--tenant", "provider-a", "--tenant", "nowhere", "--scope", "system/*.rs"],
-             "unknown tenant"),
+            (
+                ["--tenant", "provider-a", "--tenant", "nowhere", "--scope", "system/*.rs"],
+                "unknown tenant",
+            ),
             (["--tenant", "provider-a", "--scope", "system/Patient.fly"], "permissions"),
             (["--tenant", "provider-a", "--scope", "system/Spaceship.rs"], "unknown resource type"),
-            (["--tenant", "provider-a", "--scope", "patient/Patient.rs"], "not a SMART system scope"),
+            (
+                ["--tenant", "provider-a", "--scope", "patient/Patient.rs"],
+                "not a SMART system scope",
+            ),
             (["--tenant", "provider-a", "--scope", "system/Patient.sr"], "permissions"),
             (["--tenant", "provider-a", "--scope", "  "], "at least one scope"),
-            (["--tenant", "provider-a", "--scope", "system/*.rs", "--plan", "gold"], "unknown plan"),
+            (
+                ["--tenant", "provider-a", "--scope", "system/*.rs", "--plan", "gold"],
+                "unknown plan",
+            ),
         ],
     )
     def test_bad_input_is_refused_and_changes_nothing(self, cast, args, message):
@@ -134,8 +160,10 @@ class TestCreateClient:
         [
             ({"keys": []}, "non-empty"),
             ({"keys": [{"kty": "oct", "k": "secret", "kid": "a"}]}, "kty"),
-            ({"keys": [{"kty": "RSA", "n": "x", "e": "AQAB", "d": "private", "kid": "a"}]},
-             "private key material"),
+            (
+                {"keys": [{"kty": "RSA", "n": "x", "e": "AQAB", "d": "private", "kid": "a"}]},
+                "private key material",
+            ),
             ({"keys": [{"kty": "RSA", "n": "x", "e": "AQAB"}]}, "kid"),
         ],
     )
@@ -144,15 +172,33 @@ class TestCreateClient:
         path.write_text(json.dumps(jwks))
         before = _counts()
         with pytest.raises(CommandError, match=message):
-            _run("create_client", "--partner", "P", "--tenant", "provider-a",
-                 "--scope", "system/*.rs", "--jwks", str(path))
+            _run(
+                "create_client",
+                "--partner",
+                "P",
+                "--tenant",
+                "provider-a",
+                "--scope",
+                "system/*.rs",
+                "--jwks",
+                str(path),
+            )
         assert _counts() == before
 
     def test_unreadable_jwks_file(self, cast, tmp_path):
         before = _counts()
         with pytest.raises(CommandError, match="cannot read JWKS"):
-            _run("create_client", "--partner", "P", "--tenant", "provider-a",
-                 "--scope", "system/*.rs", "--jwks", str(tmp_path / "missing.json"))
+            _run(
+                "create_client",
+                "--partner",
+                "P",
+                "--tenant",
+                "provider-a",
+                "--scope",
+                "system/*.rs",
+                "--jwks",
+                str(tmp_path / "missing.json"),
+            )
         assert _counts() == before
 
 
