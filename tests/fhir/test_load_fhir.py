@@ -54,15 +54,18 @@ def test_load_transaction_bundles_and_ndjson(cast, tmp_path):
     lines = [ndjson_patient, observation("Patient/nd-patient-1") | {"id": "nd-obs-1"}]
     (tmp_path / "data.ndjson").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
 
+    # Tenant A may hold committed data of other modules: compare with what was there.
+    before = set(_in(cast.tenant_a, lambda: list(Resource.objects.values_list("pk", flat=True))))
+    versions_before = _in(cast.tenant_a, lambda: ResourceVersion.objects.count())
     report = fhir_load_path(tenant=cast.tenant_a, path=tmp_path)
     assert report.failures == []
     assert report.files == 3 and report.resources == 6
     assert report.by_type == {"Patient": 3, "Observation": 3}
 
-    patients = _in(cast.tenant_a, lambda: list(Resource.objects.filter(resource_type="Patient")))
-    observations = _in(
-        cast.tenant_a, lambda: list(Resource.objects.filter(resource_type="Observation"))
-    )
+    loaded = _in(cast.tenant_a, lambda: list(Resource.objects.exclude(pk__in=before)))
+    patients = [r for r in loaded if r.resource_type == "Patient"]
+    observations = [r for r in loaded if r.resource_type == "Observation"]
+    assert len(patients) == 3 and len(observations) == 3
     patient_ids = {p.logical_id for p in patients}
     assert "nd-patient-1" in patient_ids  # NDJSON keeps its ids
     for obs in observations:
@@ -71,14 +74,16 @@ def test_load_transaction_bundles_and_ndjson(cast, tmp_path):
         assert obs.content["meta"]["versionId"] == "1"
         resource_validate(content=obs.content, resource_type="Observation")
     versions = _in(cast.tenant_a, lambda: ResourceVersion.objects.count())
-    assert versions == 6
+    assert versions == versions_before + 6
     # Every loaded resource is indexed for search.
     indexed = _in(
         cast.tenant_a,
         lambda: set(
-            ReferenceIndex.objects.filter(resource_type="Observation", param="subject").values_list(
-                "resource_id", flat=True
-            )
+            ReferenceIndex.objects.filter(
+                resource_type="Observation",
+                param="subject",
+                resource_id__in=[o.pk for o in observations],
+            ).values_list("resource_id", flat=True)
         ),
     )
     assert indexed == {obs.pk for obs in observations}
@@ -133,14 +138,17 @@ def test_generator_is_deterministic_and_valid():
 
 
 def test_generate_into_one_tenant_only(cast):
+    def loinc_rows():
+        return _in(
+            cast.tenant_a,
+            lambda: TokenIndex.objects.filter(
+                resource_type="Observation", param="code", system="http://loinc.org"
+            ).count(),
+        )
+
+    b_before, loinc_before = _in(cast.tenant_b, lambda: Resource.objects.count()), loinc_rows()
     report = fhir_generate(tenant=cast.tenant_a, patients=2, observations_per_patient=5, seed=3)
     assert report.by_type["Patient"] == 2 and report.by_type["Observation"] == 10
-    loinc = _in(
-        cast.tenant_a,
-        lambda: TokenIndex.objects.filter(
-            resource_type="Observation", param="code", system="http://loinc.org"
-        ).count(),
-    )
-    assert loinc >= 10
+    assert loinc_rows() == loinc_before + 10  # every generated observation is indexed
     # The other tenant received nothing.
-    assert _in(cast.tenant_b, lambda: Resource.objects.count()) == 0
+    assert _in(cast.tenant_b, lambda: Resource.objects.count()) == b_before
