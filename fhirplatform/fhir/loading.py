@@ -1,9 +1,10 @@
 """Bulk loading into one tenant: transaction/batch Bundles, NDJSON, synthetic data.
 
 The loader is the fast path beside the REST API: resources are validated exactly as a
-REST write is, then inserted with bulk_create (current rows, their first history rows and
-their search index rows) one Bundle or one NDJSON chunk per database transaction, so a
-file that fails leaves nothing behind and a large load does not hold one huge transaction.
+REST write is, then inserted in bulk (current rows and their first history rows with COPY,
+their search index rows with bulk_create), one Bundle or one NDJSON chunk per database
+transaction, so a file that fails leaves nothing behind and a large load does not hold
+one huge transaction.
 
 Id rules: a Bundle POST entry gets a new server UUID and `urn:uuid:` references to it are
 rewritten; NDJSON lines and Bundle PUT entries keep their ids (they are exports of another
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from django.db import connection, transaction
+from psycopg.types.json import Jsonb
 
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir import storage
@@ -34,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 LOADER_SOURCE = "urn:fhirplatform:loader"
 NDJSON_CHUNK = 1000
-BULK_BATCH = 1000
 # After a load this large, refresh the planner statistics of the tenant's FHIR tables.
 ANALYZE_AFTER = 1000
 
@@ -141,6 +142,59 @@ def _validated(items: list[Pending], where: str) -> list[Pending]:
     return items
 
 
+def _copy_insert(rows: list[Resource]) -> None:
+    """Insert new current rows and their first history rows with COPY.
+
+    COPY streams rows to PostgreSQL instead of quoting every JSON document into one huge
+    INSERT statement, which was a third of the loader's time. The ids are reserved from
+    the table's own sequence first, so the index rows can point at them.
+    """
+    if not rows:
+        return
+    quote = connection.ops.quote_name
+    resource_table, version_table = Resource._meta.db_table, ResourceVersion._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+            [resource_table, len(rows)],
+        )
+        for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
+            row.pk = pk
+            row._state.adding = False
+        raw = cursor.cursor
+        columns = "resource_type, logical_id, version_id, last_updated"
+        with raw.copy(
+            f"COPY {quote(resource_table)} (id, {columns}, deleted, content) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(
+                    (
+                        row.pk,
+                        row.resource_type,
+                        row.logical_id,
+                        row.version_id,
+                        row.last_updated,
+                        False,
+                        Jsonb(row.content),
+                    )
+                )
+        with raw.copy(
+            f"COPY {quote(version_table)} (resource_id, {columns}, method, content) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(
+                    (
+                        row.pk,
+                        row.resource_type,
+                        row.logical_id,
+                        row.version_id,
+                        row.last_updated,
+                        str(storage.Method.POST),
+                        Jsonb(row.content),
+                    )
+                )
+
+
 def pending_store(items: list[Pending]) -> Counter[str]:
     """Store validated resources in bulk in the current schema and transaction."""
     by_type: Counter[str] = Counter()
@@ -183,22 +237,8 @@ def pending_store(items: list[Pending]) -> Counter[str]:
                 ),
             )
         by_type[item.resource_type] += 1
-    rows = Resource.objects.bulk_create(list(fresh.values()), batch_size=BULK_BATCH)
-    ResourceVersion.objects.bulk_create(
-        [
-            ResourceVersion(
-                resource=row,
-                resource_type=row.resource_type,
-                logical_id=row.logical_id,
-                version_id=1,
-                last_updated=row.last_updated,
-                method=storage.Method.POST,
-                content=row.content,
-            )
-            for row in rows
-        ],
-        batch_size=BULK_BATCH,
-    )
+    rows = list(fresh.values())
+    _copy_insert(rows)
     index_resources(resources=rows)
     return by_type
 
