@@ -310,6 +310,8 @@ def _run(
     return _execute(caller, plan, base_url=base_url, source=source, representation=representation)
 
 
+# Ids are assigned before anything runs so that every entry, whatever its position, can
+# refer to any other; the whole run is one atomic block, and the first FhirError unwinds it.
 def _transaction(
     caller: Caller, plans: list[EntryPlan], *, base_url: str, source: str, representation: bool
 ) -> list[dict[str, Any]]:
@@ -353,6 +355,7 @@ def _batch(
     results: dict[int, dict[str, Any]] = {}
     for plan in sorted(plans, key=lambda p: (_METHOD_ORDER[p.method], p.index)):
         try:
+            # A savepoint per entry: a failing entry undoes only its own partial writes.
             with transaction.atomic():
                 results[plan.index] = _run(
                     caller, plan, base_url=base_url, source=source, representation=representation

@@ -45,6 +45,7 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
     ]
 
 
+# Built once per process: the types and the registry are fixed at deploy time.
 @cache
 def _resources(searchable: bool) -> tuple[dict[str, Any], ...]:
     resources = []

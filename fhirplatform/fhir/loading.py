@@ -211,6 +211,8 @@ def pending_store(items: list[Pending]) -> Counter[str]:
     fresh: dict[tuple[str, str], Resource] = {}
     for item in items:
         key = (item.resource_type, item.logical_id)
+        # The existence check and the insert share the chunk's transaction; the unique
+        # (type, id) constraint still refuses a concurrent writer's duplicate.
         if key in existing:
             # Already stored: a new version through the ordinary (locking) update path.
             content = item.content | {"id": item.logical_id}

@@ -152,6 +152,7 @@ def history_page(*, caller: Caller, query: HistoryQuery, cursor: str | None) -> 
             Q(last_updated__lt=after) | Q(last_updated=after, id__lt=last_id)
         )
     ordered = versions.order_by("-last_updated", "-id")
+    # One row more than the page says whether a next page exists without a COUNT(*).
     rows = list(ordered[: query.count + 1]) if query.count else []
     next_cursor = None
     if len(rows) > query.count:

@@ -194,6 +194,7 @@ def _store_new_version(
     resource: Resource, content: dict[str, Any], method: Method, source: str
 ) -> Resource:
     resource.version_id += 1
+    # Never let lastUpdated go backwards (clock steps, ms truncation): history pages by it.
     resource.last_updated = max(now_instant(), resource.last_updated)
     resource.content = stamp(
         content,

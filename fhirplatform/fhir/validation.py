@@ -371,6 +371,8 @@ def _r4_only_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
 
 
 def _binding_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
+    # The R4B models type `code` as a pattern-checked string, so "status": "done" passes
+    # them; a modifier element such as status with an unknown code would change meaning.
     issues = []
     for element, codes in REQUIRED_CODES.get(resource_type, {}).items():
         values = content.get(element)

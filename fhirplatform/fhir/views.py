@@ -181,6 +181,8 @@ class InstanceView(BaseFhirView):
         if_none_match = request.headers.get("If-None-Match")
         if if_none_match and etag_version(if_none_match) == resource.version_id:
             return Response(None, status=304, headers=headers)
+        # HTTP dates have whole seconds, so compare lastUpdated truncated to the second;
+        # If-None-Match, when sent, takes precedence (RFC 9110 13.2.2).
         since = parse_http_date_safe(request.headers.get("If-Modified-Since", ""))
         if (
             not if_none_match
