@@ -28,4 +28,6 @@ lint: services
 
 test: services lint
 	$(WITH_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
-	$(WITH_SERVICES) $(BIN)/pytest
+	@# Tests use their own Redis database (15) and PostgreSQL database (test_<name>), so
+	@# they never touch the data of a running `make run`.
+	$(WITH_SERVICES) REDIS_URL="$${REDIS_URL%/*}/15" $(BIN)/pytest

@@ -92,6 +92,12 @@ class FhirError(Exception):
         return operation_outcome(*self.issues)
 
 
-def not_found() -> FhirError:
+class NotFound(FhirError):
     """The one 404: unknown tenant, other tenant's token, and missing resource all look alike."""
-    return FhirError(404, IssueCode.NOT_FOUND, "Resource not found")
+
+    def __init__(self) -> None:
+        super().__init__(404, IssueCode.NOT_FOUND, "Resource not found")
+
+
+def not_found() -> FhirError:
+    return NotFound()

@@ -134,6 +134,8 @@ TOKEN_RATE_LIMIT_PER_IP = env_str("TOKEN_RATE_LIMIT_PER_IP", "60/m")
 RATELIMIT_USE_CACHE = "default"
 
 # Rate limits (fhirplatform/limits): the engine's own Redis connection and its knobs.
+# Refused (401/403) FHIR requests allowed per client address, before 429 (django-ratelimit syntax).
+LIMITS_REFUSALS_PER_IP = env_str("LIMITS_REFUSALS_PER_IP", "120/m")
 LIMITS_REDIS_URL = env_str("LIMITS_REDIS_URL", "") or REDIS_URL
 LIMITS_REDIS_TIMEOUT_MS = env_int("LIMITS_REDIS_TIMEOUT_MS", 250, minimum=10)
 LIMITS_REDIS_RETRY_SECONDS = env_int("LIMITS_REDIS_RETRY_SECONDS", 1, minimum=1)

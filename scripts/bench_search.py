@@ -32,6 +32,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from fhirplatform.fhir.models import Resource  # noqa: E402
 from fhirplatform.fhir.search.selectors import search_bundle  # noqa: E402
 from fhirplatform.fhir.search.services import index_resources  # noqa: E402
+from fhirplatform.schemas import schema_activate  # noqa: E402
 from tenants.models import ApiClient, Grant, Tenant  # noqa: E402
 from tenants.scopes import scopes_parse  # noqa: E402
 from tenants.services import client_create, tenant_create  # noqa: E402
@@ -162,7 +163,7 @@ def main() -> None:
     rng = random.Random(4)
 
     tenant, caller = tenant_and_caller(args.tenant)
-    connection.set_tenant(tenant)  # type: ignore[attr-defined]
+    schema_activate(tenant)
     loaded, seconds, rows = load(args.patients, args.observations, rng)
     if loaded:
         print(

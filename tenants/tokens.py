@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from fhirplatform.errors import FhirError, IssueCode, not_found
+from fhirplatform.errors import FhirError, IssueCode, NotFound
 from tenants.models import (
     AccessToken,
     ApiClient,
@@ -158,6 +158,34 @@ def bearer_from_header(authorization: str | None) -> str:
     return token
 
 
+class TenantMismatch(NotFound):
+    """A valid, active token used on another tenant's URL: the shared 404, which the
+    pipeline answers with the caller's own rate-limit headers, like any other 404."""
+
+    def __init__(self, caller: Caller) -> None:
+        super().__init__()
+        self.caller = caller
+
+
+def _caller(record: AccessToken) -> Caller:
+    return Caller(
+        tenant=record.tenant,
+        client=record.client,
+        grant=record.grant,
+        scopes=scopes_parse(record.scopes),
+        token_id=str(record.id),
+    )
+
+
+def _mismatch(record: AccessToken) -> NotFound:
+    active = (
+        record.client.status == ClientStatus.ACTIVE
+        and record.grant.status == GrantStatus.ACTIVE
+        and record.tenant.status == TenantStatus.ACTIVE
+    )
+    return TenantMismatch(_caller(record)) if active else NotFound()
+
+
 def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Caller:
     """Resolve the bearer token and bind it to the URL's tenant.
 
@@ -180,20 +208,14 @@ def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Ca
     if record.expires_at <= timezone.now():
         raise _unauthorized("The access token has expired", IssueCode.EXPIRED)
     if record.tenant.slug != url_tenant_slug:
-        raise not_found()
+        raise _mismatch(record)
     if record.client.status != ClientStatus.ACTIVE:
         raise FhirError(403, IssueCode.SUSPENDED, "The client has been revoked")
     if record.grant.status != GrantStatus.ACTIVE:
         raise FhirError(403, IssueCode.SUSPENDED, "The client's grant on this tenant is revoked")
     if record.tenant.status != TenantStatus.ACTIVE:
         raise FhirError(403, IssueCode.SUSPENDED, "The tenant is suspended")
-    return Caller(
-        tenant=record.tenant,
-        client=record.client,
-        grant=record.grant,
-        scopes=scopes_parse(record.scopes),
-        token_id=str(record.id),
-    )
+    return _caller(record)
 
 
 # --- Token endpoint: client authentication and issuing -------------------------------

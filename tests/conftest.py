@@ -21,6 +21,7 @@ import pytest
 import redis
 import requests
 from django.conf import settings
+from django.db import connection
 
 from fhirplatform.schemas import schema_public
 from tenants.models import ApiClient, Grant, Tenant
@@ -58,18 +59,27 @@ def _cast_client(partner: str, slug: str, scopes: str) -> CastClient:
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Cast:
+def django_db_setup(
+    django_db_setup: None, django_db_blocker: pytest.FixtureRequest
+) -> Iterator[Cast]:
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         tenant_a = tenant_create(slug="provider-a", name="Provider A")
         tenant_b = tenant_create(slug="payer-b", name="Payer B")
         all_scopes = "system/*.cruds"
-        return Cast(
+        yield Cast(
             tenant_a=tenant_a,
             tenant_b=tenant_b,
             client_a=_cast_client("Partner A", tenant_a.slug, all_scopes),
             client_b=_cast_client("Partner B", tenant_b.slug, all_scopes),
             outsider=_cast_client("Outsider Partner", tenant_b.slug, all_scopes),
         )
+        # Servers and workers started by tests may still hold connections as they wind
+        # down; end them so the test database can be dropped.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +117,7 @@ def test_environment() -> dict[str, str]:
         REDIS_URL=settings.REDIS_URL,
         SECRET_KEY=settings.SECRET_KEY,
         PYTHONPATH=str(ROOT),
-        DJANGO_SETTINGS_MODULE="fhirplatform.settings",
+        DJANGO_SETTINGS_MODULE="tests.settings",
         LOG_LEVEL="WARNING",
     )
     return env

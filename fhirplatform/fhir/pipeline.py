@@ -20,10 +20,11 @@ from fhirplatform.fhir.http import fhir_error_response
 from fhirplatform.limits.costs import request_cost
 from fhirplatform.limits.engine import Admission, EndpointClass, limit_admit
 from fhirplatform.limits.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
+from fhirplatform.limits.refusals import refusal_charge
 from fhirplatform.schemas import schema_activate
 from tenants.scopes import Interaction, required_scope_text, scopes_allow
 from tenants.selectors import tenant_for_url
-from tenants.tokens import Caller, token_authenticate
+from tenants.tokens import Caller, TenantMismatch, token_authenticate
 
 logger = logging.getLogger(__name__)
 
@@ -50,31 +51,49 @@ class FhirView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        url_slug = kwargs["tenant"]
-        self.caller = token_authenticate(
-            authorization=request.headers.get("Authorization"), url_tenant_slug=url_slug
-        )
+        try:
+            self.caller = token_authenticate(
+                authorization=request.headers.get("Authorization"),
+                url_tenant_slug=kwargs["tenant"],
+            )
+        except TenantMismatch as mismatch:
+            # Charged to the caller's own quota, so the 404 carries the same headers a
+            # missing resource's 404 does (finalize_response adds them): nothing tells
+            # the two apart.
+            self.caller = mismatch.caller
+            self._admit(request, mismatch.caller, **kwargs)
+            raise
+        except FhirError as refused:
+            refused.headers.update(refusal_charge(request=request))
+            raise
         context_update(
             tenant=self.caller.tenant.slug,
             client=self.caller.client.client_id,
             actor=self.caller.actor,
         )
+        self.admission = self._admit(request, self.caller, **kwargs)
+        self.idempotency = idempotency_begin(request=request, caller=self.caller)
+        schema_activate(self.caller.tenant)
+
+    def _admit(self, request: Request, caller: Caller, **kwargs: Any) -> Admission:
+        """Scope check (a refusal never costs quota), then the rate limits."""
         interaction, resource_type, endpoint_class, cost = self.describe(request, **kwargs)
-        if not scopes_allow(self.caller.scopes, resource_type, interaction):
+        if not scopes_allow(caller.scopes, resource_type, interaction):
             needed = required_scope_text(resource_type, interaction)
-            raise FhirError(
+            refused = FhirError(
                 403,
                 IssueCode.FORBIDDEN,
                 f"Missing scope {needed} for {interaction} on {resource_type}",
             )
+            refused.headers.update(refusal_charge(request=request))
+            raise refused
         self.admission = limit_admit(
-            caller=self.caller,
+            caller=caller,
             endpoint_class=endpoint_class,
             resource_type=resource_type,
             cost=request_cost(request=request, endpoint_class=endpoint_class, declared=cost),
         )
-        self.idempotency = idempotency_begin(request=request, caller=self.caller)
-        schema_activate(self.caller.tenant)
+        return self.admission
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, FhirError):

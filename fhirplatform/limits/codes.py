@@ -36,6 +36,7 @@ class ThrottleReason(StrEnum):
     CONCURRENCY = "concurrency"
     OVERLOAD = "overload"
     DAILY_QUOTA = "daily-quota"
+    AUTH_REFUSALS = "auth-refusals"  # too many refused (401/403) requests from one address
 
 
 SCOPE_REASON: dict[LimitScope, ThrottleReason] = {

@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,11 @@ class FhirClient:
         self.base = f"/fhir/{tenant_slug}"
         self.token = token
 
-    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
-        out = {"HTTP_AUTHORIZATION": f"Bearer {self.token}", "HTTP_ACCEPT": FHIR_JSON}
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "HTTP_AUTHORIZATION": f"Bearer {self.token}",
+            "HTTP_ACCEPT": FHIR_JSON,
+        }
         for name, value in (headers or {}).items():
             out["HTTP_" + name.upper().replace("-", "_")] = value
         return out
@@ -139,9 +143,10 @@ class LiveCast:
     token_b: str
 
 
-def live_cast(cast: Any, live_server_url: str, django_db_blocker: Any) -> Iterator[LiveCast]:
-    """For module fixtures of live-server tests: tokens and generous plans committed outside
-    any test transaction (so the server sees them), the plans restored afterwards."""
+@contextmanager
+def generous_plans_committed(cast: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Generous plans for the cast's tenants and grants, committed outside any test
+    transaction (so live servers see them too), the original plans restored afterwards."""
     owners = [cast.tenant_a, cast.tenant_b, cast.client_a.grant, cast.client_b.grant]
     with django_db_blocker.unblock():
         saved = [
@@ -149,10 +154,17 @@ def live_cast(cast: Any, live_server_url: str, django_db_blocker: Any) -> Iterat
             for owner in owners
         ]
         generous_limits(*owners)
-        live = LiveCast(live_server_url, cast.client_a.token(), cast.client_b.token())
     try:
-        yield live
+        yield
     finally:
         with django_db_blocker.unblock():
             for owner, plan_id in saved:
                 type(owner).objects.filter(pk=owner.pk).update(plan_id=plan_id)
+
+
+def live_cast(cast: Any, live_server_url: str, django_db_blocker: Any) -> Iterator[LiveCast]:
+    """For module fixtures of live-server tests: tokens, and generous plans (see above)."""
+    with generous_plans_committed(cast, django_db_blocker):
+        with django_db_blocker.unblock():
+            live = LiveCast(live_server_url, cast.client_a.token(), cast.client_b.token())
+        yield live

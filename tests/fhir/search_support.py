@@ -8,11 +8,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from django.db import connection
 
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.search.selectors import search_bundle
 from fhirplatform.fhir.search.services import index_resource, index_resources
+from fhirplatform.schemas import schema_activate, schema_public
 from tenants.models import Tenant
 from tenants.scopes import scopes_parse
 from tenants.tokens import Caller
@@ -89,11 +89,11 @@ def stored_many(resource_type: str, contents: list[dict[str, Any]]) -> list[Reso
 def public_schema_after() -> Iterator[None]:
     """Tests switch the connection into tenant schemas; leave it on public for the next."""
     yield
-    connection.set_schema_to_public()  # type: ignore[attr-defined]
+    schema_public()
 
 
 def in_tenant(tenant: Tenant) -> None:
-    connection.set_tenant(tenant)  # type: ignore[attr-defined]
+    schema_activate(tenant)
 
 
 def search(

@@ -5,9 +5,9 @@ import json
 import uuid
 
 import pytest
-from django.db import connection
 
 from fhirplatform.fhir.models import Resource
+from fhirplatform.schemas import tenant_schema
 from tests.fhir.rest_support import FhirClient, fhir_valid, generous_limits, observation, patient
 
 pytestmark = pytest.mark.django_db
@@ -20,11 +20,8 @@ def api(cast):
 
 
 def _count(tenant):
-    connection.set_tenant(tenant)
-    try:
+    with tenant_schema(tenant):
         return Resource.objects.count()
-    finally:
-        connection.set_schema_to_public()
 
 
 def _transaction(entries, kind="transaction"):

@@ -53,8 +53,8 @@ def test_type_and_system_history_with_since(api):
     ids = [entry["resource"]["id"] for entry in typed["entry"]]
     assert second["id"] in ids and first["id"] not in ids and obs["id"] not in ids
     system = fhir_valid(api.get("_history", _since=since).json())
-    ids = {entry["resource"]["id"] for entry in system["entry"]}
-    assert {second["id"], obs["id"]} <= ids and first["id"] not in ids
+    system_ids = {entry["resource"]["id"] for entry in system["entry"]}
+    assert {second["id"], obs["id"]} <= system_ids and first["id"] not in system_ids
     assert api.get("_history", _since="last tuesday").status_code == 400
     assert api.get("_history", _count="-1").status_code == 400
 

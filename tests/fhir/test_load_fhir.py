@@ -6,24 +6,21 @@ import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from fhirplatform.fhir.loading import fhir_generate, fhir_load_path
 from fhirplatform.fhir.models import Resource, ResourceVersion
 from fhirplatform.fhir.search.models import ReferenceIndex, TokenIndex
 from fhirplatform.fhir.synthetic import synthetic_resources
 from fhirplatform.fhir.validation import resource_validate
+from fhirplatform.schemas import tenant_schema
 from tests.fhir.rest_support import observation, patient
 
 pytestmark = pytest.mark.django_db
 
 
 def _in(tenant, query):
-    connection.set_tenant(tenant)
-    try:
+    with tenant_schema(tenant):
         return query()
-    finally:
-        connection.set_schema_to_public()
 
 
 def _transaction_bundle():

@@ -5,11 +5,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from django.utils.http import http_date
 
 from fhirplatform.fhir.models import Resource, ResourceVersion
+from fhirplatform.schemas import tenant_schema
 from tests.fhir.rest_support import FhirClient, fhir_valid, generous_limits, observation, patient
 
 pytestmark = pytest.mark.django_db
@@ -28,11 +28,8 @@ def _create(api, body=None):
 
 
 def _stored_count(tenant, resource_type="Patient"):
-    connection.set_tenant(tenant)
-    try:
+    with tenant_schema(tenant):
         return Resource.objects.filter(resource_type=resource_type).count()
-    finally:
-        connection.set_schema_to_public()
 
 
 def test_create_assigns_uuid_and_metadata(api, settings):
@@ -153,9 +150,8 @@ def test_delete_keeps_history(api, cast):
     assert api.get(f"{path}/_history/1").status_code == 200
     assert api.get(f"{path}/_history/2").status_code == 410
     assert api.delete(path).status_code == 204  # idempotent: no third version
-    connection.set_tenant(cast.tenant_a)
-    assert ResourceVersion.objects.filter(logical_id=created["id"]).count() == 2
-    connection.set_schema_to_public()
+    with tenant_schema(cast.tenant_a):
+        assert ResourceVersion.objects.filter(logical_id=created["id"]).count() == 2
     revived = api.put(path, created)
     assert revived.status_code == 200
     assert revived.json()["meta"]["versionId"] == "3"
@@ -297,11 +293,8 @@ def test_the_other_tenant_cannot(api, cast):
 
 
 def _ids(tenant):
-    connection.set_tenant(tenant)
-    try:
+    with tenant_schema(tenant):
         return list(Resource.objects.values_list("logical_id", flat=True))
-    finally:
-        connection.set_schema_to_public()
 
 
 def test_unauthenticated_is_refused(cast):

@@ -9,10 +9,10 @@ import pytest
 import redis
 import requests
 from django.conf import settings
-from django.db import connection
 from fhir.resources.R4B import get_fhir_model_class
 from fhirpy import SyncFHIRClient
 
+from fhirplatform.schemas import schema_public
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, tenant_create
 from tenants.tokens import token_issue
@@ -52,7 +52,7 @@ def seeded(live_server_url: str, cast: Any, django_db_blocker: Any) -> dict[str,
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     family = "Zz" + uuid.uuid4().hex[:10]
     with django_db_blocker.unblock():
-        connection.set_schema_to_public()  # type: ignore[attr-defined]
+        schema_public()
         tenant_create(slug=slug, name="Search over HTTP")
         issued = client_create(
             partner_name=f"Search {slug}", tenant_slugs=[slug], scopes="system/*.cruds"
@@ -62,7 +62,7 @@ def seeded(live_server_url: str, cast: Any, django_db_blocker: Any) -> dict[str,
             grant=grant, scopes=scopes_parse(grant.scopes), auth_method="test"
         ).access_token
         token_b = cast.client_b.token()
-        connection.set_schema_to_public()  # type: ignore[attr-defined]
+        schema_public()
     http = session(token_a)
     # One transaction Bundle: the patient and its observations, linked by urn:uuid.
     patient_ref = f"urn:uuid:{uuid.uuid4()}"

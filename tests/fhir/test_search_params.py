@@ -7,11 +7,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from django.db import connection
 
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir.search.models import DateIndex, ReferenceIndex, StringIndex, TokenIndex
 from fhirplatform.fhir.search.services import index_remove
+from fhirplatform.schemas import schema_public
 from tests.fhir.search_support import (
     TAG_SYSTEM,
     caller_for,
@@ -387,4 +387,4 @@ def test_other_tenant_sees_none_of_it(world: dict[str, Any], cast: Any) -> None:
     assert (
         search(caller_b, "Patient", f"_id={m}&_revinclude=Observation:subject").get("entry") is None
     )
-    connection.set_schema_to_public()  # type: ignore[attr-defined]
+    schema_public()

@@ -14,11 +14,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.urls import Resolver404, resolve
 from django.utils import timezone
 
 from fhirplatform.fhir.models import Resource
+from fhirplatform.schemas import tenant_schema
 from tenants.models import AccessToken, Tenant, TenantStatus
 from tenants.scopes import Interaction, required_scope_text
 from tenants.selectors import token_endpoint_url
@@ -29,6 +29,7 @@ from tenants.services import (
     tenant_set_status,
     token_revoke,
 )
+from tests.fhir.rest_support import generous_plans_committed
 from tests.tenants.identity_support import assertion, rsa_key, unsigned_assertion
 
 pytestmark = pytest.mark.django_db
@@ -103,36 +104,34 @@ class World:
 def _store_patient(tenant: Tenant, family: str) -> str:
     from fhirplatform.fhir.storage import resource_create
 
-    connection.set_tenant(tenant)
-    try:
+    with tenant_schema(tenant):
         content = {"resourceType": "Patient", "active": True, "name": [{"family": family}]}
         return resource_create(
             resource_type="Patient", content=content, source="urn:test:matrix"
         ).logical_id
-    finally:
-        connection.set_schema_to_public()
 
 
 @pytest.fixture(scope="module")
 def world(cast, django_db_blocker) -> Iterator[World]:
-    """One committed patient per tenant for the module, removed afterwards (others count rows)."""
-    with django_db_blocker.unblock():
-        built = World(
-            cast=cast,
-            patient_a=_store_patient(cast.tenant_a, MARK_A),
-            patient_b=_store_patient(cast.tenant_b, MARK_B),
-        )
-    yield built
-    with django_db_blocker.unblock():
-        for tenant, logical_id in (
-            (cast.tenant_a, built.patient_a),
-            (cast.tenant_b, built.patient_b),
-        ):
-            connection.set_tenant(tenant)
-            try:
-                Resource.objects.filter(resource_type="Patient", logical_id=logical_id).delete()
-            finally:
-                connection.set_schema_to_public()
+    """One committed patient per tenant for the module, removed afterwards (others count rows).
+
+    The cast is on generous plans: a wrong-tenant request is charged to the caller's own
+    quota, and the matrix sends hundreds of them within seconds."""
+    with generous_plans_committed(cast, django_db_blocker):
+        with django_db_blocker.unblock():
+            built = World(
+                cast=cast,
+                patient_a=_store_patient(cast.tenant_a, MARK_A),
+                patient_b=_store_patient(cast.tenant_b, MARK_B),
+            )
+        yield built
+        with django_db_blocker.unblock():
+            for tenant, logical_id in (
+                (cast.tenant_a, built.patient_a),
+                (cast.tenant_b, built.patient_b),
+            ):
+                with tenant_schema(tenant):
+                    Resource.objects.filter(resource_type="Patient", logical_id=logical_id).delete()
 
 
 def _fill(text: str, tenant: str, logical_id: str) -> str:
@@ -171,16 +170,13 @@ def _snapshot(world: World) -> tuple[Any, ...]:
     """Everything a refused request must leave as it was."""
     state = []
     for tenant in (world.cast.tenant_a, world.cast.tenant_b):
-        connection.set_tenant(tenant)
-        try:
+        with tenant_schema(tenant):
             state.append(
                 (
                     Resource.objects.count(),
                     sorted(Resource.objects.values_list("logical_id", "version_id", "deleted")),
                 )
             )
-        finally:
-            connection.set_schema_to_public()
     return tuple(state)
 
 
@@ -215,7 +211,9 @@ def _expired(world: World) -> str:
 
 def _revoked_token(world: World) -> str:
     token = world.cast.client_a.token()
-    token_revoke(token=AccessToken.objects.filter(client=world.cast.client_a.client).first())
+    token_revoke(
+        token=AccessToken.objects.filter(client=world.cast.client_a.client).latest("issued_at")
+    )
     return _bearer(token)
 
 
@@ -458,8 +456,7 @@ def test_positive_control_the_right_caller_gets_through(client, world, call_name
     _require_route(call)
     target = world.patient_a
     if call.interaction in (Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE):
-        connection.set_tenant(world.cast.tenant_a)
-        try:
+        with tenant_schema(world.cast.tenant_a):
             from fhirplatform.fhir.storage import resource_create
 
             target = resource_create(
@@ -467,8 +464,6 @@ def test_positive_control_the_right_caller_gets_through(client, world, call_name
                 content={"resourceType": "Patient", "active": True},
                 source="urn:test:matrix",
             ).logical_id
-        finally:
-            connection.set_schema_to_public()
     response = _send(
         client,
         call,

@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -63,6 +64,7 @@ def test_old_secret_stays_valid_during_the_grace_period(client, settings):
     assert _token_status(client, client_id, old).status_code == 200
     assert _token_status(client, client_id, new).status_code == 200
     old_row = ClientSecret.objects.get(client=issued.client, hint=old[-4:])
+    assert old_row.expires_at is not None
     assert timedelta(seconds=3590) < old_row.expires_at - timezone.now() <= timedelta(seconds=3600)
 
     # Once the grace period is over the old secret is refused and the new one still works.
@@ -122,6 +124,7 @@ def test_bad_jwks_changes_nothing():
     issued = _new_client(jwks=jwks_of((rsa_key(), "rsa-1")))
     private = jwks_of((rsa_key(), "rsa-2"))
     private["keys"][0]["d"] = "secret-part"
+    bad: dict[str, Any]
     for bad in (
         {"keys": []},
         {"nope": 1},
@@ -144,6 +147,7 @@ def test_revoked_token_is_refused_on_the_next_request(client, cast):
     token = cast.client_a.token()
     assert _read(client, token).status_code == 404  # authenticated: the resource is missing
     record = AccessToken.objects.order_by("-issued_at").first()
+    assert record is not None
     token_revoke(token=record)
     response = _read(client, token)
     assert response.status_code == 401

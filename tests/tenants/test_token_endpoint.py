@@ -1,6 +1,7 @@
 """POST /oauth/token with client_secret_basic: issuing, tenant choice, scopes, OAuth errors."""
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -62,7 +63,7 @@ def test_client_secret_basic_issues_a_token_bound_to_the_clients_tenant(cast, po
     record = AccessToken.objects.get(
         client=a.client,
         auth_method="client_secret_basic",
-        issued_at__gte=timezone.now() - timezone.timedelta(seconds=30),
+        issued_at__gte=timezone.now() - timedelta(seconds=30),
     )
     assert record.tenant == cast.tenant_a
     assert body["access_token"] not in record.token_hash  # only the hash is stored
