@@ -242,3 +242,16 @@ def test_the_other_tenant_cannot(api, cast):
     stranger = FhirClient(cast.tenant_a.slug, token_b)
     assert stranger.post("", _transaction([_post_entry(patient())])).status_code == 404
     assert api.get(path).json()["meta"]["versionId"] == "1"
+
+
+def test_a_bundle_posted_to_the_base_without_its_slash_is_processed(api, cast):
+    bundle = _transaction([_post_entry(patient("Slashless"))])
+    response = api.client.post(
+        api.base.rstrip("/"),
+        json.dumps(bundle),
+        content_type="application/fhir+json",
+        **api._headers(None),
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["type"] == "transaction-response"
+    assert response.json()["entry"][0]["response"]["status"].startswith("201")
