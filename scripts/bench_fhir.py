@@ -15,9 +15,7 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +34,7 @@ from fhirplatform.fhir.loading import fhir_generate  # noqa: E402
 from fhirplatform.fhir.models import Resource  # noqa: E402
 from fhirplatform.fhir.synthetic import OBSERVATION_KINDS  # noqa: E402
 from fhirplatform.schemas import tenant_schema  # noqa: E402
+from scripts.loopback import gunicorn  # noqa: E402
 from tenants.models import Grant, RatePlan, Tenant  # noqa: E402
 from tenants.scopes import scopes_parse  # noqa: E402
 from tenants.services import client_create, tenant_create  # noqa: E402
@@ -103,50 +102,6 @@ def _tenant(slug: str, patients: int, observations: int, seed: int) -> tuple[Ten
     else:
         print(f"reusing {slug}: {have} observations already loaded", flush=True)
     return tenant, grant
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _server(port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="scripts.bench_fhir_settings",
-        PYTHONPATH=str(ROOT),
-        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
-        LOG_LEVEL="WARNING",
-    )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "fhirplatform.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).ok:
-                return process
-        except requests.RequestException:
-            time.sleep(0.3)
-    process.terminate()
-    process.wait(timeout=15)
-    raise SystemExit("gunicorn did not start")
 
 
 def _measure(
@@ -234,12 +189,14 @@ def main() -> None:
         )
     codes = [kind[0] for kind in OBSERVATION_KINDS]
 
-    port = _free_port()
-    server = _server(port, args.workers, args.threads)
-    base = f"http://127.0.0.1:{port}/fhir/{slug}"
-    bare = f"http://127.0.0.1:{port}/bench-bare/{slug}"
     results: dict[str, dict[str, float]] = {}
-    try:
+    # The benchmark's own settings add the bare comparison view; production never has it.
+    server_env = dict(
+        os.environ, DJANGO_SETTINGS_MODULE="scripts.bench_fhir_settings", LOG_LEVEL="WARNING"
+    )
+    with gunicorn(env=server_env, workers=args.workers, threads=args.threads) as server_url:
+        base = f"{server_url}/fhir/{slug}"
+        bare = f"{server_url}/bench-bare/{slug}"
 
         def token() -> dict[str, str]:
             # Tokens live at most 300 s, so each measurement gets a fresh one.
@@ -309,9 +266,6 @@ def main() -> None:
         results["create"] = _measure(
             "create POST Observation", args.seconds, args.concurrency, create, token()
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
     ratio_p50 = results["read"]["p50_ms"] / results["bare"]["p50_ms"]
     ratio_rps = results["bare"]["rps"] / results["read"]["rps"]
     print(f"\nfull-pipeline read / bare view: p50 x{ratio_p50:.2f}, throughput x{ratio_rps:.2f}")

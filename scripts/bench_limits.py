@@ -21,7 +21,6 @@ Default runs take seconds; --big runs longer floods and more decisions.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -35,6 +34,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from scripts.loopback import gunicorn  # noqa: E402
 
 
 def scratch_url(base_url: str, name: str) -> str:
@@ -171,49 +172,6 @@ def bench_decisions(decisions: int) -> None:
     )
 
 
-def start_gunicorn(database_url: str, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    env = dict(
-        os.environ,
-        DATABASE_URL=database_url,
-        PUBLIC_BASE_URL=base,
-        LOG_LEVEL="WARNING",
-        LIMITS_EVENTS_BACKGROUND_FLUSH="true",
-    )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "fhirplatform.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                return process, base
-        except requests.RequestException:
-            time.sleep(0.2)
-    process.terminate()
-    raise RuntimeError("gunicorn did not start")
-
-
 def create_patient(base: str, tenant: str, token: str) -> str:
     response = requests.post(
         f"{base}/fhir/{tenant}/Patient",
@@ -330,7 +288,6 @@ def main() -> None:
     base_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/fhirplatform")
     scratch = "fp_limits_bench_" + uuid.uuid4().hex[:6]
     admin_execute(base_url, f'CREATE DATABASE "{scratch}"')
-    process = None
     try:
         database_url = scratch_url(base_url, scratch)
         setup_django(database_url)
@@ -340,13 +297,16 @@ def main() -> None:
         tenant_create(slug="bench-b", name="Bench B", plan_name="enterprise")
         bench_decisions(decisions)
         workers, server_threads = 3, 4
-        process, base = start_gunicorn(database_url, workers, server_threads)
-        bench_accuracy(base, seconds, 16, workers, server_threads)
-        bench_noisy(base, seconds, 4, samples)
+        server_env = dict(
+            os.environ,
+            DATABASE_URL=database_url,
+            LOG_LEVEL="WARNING",
+            LIMITS_EVENTS_BACKGROUND_FLUSH="true",
+        )
+        with gunicorn(env=server_env, workers=workers, threads=server_threads) as base:
+            bench_accuracy(base, seconds, 16, workers, server_threads)
+            bench_noisy(base, seconds, 4, samples)
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=15)
         from django.db import connections
 
         connections.close_all()

@@ -7,10 +7,8 @@ create uniquely named objects through `committed`.
 """
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +17,11 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 import redis
-import requests
 from django.conf import settings
 from django.db import connection
 
 from fhirplatform.schemas import schema_public
+from scripts.loopback import gunicorn
 from tenants.models import ApiClient, Grant, Tenant
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, tenant_create
@@ -100,12 +98,6 @@ def unique_slug() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_environment() -> dict[str, str]:
     """Environment for subprocesses: the test database, the test Redis database."""
     # Same server and options as DATABASE_URL (TCP or a socket folder), the test database's name.
@@ -123,50 +115,11 @@ def test_environment() -> dict[str, str]:
     return env
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):  # a slow first request: retry
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
 @pytest.fixture(scope="session")
 def live_server_url(django_db_setup: Cast) -> Iterator[str]:
     """A real gunicorn serving the test database on a loopback port."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = test_environment() | {"PUBLIC_BASE_URL": base}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "fhirplatform.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            "4",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    try:
-        _wait_http(f"{base}/healthz", process)
+    with gunicorn(env=test_environment(), workers=2, threads=4) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -179,18 +179,19 @@ def _check_scope(caller: Caller, plan: EntryPlan) -> None:
         )
 
 
-def _rewrite_references(content: Any, id_map: dict[str, str]) -> Any:
+def references_rewrite(content: Any, id_map: dict[str, str]) -> Any:
+    """Point every `reference` found in id_map (urn:uuid fullUrls) at its stored id."""
     if isinstance(content, dict):
         return {
             key: (
                 id_map.get(value, value)
                 if key == "reference" and isinstance(value, str)
-                else _rewrite_references(value, id_map)
+                else references_rewrite(value, id_map)
             )
             for key, value in content.items()
         }
     if isinstance(content, list):
-        return [_rewrite_references(item, id_map) for item in content]
+        return [references_rewrite(item, id_map) for item in content]
     return content
 
 
@@ -339,7 +340,7 @@ def _transaction(
                     id_map[plan.full_url] = f"{plan.resource_type}/{found[0].logical_id}"
         for plan in sorted(plans, key=lambda p: (_METHOD_ORDER[p.method], p.index)):
             if id_map and plan.resource is not None:
-                plan.resource = _rewrite_references(plan.resource, id_map)
+                plan.resource = references_rewrite(plan.resource, id_map)
             try:
                 results[plan.index] = _run(
                     caller, plan, base_url=base_url, source=source, representation=representation

@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir import storage
+from fhirplatform.fhir.bundles import references_rewrite
 from fhirplatform.fhir.models import Resource, ResourceVersion
 from fhirplatform.fhir.search.services import index_resources
 from fhirplatform.fhir.validation import resource_type_check, resource_validate
@@ -82,21 +83,6 @@ class Pending:
     content: dict[str, Any]
 
 
-def _rewrite(content: Any, id_map: dict[str, str]) -> Any:
-    if isinstance(content, dict):
-        return {
-            key: (
-                id_map.get(value, value)
-                if key == "reference" and isinstance(value, str)
-                else _rewrite(value, id_map)
-            )
-            for key, value in content.items()
-        }
-    if isinstance(content, list):
-        return [_rewrite(item, id_map) for item in content]
-    return content
-
-
 def bundle_pending(bundle: Any) -> list[Pending]:
     """Plan a transaction/batch Bundle of POST and PUT entries for the bulk path."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -126,7 +112,11 @@ def bundle_pending(bundle: Any) -> list[Pending]:
             id_map[entry["fullUrl"]] = f"{resource_type}/{logical_id}"
         planned.append((resource_type, logical_id, resource))
     return [
-        Pending(resource_type, logical_id, _rewrite(resource, id_map) if id_map else resource)
+        Pending(
+            resource_type,
+            logical_id,
+            references_rewrite(resource, id_map) if id_map else resource,
+        )
         for resource_type, logical_id, resource in planned
     ]
 

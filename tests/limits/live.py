@@ -1,7 +1,6 @@
 """Real processes for the limit tests: a gunicorn of our own and a redis-server of our own."""
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,52 +8,17 @@ from contextlib import contextmanager
 import redis
 import requests
 
-from tests.conftest import ROOT, free_port, test_environment
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    """Wait for a 200, tolerating a busy machine where the first answer takes seconds."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if requests.get(url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
+from scripts import loopback
+from scripts.loopback import free_port
+from tests.conftest import test_environment
 
 
 @contextmanager
 def gunicorn(*, workers: int, threads: int, env: dict[str, str] | None = None) -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "fhirplatform.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=test_environment() | {"PUBLIC_BASE_URL": base} | (env or {}),
-    )
-    try:
-        wait_http(f"{base}/healthz", process)
+    with loopback.gunicorn(
+        env=test_environment() | (env or {}), workers=workers, threads=threads
+    ) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 class RedisServer:

@@ -13,7 +13,7 @@ import requests
 from fhirplatform.errors import FhirError
 from fhirplatform.limits.codes import EndpointClass, ThrottleReason
 from fhirplatform.limits.engine import limit_admit, limiter_in_fallback
-from tests.conftest import free_port
+from scripts.loopback import free_port
 from tests.limits.conftest import plan_make
 from tests.limits.live import RedisServer, bearer, gunicorn, patient_create
 from tests.limits.test_http import new_client, parsed
