@@ -8,3 +8,7 @@ override (tests/limits/test_refusals.py).
 from fhirplatform.settings import *  # noqa: F403
 
 LIMITS_REFUSALS_PER_IP = "1000000/m"
+
+# Tests never run collectstatic; the admin's files come from the apps themselves.
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
