@@ -40,7 +40,6 @@ PARTNER_USERNAME = "acme-dev"
 @dataclass
 class DemoReport:
     admin_url: str
-    portal_url: str
     token_endpoint: str
     users: dict[str, str] = field(default_factory=dict)
     tenants: dict[str, str] = field(default_factory=dict)
@@ -139,7 +138,6 @@ def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoRe
     base = settings.PUBLIC_BASE_URL
     report = DemoReport(
         admin_url=f"{base}/admin/",
-        portal_url=f"{base}/portal/",
         token_endpoint=token_endpoint_url(),
     )
     report.users[OPERATOR_USERNAME] = _user(

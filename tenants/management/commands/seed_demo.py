@@ -29,7 +29,6 @@ class Command(BaseCommand):
         out(f"Admin:  {report.admin_url}")
         for username, password in report.users.items():
             out(f"  user {username:10} password {password}")
-        out(f"Portal: {report.portal_url}")
         out(f"Token endpoint: {report.token_endpoint}")
         out("Tenants:")
         for slug, base in report.tenants.items():
