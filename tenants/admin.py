@@ -92,6 +92,10 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [GrantInline]
     actions = ["suspend", "activate"]
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A tenant holds health data: it is suspended, never deleted from the admin.
+        return False
+
     @admin.display(description="FHIR base")
     def fhir_base(self, tenant: Tenant) -> str:
         return tenant_fhir_base(tenant) if tenant.pk else "-"
@@ -169,7 +173,11 @@ class ApiClientAdmin(admin.ModelAdmin):
     actions = ["revoke", "activate"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        # Clients are created with `create_client` or the portal, which return the secret once.
+        # Clients are created with `create_client`, which returns the secret once.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Revoked, never deleted: the client stays attributable in tokens and throttle events.
         return False
 
     @admin.action(description="Revoke selected clients", permissions=["change"])

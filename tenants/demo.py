@@ -23,7 +23,7 @@ from fhirplatform.fhir.models import Resource
 from fhirplatform.schemas import tenant_schema
 from tenants.models import ApiClient, Partner, Tenant
 from tenants.selectors import tenant_fhir_base, token_endpoint_url
-from tenants.services import client_create, partner_get_or_create, tenant_create
+from tenants.services import client_create, partner_get_or_create, secret_hash, tenant_create
 
 DEMO_PARTNER = "Acme Health Apps"
 DEMO_TENANTS = [
@@ -67,7 +67,8 @@ def _user(username: str, credentials: dict[str, Any], **flags: bool) -> str:
     user_model = get_user_model()
     user = user_model.objects.filter(username=username).first()
     password = credentials.get("users", {}).get(username)
-    if user is None or password is None:
+    # The file may be from another checkout sharing this database: trust it only if it works.
+    if user is None or password is None or not user.check_password(password):
         password = secrets.token_urlsafe(12)
         user = user or user_model(username=username, email=f"{username}@example.org")
         for name, value in flags.items():
@@ -90,6 +91,16 @@ def _rsa_key_pair(kid: str) -> tuple[str, dict[str, Any]]:
     return private_pem, {"keys": [public_jwk]}
 
 
+def _known_client_works(known: dict[str, Any]) -> bool:
+    """The recorded credentials still authenticate this client against this database."""
+    client = ApiClient.objects.filter(client_id=known["client_id"]).first()
+    if client is None:
+        return False
+    if known.get("client_secret"):
+        return client.secrets.filter(secret_hash=secret_hash(known["client_secret"])).exists()
+    return Path(known.get("private_key_file", "")).is_file()
+
+
 def _demo_client(
     credentials: dict[str, Any],
     key: str,
@@ -101,7 +112,7 @@ def _demo_client(
     with_key: bool = False,
 ) -> dict[str, Any]:
     known = credentials.setdefault("clients", {}).get(key)
-    if known and ApiClient.objects.filter(client_id=known["client_id"]).exists():
+    if known and _known_client_works(known):
         return dict(known)
     private_pem, jwks = _rsa_key_pair(f"{key}-1") if with_key else (None, None)
     issued = client_create(

@@ -13,12 +13,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import pytest
 import redis
 from django.conf import settings
 from django.db import connection
+from django.test.utils import setup_databases, teardown_databases
 
 from fhirplatform.schemas import schema_public
 from scripts.loopback import gunicorn
@@ -58,9 +60,25 @@ def _cast_client(partner: str, slug: str, scopes: str) -> CastClient:
 
 @pytest.fixture(scope="session")
 def django_db_setup(
-    django_db_setup: None, django_db_blocker: pytest.FixtureRequest
+    request: pytest.FixtureRequest,
+    django_test_environment: None,
+    django_db_blocker: Any,
+    django_db_keepdb: bool,
 ) -> Iterator[Cast]:
-    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+    """The test database and the cast, once per session.
+
+    Replaces pytest-django's own fixture, which creates the database only when a selected
+    test is marked django_db; tests driving a live server or a worker are not, and must
+    find the database all the same.
+    """
+    with django_db_blocker.unblock():
+        databases = setup_databases(
+            verbosity=request.config.option.verbose,
+            interactive=False,
+            aliases={"default": {}},
+            serialized_aliases={},
+            keepdb=django_db_keepdb,
+        )
         tenant_a = tenant_create(slug="provider-a", name="Provider A")
         tenant_b = tenant_create(slug="payer-b", name="Payer B")
         all_scopes = "system/*.cruds"
@@ -78,6 +96,8 @@ def django_db_setup(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+        if not django_db_keepdb:
+            teardown_databases(databases, verbosity=request.config.option.verbose)
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +106,7 @@ def cast(django_db_setup: Cast) -> Cast:
 
 
 @pytest.fixture
-def committed(django_db_blocker: pytest.FixtureRequest) -> Iterator[None]:
+def committed(django_db_setup: Cast, django_db_blocker: pytest.FixtureRequest) -> Iterator[None]:
     """Writes outside the per-test transaction, visible to live servers and workers."""
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         yield

@@ -135,3 +135,15 @@ def test_non_staff_user_is_sent_to_login(cast):
     browser = Client()
     browser.force_login(user)
     assert browser.get("/admin/tenants/tenant/").status_code == 302
+
+
+def test_tenants_and_clients_are_suspended_or_revoked_never_deleted(cast, superuser_browser):
+    listing = superuser_browser.get("/admin/tenants/tenant/")
+    assert b"Delete selected" not in listing.content
+    assert (
+        superuser_browser.get(f"/admin/tenants/tenant/{cast.tenant_a.pk}/delete/").status_code
+        == 403
+    )
+    client_pk = cast.client_a.client.pk
+    assert superuser_browser.get(f"/admin/tenants/apiclient/{client_pk}/delete/").status_code == 403
+    assert Tenant.objects.filter(pk=cast.tenant_a.pk).exists()

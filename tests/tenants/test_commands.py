@@ -5,6 +5,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import connection
 
@@ -217,3 +218,25 @@ def test_seed_demo_is_idempotent_and_prints_what_it_made(cast, settings, tmp_pat
     assert methods == {"client_secret_basic", "private_key_jwt"}
     key_client = next(c for c in first["clients"] if c["auth_method"] == "private_key_jwt")
     assert Path(key_client["private_key_file"]).read_text().startswith("-----BEGIN PRIVATE KEY")
+
+
+@pytest.mark.usefixtures("committed")
+def test_seed_demo_repairs_credentials_that_no_longer_work(cast, settings, tmp_path):
+    from django.contrib.auth import authenticate
+
+    from tenants.models import ClientSecret
+
+    settings.DEMO_CREDENTIALS_FILE = str(tmp_path / "demo.json")
+    first = json.loads(_run("seed_demo", "--json", "--patients", "0"))
+    # Another checkout sharing this database reset the operator and rotated the secret.
+    operator = User.objects.get(username="operator")
+    operator.set_password("changed-elsewhere")
+    operator.save()
+    secret_client = next(c for c in first["clients"] if c.get("client_secret"))
+    ClientSecret.objects.filter(client__client_id=secret_client["client_id"]).delete()
+
+    second = json.loads(_run("seed_demo", "--json", "--patients", "0"))
+    assert authenticate(username="operator", password=second["users"]["operator"])
+    repaired = next(c for c in second["clients"] if c["name"] == secret_client["name"])
+    client = ApiClient.objects.get(client_id=repaired["client_id"])
+    assert client.secrets.filter(secret_hash=secret_hash(repaired["client_secret"])).exists()
