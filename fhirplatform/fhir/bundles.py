@@ -19,6 +19,7 @@ from fhirplatform.errors import FhirError, IssueCode, operation_outcome
 from fhirplatform.fhir import selectors, storage
 from fhirplatform.fhir.representation import etag, etag_version, resource_url, version_url
 from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.fhir.search.selectors import search_bundle
 from fhirplatform.fhir.storage import instant_text, now_instant
 from tenants.scopes import Interaction, required_scope_text, scopes_allow
 from tenants.tokens import Caller
@@ -290,10 +291,7 @@ def _execute(
 
 def _search_entry(caller: Caller, plan: EntryPlan, base_url: str) -> dict[str, Any]:
     _check_scope(caller, plan)
-    search = selectors.search_function()
-    if search is None:
-        raise selectors.search_unavailable()
-    bundle = search(
+    bundle = search_bundle(
         caller=caller,
         resource_type=plan.resource_type,
         params=plan.query,

@@ -11,7 +11,6 @@ from typing import Any
 from django.conf import settings
 
 from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
-from fhirplatform.fhir.selectors import search_function
 
 FHIR_VERSION = "4.0.1"
 SOFTWARE_NAME = "fhirplatform"
@@ -47,10 +46,10 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
 
 # Built once per process: the types and the registry are fixed at deploy time.
 @cache
-def _resources(searchable: bool) -> tuple[dict[str, Any], ...]:
+def _resources() -> tuple[dict[str, Any], ...]:
     resources = []
     for resource_type in sorted(R4_RESOURCE_TYPES):
-        interactions = list(_TYPE_INTERACTIONS) + (["search-type"] if searchable else [])
+        interactions = [*_TYPE_INTERACTIONS, "search-type"]
         entry: dict[str, Any] = {
             "type": resource_type,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
@@ -58,22 +57,23 @@ def _resources(searchable: bool) -> tuple[dict[str, Any], ...]:
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": False,  # ids are server-assigned UUIDs
-            "conditionalCreate": searchable,
+            "conditionalCreate": True,
             "conditionalRead": "full-support",
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
         }
-        if searchable:
-            entry["searchParam"] = _search_params(resource_type)
+        entry["searchParam"] = _search_params(resource_type)
         resources.append(entry)
     return tuple(resources)
 
 
 def capability_statement(*, base_url: str) -> dict[str, Any]:
-    searchable = search_function() is not None
-    system_interactions = [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]
-    if searchable:
-        system_interactions.append({"code": "search-system"})
+    system_interactions = [
+        {"code": "transaction"},
+        {"code": "batch"},
+        {"code": "history-system"},
+        {"code": "search-system"},
+    ]
     rest: dict[str, Any] = {
         "mode": "server",
         "security": {
@@ -99,14 +99,13 @@ def capability_statement(*, base_url: str) -> dict[str, Any]:
             "description": "OAuth2 client credentials (client_secret_basic, private_key_jwt); "
             f"see {base_url}/.well-known/smart-configuration",
         },
-        "resource": list(_resources(searchable)),
+        "resource": list(_resources()),
         "interaction": system_interactions,
     }
-    if searchable:
-        rest["searchParam"] = [
-            {"name": name, "type": "special" if name != "_count" else "number"}
-            for name in _SEARCH_RESULT_PARAMS
-        ]
+    rest["searchParam"] = [
+        {"name": name, "type": "special" if name != "_count" else "number"}
+        for name in _SEARCH_RESULT_PARAMS
+    ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -5,10 +5,8 @@ query here sees that tenant only. History is paged by keyset cursors (last_updat
 never OFFSET, and a cursor is signed for the tenant and client it was issued to.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import parse_qsl
 
 from django.core import signing
@@ -17,13 +15,13 @@ from django.utils import dateparse, timezone
 
 from fhirplatform.errors import FhirError, IssueCode, not_found
 from fhirplatform.fhir.models import Resource, ResourceVersion
+from fhirplatform.fhir.search.selectors import search_bundle
 from fhirplatform.fhir.storage import Method
 from fhirplatform.fhir.validation import ID_PATTERN, resource_type_check
 from tenants.tokens import Caller
 
 HISTORY_DEFAULT_COUNT = 50
 HISTORY_MAX_COUNT = 500
-SearchFunction = Callable[..., dict[str, Any]]
 
 
 def resource_read(*, resource_type: str, logical_id: str) -> Resource:
@@ -164,24 +162,8 @@ def history_page(*, caller: Caller, query: HistoryQuery, cursor: str | None) -> 
     return HistoryPage(versions=rows, next_cursor=next_cursor)
 
 
-def search_function() -> SearchFunction | None:
-    """The search engine's entry point, or None while it is not installed."""
-    try:
-        from fhirplatform.fhir.search.selectors import search_bundle
-    except ImportError:
-        return None
-    return search_bundle  # type: ignore[no-any-return]
-
-
-def search_unavailable() -> FhirError:
-    return FhirError(501, IssueCode.NOT_SUPPORTED, "Search is not available on this server yet")
-
-
 def resource_match(*, caller: Caller, resource_type: str, query: str) -> list[Resource]:
     """Current resources matching a search query string (conditional create)."""
-    search = search_function()
-    if search is None:
-        raise search_unavailable()
     params = [
         (name, value)
         for name, value in parse_qsl(query, keep_blank_values=True)
@@ -189,7 +171,7 @@ def resource_match(*, caller: Caller, resource_type: str, query: str) -> list[Re
     ]
     if not params:
         raise FhirError(400, IssueCode.INVALID, "If-None-Exist needs search criteria")
-    bundle = search(
+    bundle = search_bundle(
         caller=caller,
         resource_type=resource_type,
         params=[*params, ("_count", "2")],

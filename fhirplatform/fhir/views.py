@@ -22,6 +22,7 @@ from fhirplatform.fhir.representation import (
     version_headers,
     version_url,
 )
+from fhirplatform.fhir.search.selectors import search_bundle
 from fhirplatform.fhir.validation import payload_check_size, resource_type_check
 from fhirplatform.limits.engine import EndpointClass
 from tenants.scopes import Interaction
@@ -95,11 +96,8 @@ class BaseFhirView(FhirView):
     def search(
         self, request: Request, resource_type: str | None, params: list[tuple[str, str]]
     ) -> Response:
-        search = selectors.search_function()
-        if search is None:
-            raise selectors.search_unavailable()
         strict = _prefer(request).get("handling") == "strict"
-        bundle = search(
+        bundle = search_bundle(
             caller=self.caller,
             resource_type=resource_type,
             params=params,
