@@ -71,12 +71,13 @@ class FhirView(APIView):
             client=self.caller.client.client_id,
             actor=self.caller.actor,
         )
-        self.admission = self._admit(request, self.caller, **kwargs)
+        self._admit(request, self.caller, **kwargs)
         self.idempotency = idempotency_begin(request=request, caller=self.caller)
         schema_activate(self.caller.tenant)
 
-    def _admit(self, request: Request, caller: Caller, **kwargs: Any) -> Admission:
-        """Scope check (a refusal never costs quota), then the rate limits."""
+    def _admit(self, request: Request, caller: Caller, **kwargs: Any) -> None:
+        """Scope check (a refusal never costs quota), then the rate limits; the admission
+        is kept for finalize_response, which sends its headers and releases it."""
         interaction, resource_type, endpoint_class, cost = self.describe(request, **kwargs)
         if not scopes_allow(caller.scopes, resource_type, interaction):
             needed = required_scope_text(resource_type, interaction)
@@ -93,7 +94,6 @@ class FhirView(APIView):
             resource_type=resource_type,
             cost=request_cost(request=request, endpoint_class=endpoint_class, declared=cost),
         )
-        return self.admission
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, FhirError):
