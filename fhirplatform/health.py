@@ -4,6 +4,7 @@ import time
 from typing import Any
 
 import redis
+from django.apps import apps
 from django.conf import settings
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
@@ -48,7 +49,9 @@ def _migrations() -> dict[str, Any]:
     pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
     if pending:
         raise RuntimeError(f"{len(pending)} public migration(s) pending")
-    tenant_labels = {app.rsplit(".", 1)[-1] for app in settings.TENANT_APPS}
+    tenant_labels = {
+        config.label for config in apps.get_app_configs() if config.name in settings.TENANT_APPS
+    }
     expected = {key for key in executor.loader.graph.nodes if key[0] in tenant_labels}
     schemas = list(Tenant.objects.values_list("schema_name", flat=True))
     if not schemas:

@@ -177,13 +177,15 @@ def _caller(record: AccessToken) -> Caller:
     )
 
 
-def _mismatch(record: AccessToken) -> NotFound:
-    active = (
-        record.client.status == ClientStatus.ACTIVE
-        and record.grant.status == GrantStatus.ACTIVE
-        and record.tenant.status == TenantStatus.ACTIVE
-    )
-    return TenantMismatch(_caller(record)) if active else NotFound()
+def _inactive(record: AccessToken) -> FhirError | None:
+    """Why a valid token may not be used now: its client, grant or tenant is switched off."""
+    if record.client.status != ClientStatus.ACTIVE:
+        return FhirError(403, IssueCode.SUSPENDED, "The client has been revoked")
+    if record.grant.status != GrantStatus.ACTIVE:
+        return FhirError(403, IssueCode.SUSPENDED, "The client's grant on this tenant is revoked")
+    if record.tenant.status != TenantStatus.ACTIVE:
+        return FhirError(403, IssueCode.SUSPENDED, "The tenant is suspended")
+    return None
 
 
 def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Caller:
@@ -207,14 +209,12 @@ def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Ca
         raise _unauthorized("The access token has been revoked")
     if record.expires_at <= timezone.now():
         raise _unauthorized("The access token has expired", IssueCode.EXPIRED)
+    refusal = _inactive(record)
     if record.tenant.slug != url_tenant_slug:
-        raise _mismatch(record)
-    if record.client.status != ClientStatus.ACTIVE:
-        raise FhirError(403, IssueCode.SUSPENDED, "The client has been revoked")
-    if record.grant.status != GrantStatus.ACTIVE:
-        raise FhirError(403, IssueCode.SUSPENDED, "The client's grant on this tenant is revoked")
-    if record.tenant.status != TenantStatus.ACTIVE:
-        raise FhirError(403, IssueCode.SUSPENDED, "The tenant is suspended")
+        # Never a 403 here: that would tell the caller the URL's tenant matters.
+        raise NotFound() if refusal else TenantMismatch(_caller(record))
+    if refusal:
+        raise refusal
     return _caller(record)
 
 

@@ -34,10 +34,12 @@ def test_readyz_checks_postgres_redis_and_every_schemas_migrations(cast):
 
 
 @db
-def test_readyz_reports_a_tenant_schema_behind_on_migrations(cast):
+@pytest.mark.parametrize("app_label", ["fhir", "fhir_search"])
+def test_readyz_reports_a_tenant_schema_behind_on_migrations(cast, app_label):
     with connection.cursor() as cursor:
         cursor.execute(
-            f'DELETE FROM "{cast.tenant_b.schema_name}".django_migrations WHERE app = %s', ["fhir"]
+            f'DELETE FROM "{cast.tenant_b.schema_name}".django_migrations WHERE app = %s',
+            [app_label],
         )
     response = Client().get("/readyz")
     assert response.status_code == 503

@@ -9,6 +9,8 @@ from typing import Any
 from django.test import Client
 from fhir.resources.R4B import get_fhir_model_class
 
+from fhirplatform.limits.selectors import profile_cache
+
 FHIR_JSON = "application/fhir+json"
 
 
@@ -129,10 +131,6 @@ def generous_limits(*tenants_and_grants: Any) -> None:
     # no dangling plan id in memory (the pipeline reads plans fresh from the token).
     for owner in tenants_and_grants:
         type(owner).objects.filter(pk=owner.pk).update(plan=plan)
-    try:
-        from fhirplatform.limits.selectors import profile_cache
-    except ImportError:
-        return
     profile_cache.clear()
 
 
