@@ -73,7 +73,9 @@ def test_redis_stopped_mid_run_and_restarted(committed, cast):
     metrics_dir = tempfile.mkdtemp(prefix="fp-limits-metrics-")
     env = {"LIMITS_REDIS_URL": own.url, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     try:
-        with gunicorn(workers=2, threads=2, env=env) as base:
+        # One worker: the fallback gauge is per process, and a second worker that never
+        # sees a request after Redis returns would keep reporting its last state.
+        with gunicorn(workers=1, threads=2, env=env) as base:
             patient_id = patient_create(base, "provider-a", token)
             url = f"{base}/fhir/provider-a/Patient/{patient_id}"
             with requests.Session() as session:
