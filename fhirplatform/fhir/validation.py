@@ -12,6 +12,7 @@ have no model: they are checked as DomainResources (see docs/fhir.md).
 """
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -285,7 +286,16 @@ def _invalid(diagnostics: str, expression: str, code: IssueCode = IssueCode.VALU
     return Issue(code=code, diagnostics=diagnostics, expression=[expression])
 
 
-def payload_check_size(*, size: int) -> None:
+def payload_check(meta: Mapping[str, Any]) -> None:
+    """A write's body must announce its size (Content-Length) and stay within the limit.
+    A chunked body is refused before it is read: its size is unknown until the end."""
+    if "CONTENT_LENGTH" not in meta and "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise FhirError(
+            411,
+            IssueCode.STRUCTURE,
+            "Send the body with a Content-Length header; chunked transfer encoding is not accepted",
+        )
+    size = int(meta.get("CONTENT_LENGTH") or 0)
     limit = settings.FHIR_MAX_PAYLOAD_BYTES
     if size > limit:
         raise FhirError(

@@ -23,7 +23,7 @@ from fhirplatform.fhir.representation import (
     version_url,
 )
 from fhirplatform.fhir.search.selectors import search_bundle
-from fhirplatform.fhir.validation import payload_check_size, resource_type_check
+from fhirplatform.fhir.validation import payload_check, resource_type_check
 from fhirplatform.limits.engine import EndpointClass
 from tenants.scopes import Interaction
 from tenants.selectors import tenant_fhir_base
@@ -66,7 +66,7 @@ class BaseFhirView(FhirView):
         return f"urn:fhirplatform:client:{self.caller.client.client_id}#{request_id}"
 
     def body(self, request: Request) -> Any:
-        payload_check_size(size=int(request.META.get("CONTENT_LENGTH") or 0))
+        payload_check(request.META)
         data = request.data
         if not data and not request.META.get("CONTENT_LENGTH"):
             raise FhirError(400, IssueCode.STRUCTURE, "The request needs a body")
@@ -150,7 +150,7 @@ class TypeSearchView(BaseFhirView):
         return Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, 1
 
     def post(self, request: Request, tenant: str, resource_type: str) -> Response:
-        payload_check_size(size=int(request.META.get("CONTENT_LENGTH") or 0))
+        payload_check(request.META)
         data = request.data
         if not isinstance(data, QueryDict):
             raise FhirError(
@@ -294,7 +294,7 @@ class SystemView(BaseFhirView):
     def describe(self, request: Request, **kwargs: Any) -> Description:
         if request.method != "POST":
             return Interaction.SEARCH, "*", EndpointClass.SEARCH, 1
-        payload_check_size(size=int(request.META.get("CONTENT_LENGTH") or 0))
+        payload_check(request.META)
         _, self.plans = bundles.bundle_plan(bundle=request.data, base_url=self.base_url)
         # The pipeline checks the first entry; every entry is checked again as it runs.
         first = self.plans[0] if self.plans else None
