@@ -15,6 +15,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from tenants.selectors import token_endpoint_url
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+GRANT = {"grant_type": "client_credentials"}
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from tenants.services import (
     token_revoke,
 )
 from tests.tenants.identity_support import (
+    GRANT,
     assertion,
     basic,
     ec_key,
@@ -25,15 +26,7 @@ from tests.tenants.identity_support import (
     rsa_key,
 )
 
-pytestmark = pytest.mark.django_db
-
-GRANT = {"grant_type": "client_credentials"}
-
-
-@pytest.fixture(autouse=True)
-def _roomy_limits(settings):
-    settings.TOKEN_RATE_LIMIT_PER_IP = "100000/m"
-    settings.TOKEN_RATE_LIMIT_PER_CLIENT = "100000/m"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("roomy_token_limits")]
 
 
 def _new_client(**kwargs):

@@ -22,13 +22,7 @@ from tests.tenants.identity_support import (
     unsigned_assertion,
 )
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _roomy_limits(settings):
-    settings.TOKEN_RATE_LIMIT_PER_IP = "100000/m"
-    settings.TOKEN_RATE_LIMIT_PER_CLIENT = "100000/m"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("roomy_token_limits")]
 
 
 @pytest.fixture

@@ -9,18 +9,9 @@ from django.utils import timezone
 from tenants.models import AccessToken, Tenant, TenantStatus
 from tenants.selectors import tenant_fhir_base
 from tenants.services import client_create, client_revoke, grant_revoke, tenant_set_status
-from tests.tenants.identity_support import basic, form_post
+from tests.tenants.identity_support import GRANT, basic, form_post
 
-pytestmark = pytest.mark.django_db
-
-GRANT = {"grant_type": "client_credentials"}
-
-
-@pytest.fixture(autouse=True)
-def _roomy_limits(settings):
-    # These tests are about answers, not throttling (see test_token_rate_limit.py).
-    settings.TOKEN_RATE_LIMIT_PER_IP = "100000/m"
-    settings.TOKEN_RATE_LIMIT_PER_CLIENT = "100000/m"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("roomy_token_limits")]
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ import uuid
 import pytest
 
 from tenants.services import client_create
-from tests.tenants.identity_support import basic, form_post
+from tests.tenants.identity_support import GRANT, basic, form_post
 
 pytestmark = pytest.mark.django_db
-
-GRANT = {"grant_type": "client_credentials"}
 
 
 def _ip() -> str:
