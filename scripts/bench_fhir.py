@@ -37,7 +37,11 @@ from fhirplatform.schemas import tenant_schema  # noqa: E402
 from scripts.loopback import gunicorn  # noqa: E402
 from tenants.models import Grant, RatePlan, Tenant  # noqa: E402
 from tenants.scopes import scopes_parse  # noqa: E402
-from tenants.services import client_create, tenant_create  # noqa: E402
+from tenants.services import (  # noqa: E402
+    client_create,
+    rate_plan_count_only,
+    tenant_create,
+)
 from tenants.tokens import token_issue  # noqa: E402
 
 BENCH_PLAN = "bench-unthrottled"
@@ -46,23 +50,7 @@ BENCH_PLAN = "bench-unthrottled"
 def _plan() -> RatePlan:
     # Count-only limits: the benchmark measures the pipeline, including the limiter's
     # Redis round trip, without being refused by it.
-    plan, _ = RatePlan.objects.get_or_create(
-        name=BENCH_PLAN,
-        defaults=dict(
-            description="Benchmarks: count, never refuse",
-            read_per_minute=1_000_000,
-            search_per_minute=1_000_000,
-            write_per_minute=1_000_000,
-            history_per_minute=1_000_000,
-            batch_per_minute=1_000_000,
-            export_per_hour=1_000,
-            export_poll_per_minute=1_000,
-            concurrency=10_000,
-            daily_quota=2_000_000_000,
-            dry_run=True,
-        ),
-    )
-    return plan
+    return rate_plan_count_only(name=BENCH_PLAN, description="Benchmarks: count, never refuse")
 
 
 def _tenant(slug: str, patients: int, observations: int, seed: int) -> tuple[Tenant, Grant]:

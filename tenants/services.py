@@ -68,6 +68,29 @@ def rate_plan_get(*, name: str) -> RatePlan:
         raise ProvisioningError(f"unknown plan '{name}' (known: {known})") from None
 
 
+def rate_plan_count_only(*, name: str, description: str) -> RatePlan:
+    """A dry-run plan with limits far above any real load: every request is counted
+    (RateLimit headers, metrics, throttle events) and none is refused. For load tests
+    and test tenants, where the pipeline is measured rather than the plan."""
+    plan, _ = RatePlan.objects.get_or_create(
+        name=name,
+        defaults=dict(
+            description=description,
+            read_per_minute=1_000_000,
+            search_per_minute=1_000_000,
+            write_per_minute=1_000_000,
+            history_per_minute=1_000_000,
+            batch_per_minute=1_000_000,
+            export_per_hour=1_000,
+            export_poll_per_minute=1_000,
+            concurrency=10_000,
+            daily_quota=2_000_000_000,
+            dry_run=True,
+        ),
+    )
+    return plan
+
+
 def tenant_validate_slug(slug: str) -> None:
     if not _SLUG_PATTERN.match(slug):
         raise ProvisioningError(

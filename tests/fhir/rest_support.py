@@ -109,23 +109,10 @@ GENEROUS_PLAN = "fhir-rest-tests"
 def generous_limits(*tenants_and_grants: Any) -> None:
     """Put the given tenants and grants on a count-only (dry-run) plan, so functional tests
     of the FHIR API are not throttled by the per-minute write budgets of `standard`."""
-    from tenants.models import RatePlan
+    from tenants.services import rate_plan_count_only
 
-    plan, _ = RatePlan.objects.get_or_create(
-        name=GENEROUS_PLAN,
-        defaults=dict(
-            description="FHIR REST tests: count, never refuse",
-            read_per_minute=100_000,
-            search_per_minute=100_000,
-            write_per_minute=100_000,
-            history_per_minute=100_000,
-            batch_per_minute=100_000,
-            export_per_hour=1_000,
-            export_poll_per_minute=1_000,
-            concurrency=1_000,
-            daily_quota=100_000_000,
-            dry_run=True,
-        ),
+    plan = rate_plan_count_only(
+        name=GENEROUS_PLAN, description="FHIR REST tests: count, never refuse"
     )
     # Rows only: the session cast objects stay untouched, so a rolled-back test leaves
     # no dangling plan id in memory (the pipeline reads plans fresh from the token).
