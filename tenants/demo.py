@@ -34,6 +34,8 @@ DEMO_TENANTS = [
 ]
 OPERATOR_USERNAME = "operator"
 AUDITOR_USERNAME = "auditor"
+# The auditor reads what operators manage: tenants, clients and grants, and rate limits.
+AUDITOR_APPS = ("tenants", "limits")
 PARTNER_USERNAME = "acme-dev"
 
 
@@ -157,7 +159,9 @@ def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoRe
     report.users[AUDITOR_USERNAME] = _user(AUDITOR_USERNAME, credentials, is_staff=True)
     auditor = get_user_model().objects.get(username=AUDITOR_USERNAME)
     auditor.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="tenants", codename__startswith="view_")
+        Permission.objects.filter(
+            content_type__app_label__in=AUDITOR_APPS, codename__startswith="view_"
+        )
     )
     report.users[PARTNER_USERNAME] = _user(PARTNER_USERNAME, credentials)
     partner: Partner = partner_get_or_create(name=DEMO_PARTNER)

@@ -214,6 +214,12 @@ def test_seed_demo_is_idempotent_and_prints_what_it_made(cast, settings, tmp_pat
     assert set(first["tenants"]) == {"demo-provider", "demo-payer", "sandbox"}
     assert Tenant.objects.get(slug="sandbox").plan.name == "sandbox"
     assert {"operator", "auditor", "acme-dev"} <= set(first["users"])
+    auditor = User.objects.get(username="auditor")
+    assert auditor.has_perm("limits.view_throttleevent") and auditor.has_perm("tenants.view_tenant")
+    assert not any(
+        p.split(".")[1].startswith(("add_", "change_", "delete_"))
+        for p in auditor.get_all_permissions()
+    )
     methods = {client["auth_method"] for client in first["clients"]}
     assert methods == {"client_secret_basic", "private_key_jwt"}
     key_client = next(c for c in first["clients"] if c["auth_method"] == "private_key_jwt")
