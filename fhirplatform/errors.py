@@ -4,6 +4,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from django.http import JsonResponse
+
+FHIR_JSON = "application/fhir+json"
 OUTCOME_SYSTEM = "https://fhirplatform.dev/CodeSystem/outcome-reason"
 
 
@@ -101,3 +104,10 @@ class NotFound(FhirError):
 
 def not_found() -> FhirError:
     return NotFound()
+
+
+def fhir_error_json(error: FhirError) -> JsonResponse:
+    """An error as a plain Django response, for code that answers outside DRF."""
+    return JsonResponse(
+        error.outcome(), status=error.status, content_type=FHIR_JSON, headers=error.headers
+    )

@@ -3,7 +3,6 @@
 import time
 from typing import Any
 
-import redis
 from django.apps import apps
 from django.conf import settings
 from django.db import connection
@@ -11,6 +10,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from fhirplatform.redis_clients import redis_client
 from fhirplatform.schemas import schema_public
 from tenants.models import Tenant
 
@@ -39,7 +39,7 @@ def _postgres() -> None:
 
 
 def _redis() -> None:
-    redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1).ping()
+    redis_client(settings.REDIS_URL, timeout_seconds=1).ping()
 
 
 def _migrations() -> dict[str, Any]:

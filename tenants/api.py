@@ -14,8 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.views.decorators.csrf import csrf_exempt
 from django_ratelimit.core import get_usage
 
-from fhirplatform.errors import FhirError, IssueCode
-from fhirplatform.fhir.http import FHIR_JSON
+from fhirplatform.errors import FhirError, IssueCode, fhir_error_json
 from tenants.assertions import assertion_client_id, assertion_verify
 from tenants.models import ApiClient
 from tenants.selectors import tenant_fhir_base
@@ -53,12 +52,6 @@ def _oauth_error_response(error: OAuthError, *, basic: bool) -> JsonResponse:
     if error.status == 401 and basic:
         response["WWW-Authenticate"] = 'Basic realm="fhirplatform"'
     return response
-
-
-def _outcome_response(error: FhirError) -> JsonResponse:
-    return JsonResponse(
-        error.outcome(), status=error.status, content_type=FHIR_JSON, headers=error.headers
-    )
 
 
 def _form(request: HttpRequest) -> QueryDict:
@@ -180,10 +173,10 @@ def _guarded(handler: Any) -> Any:
                 reason=str(throttled.reason),
                 headers={"Retry-After": str(throttled.retry_after), **_NO_STORE},
             )
-            return _outcome_response(throttled_error)
+            return fhir_error_json(throttled_error)
         except TokenServiceUnavailable as exc:
             logger.error("token endpoint unavailable", extra={"error": str(exc)})
-            return _outcome_response(
+            return fhir_error_json(
                 FhirError(
                     503,
                     IssueCode.TRANSIENT,

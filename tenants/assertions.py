@@ -18,6 +18,7 @@ import jwt
 import redis
 from django.conf import settings
 
+from fhirplatform.redis_clients import redis_client
 from tenants.models import ApiClient, ClientStatus
 from tenants.selectors import token_endpoint_url
 from tenants.tokens import OAuthError, OAuthErrorCode, TokenServiceUnavailable
@@ -41,16 +42,9 @@ MAX_ASSERTION_BYTES = 8192
 MAX_JTI_LENGTH = 256
 JTI_KEY_PREFIX = "oauth:jti"
 
-_pools: dict[str, redis.ConnectionPool] = {}
-
 
 def _redis() -> redis.Redis:
-    url = settings.REDIS_URL
-    if url not in _pools:
-        _pools[url] = redis.ConnectionPool.from_url(
-            url, socket_timeout=0.5, socket_connect_timeout=0.5
-        )
-    return redis.Redis(connection_pool=_pools[url])
+    return redis_client(settings.REDIS_URL, timeout_seconds=0.5)
 
 
 def _rejected(description: str) -> OAuthError:

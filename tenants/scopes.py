@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 WILDCARD = "*"
 _V2_ORDER = "cruds"

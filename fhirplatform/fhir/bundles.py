@@ -16,11 +16,11 @@ from urllib.parse import parse_qsl, urlsplit
 from django.db import transaction
 
 from fhirplatform.errors import FhirError, IssueCode, operation_outcome
-from fhirplatform.fhir import selectors, storage
+from fhirplatform.fhir import selectors, services
 from fhirplatform.fhir.representation import etag, etag_version, resource_url, version_url
-from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirplatform.fhir.search.selectors import search_bundle
-from fhirplatform.fhir.storage import instant_text, now_instant
+from fhirplatform.fhir.services import instant_text, now_instant
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.scopes import Interaction, required_scope_text, scopes_allow
 from tenants.tokens import Caller
 
@@ -232,7 +232,7 @@ def _execute(
     kind = plan.interaction
     if kind == Interaction.CREATE:
         if plan.if_none_exist:
-            result = storage.resource_create_conditional(
+            result = services.resource_create_conditional(
                 resource_type=plan.resource_type,
                 content=plan.resource,
                 source=source,
@@ -244,7 +244,7 @@ def _execute(
             )
             status = "201 Created" if result.created else "200 OK"
             return _written(result.resource, status, base_url, representation)
-        created = storage.resource_create(
+        created = services.resource_create(
             resource_type=plan.resource_type,
             content=plan.resource,
             source=source,
@@ -253,7 +253,7 @@ def _execute(
         return _written(created, "201 Created", base_url, representation)
     assert plan.logical_id is not None
     if kind == Interaction.UPDATE:
-        updated = storage.resource_update(
+        updated = services.resource_update(
             resource_type=plan.resource_type,
             logical_id=plan.logical_id,
             content=plan.resource,
@@ -262,7 +262,7 @@ def _execute(
         )
         return _written(updated, "200 OK", base_url, representation)
     if kind == Interaction.PATCH:
-        patched = storage.resource_patch(
+        patched = services.resource_patch(
             resource_type=plan.resource_type,
             logical_id=plan.logical_id,
             patch=_patch_operations(plan.index, plan.resource),
@@ -271,7 +271,7 @@ def _execute(
         )
         return _written(patched, "200 OK", base_url, representation)
     if kind == Interaction.DELETE:
-        storage.resource_delete(
+        services.resource_delete(
             resource_type=plan.resource_type, logical_id=plan.logical_id, if_match=plan.if_match
         )
         return {"response": {"status": "204 No Content"}}
@@ -317,7 +317,7 @@ def _transaction(
     id_map: dict[str, str] = {}
     for plan in plans:
         if plan.interaction == Interaction.CREATE:
-            plan.assigned_id = storage.new_logical_id()
+            plan.assigned_id = services.new_logical_id()
             if plan.full_url:
                 id_map[plan.full_url] = f"{plan.resource_type}/{plan.assigned_id}"
         elif plan.logical_id and plan.full_url:

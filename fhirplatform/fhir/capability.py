@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
-from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 FHIR_VERSION = "4.0.1"
 SOFTWARE_NAME = "fhirplatform"

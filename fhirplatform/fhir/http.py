@@ -3,16 +3,22 @@
 import json
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
-from fhirplatform.errors import FhirError, Issue, IssueCode, not_found, operation_outcome
-
-FHIR_JSON = "application/fhir+json"
+from fhirplatform.errors import (
+    FHIR_JSON,
+    FhirError,
+    Issue,
+    IssueCode,
+    fhir_error_json,
+    not_found,
+    operation_outcome,
+)
 
 
 class FhirJSONRenderer(BaseRenderer):
@@ -92,27 +98,23 @@ def _wants_outcome(request: HttpRequest) -> bool:
     return not request.path.startswith(("/admin/", "/portal/"))
 
 
-def _outcome_json(error: FhirError) -> HttpResponse:
-    return JsonResponse(error.outcome(), status=error.status, content_type=FHIR_JSON)
-
-
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """Requests Django refuses before routing (e.g. a Host outside ALLOWED_HOSTS)."""
     if not _wants_outcome(request):
         return defaults.bad_request(request, exception or Exception())
-    return _outcome_json(FhirError(400, IssueCode.INVALID, "Bad request"))
+    return fhir_error_json(FhirError(400, IssueCode.INVALID, "Bad request"))
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if not _wants_outcome(request):
         return defaults.page_not_found(request, exception or Exception())
-    return _outcome_json(not_found())
+    return fhir_error_json(not_found())
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
     if not _wants_outcome(request):
         return defaults.server_error(request)
-    return _outcome_json(
+    return fhir_error_json(
         FhirError(
             500, IssueCode.EXCEPTION, "Internal error; quote the X-Request-ID when reporting it"
         )

@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
 from fhirplatform.errors import FhirError
-from fhirplatform.fhir import storage
+from fhirplatform.fhir import services
 from fhirplatform.fhir.bundles import references_rewrite
 from fhirplatform.fhir.models import Resource, ResourceVersion
 from fhirplatform.fhir.search.services import index_resources
@@ -100,7 +100,7 @@ def bundle_pending(bundle: Any) -> list[Pending]:
         request = entry.get("request") or {"method": "POST"}
         method = str(request.get("method", "")).upper()
         if method == "POST" or bundle.get("type") == "collection":
-            logical_id = storage.new_logical_id()
+            logical_id = services.new_logical_id()
         elif method == "PUT":
             parts = str(request.get("url", "")).split("?")[0].split("/")
             if len(parts) != 2 or parts[0] != resource_type:
@@ -179,7 +179,7 @@ def _copy_insert(rows: list[Resource]) -> None:
                         row.logical_id,
                         row.version_id,
                         row.last_updated,
-                        str(storage.Method.POST),
+                        str(services.Method.POST),
                         Jsonb(row.content),
                     )
                 )
@@ -206,21 +206,21 @@ def pending_store(items: list[Pending]) -> Counter[str]:
         if key in existing:
             # Already stored: a new version through the ordinary (locking) update path.
             content = item.content | {"id": item.logical_id}
-            storage.resource_update(
+            services.resource_update(
                 resource_type=item.resource_type,
                 logical_id=item.logical_id,
                 content=content,
                 source=LOADER_SOURCE,
             )
         else:
-            last_updated = storage.now_instant()
+            last_updated = services.now_instant()
             # A repeated id inside one load keeps the last copy, like successive PUTs.
             fresh[key] = Resource(
                 resource_type=item.resource_type,
                 logical_id=item.logical_id,
                 version_id=1,
                 last_updated=last_updated,
-                content=storage.stamp(
+                content=services.stamp(
                     item.content,
                     logical_id=item.logical_id,
                     version_id=1,
@@ -271,7 +271,7 @@ def _ndjson_chunks(path: Path) -> Iterator[list[Pending]]:
                 raise LoadError(f"{path.name} line {number}: not JSON ({exc})") from None
             if not isinstance(resource, dict) or not resource.get("resourceType"):
                 raise LoadError(f"{path.name} line {number}: not a resource")
-            logical_id = resource.get("id") or storage.new_logical_id()
+            logical_id = resource.get("id") or services.new_logical_id()
             chunk.append(Pending(str(resource["resourceType"]), str(logical_id), resource))
             if len(chunk) >= NDJSON_CHUNK:
                 yield chunk

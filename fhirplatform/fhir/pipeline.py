@@ -17,9 +17,9 @@ from rest_framework.views import APIView
 from fhirplatform.context import context_update
 from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir.http import fhir_error_response
+from fhirplatform.fhir.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
 from fhirplatform.limits.costs import request_cost
 from fhirplatform.limits.engine import Admission, EndpointClass, limit_admit
-from fhirplatform.limits.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
 from fhirplatform.limits.refusals import refusal_charge
 from fhirplatform.schemas import schema_activate
 from tenants.scopes import Interaction, required_scope_text, scopes_allow

@@ -6,7 +6,7 @@ from typing import Any
 from django.utils.http import http_date
 
 from fhirplatform.fhir.models import Resource, ResourceVersion
-from fhirplatform.fhir.storage import Method, instant_text, now_instant
+from fhirplatform.fhir.services import Method, instant_text, now_instant
 
 _METHOD_STATUS = {
     Method.POST: "201 Created",

@@ -16,7 +16,7 @@ from django.utils import dateparse, timezone
 from fhirplatform.errors import FhirError, IssueCode, not_found
 from fhirplatform.fhir.models import Resource, ResourceVersion
 from fhirplatform.fhir.search.selectors import search_bundle
-from fhirplatform.fhir.storage import Method
+from fhirplatform.fhir.services import Method
 from fhirplatform.fhir.validation import ID_PATTERN, resource_type_check
 from tenants.tokens import Caller
 

@@ -20,7 +20,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhirplatform.errors import FhirError, Issue, IssueCode
-from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ELEMENT_NAME = re.compile(r"^_?[a-z][A-Za-z0-9]*$")

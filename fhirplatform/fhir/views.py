@@ -10,10 +10,10 @@ from rest_framework.parsers import FormParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fhirplatform.errors import FhirError, Issue, IssueCode, Severity, operation_outcome
-from fhirplatform.fhir import bundles, selectors, storage
+from fhirplatform.errors import FHIR_JSON, FhirError, Issue, IssueCode, Severity, operation_outcome
+from fhirplatform.fhir import bundles, selectors, services
 from fhirplatform.fhir.capability import capability_statement
-from fhirplatform.fhir.http import FHIR_JSON, FhirJSONParser, PlainJSONParser
+from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.pipeline import FhirView, PublicFhirView
 from fhirplatform.fhir.representation import (
@@ -123,7 +123,7 @@ class TypeView(BaseFhirView):
         content = self.body(request)
         if_none_exist = request.headers.get("If-None-Exist")
         if if_none_exist:
-            result = storage.resource_create_conditional(
+            result = services.resource_create_conditional(
                 resource_type=resource_type,
                 content=content,
                 source=self.source(),
@@ -134,7 +134,7 @@ class TypeView(BaseFhirView):
             )
             status = 201 if result.created else 200
             return self.written(request, result.resource, status, location=result.created)
-        resource = storage.resource_create(
+        resource = services.resource_create(
             resource_type=resource_type, content=content, source=self.source()
         )
         return self.written(request, resource, 201, location=True)
@@ -191,7 +191,7 @@ class InstanceView(BaseFhirView):
         return Response(resource.content, headers=headers)
 
     def put(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
-        resource = storage.resource_update(
+        resource = services.resource_update(
             resource_type=resource_type,
             logical_id=logical_id,
             content=self.body(request),
@@ -207,7 +207,7 @@ class InstanceView(BaseFhirView):
                 IssueCode.NOT_SUPPORTED,
                 f"PATCH takes {JsonPatchParser.media_type} (JSON Patch)",
             )
-        resource = storage.resource_patch(
+        resource = services.resource_patch(
             resource_type=resource_type,
             logical_id=logical_id,
             patch=self.body(request),
@@ -219,7 +219,7 @@ class InstanceView(BaseFhirView):
     def delete(
         self, request: Request, tenant: str, resource_type: str, logical_id: str
     ) -> Response:
-        resource = storage.resource_delete(
+        resource = services.resource_delete(
             resource_type=resource_type,
             logical_id=logical_id,
             if_match=etag_version(request.headers.get("If-Match")),

@@ -18,11 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 from django.conf import settings
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from fhirplatform.errors import FhirError, IssueCode
-from fhirplatform.limits import metrics, scripts
+from fhirplatform.limits import lua, metrics
 from fhirplatform.limits.codes import SCOPE_REASON, EndpointClass, LimitScope, ThrottleReason
 from fhirplatform.limits.costs import (
     CRITICALITY_SHARE,
@@ -32,6 +30,7 @@ from fhirplatform.limits.costs import (
 )
 from fhirplatform.limits.selectors import LimitProfile, OverrideRow, PlanLimits, profile_cache
 from fhirplatform.limits.services import CONFIG_VERSION_KEY, throttle_event_record
+from fhirplatform.redis_clients import redis_client
 from tenants.tokens import Caller
 
 __all__ = ["Admission", "EndpointClass", "ThrottleReason", "limit_admit"]
@@ -279,16 +278,12 @@ class _RedisLink:
         url = settings.LIMITS_REDIS_URL
         with self.lock:
             if self.client is None or self.url != url:
-                timeout = settings.LIMITS_REDIS_TIMEOUT_MS / 1000
-                # No retries: a slow or absent Redis must cost one timeout, then the fallback.
-                self.client = redis.Redis.from_url(
-                    url,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                    retry=Retry(NoBackoff(), 0),
+                # A slow or absent Redis costs one timeout, then the fallback answers.
+                self.client = redis_client(
+                    url, timeout_seconds=settings.LIMITS_REDIS_TIMEOUT_MS / 1000
                 )
-                self.admit = self.client.register_script(scripts.ADMIT)
-                self.release = self.client.register_script(scripts.RELEASE)
+                self.admit = self.client.register_script(lua.ADMIT)
+                self.release = self.client.register_script(lua.RELEASE)
                 self.url = url
                 self.down_until = 0.0
             return self.client, self.admit, self.release

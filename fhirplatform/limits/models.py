@@ -51,7 +51,7 @@ class LimitOverride(models.Model):
         return "override " + " ".join(part for part in parts if part)
 
     def clean(self) -> None:
-        from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
+        from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
         if self.tenant_id is None and self.client_id is None:
             raise ValidationError("An override names a tenant, a client, or both.")

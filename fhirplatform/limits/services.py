@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from fhirplatform.limits.models import LimiterSwitch, LimitOverride, ThrottleEvent
+from fhirplatform.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +22,7 @@ CONFIG_VERSION_KEY = "fp:rl:config-version"
 def limits_config_bump() -> None:
     """Tell every process to drop its cached limits now, not when the cache expires."""
     try:
-        redis.Redis.from_url(
-            settings.LIMITS_REDIS_URL, socket_timeout=1, socket_connect_timeout=1
-        ).incr(CONFIG_VERSION_KEY)
+        redis_client(settings.LIMITS_REDIS_URL, timeout_seconds=1).incr(CONFIG_VERSION_KEY)
     except redis.RedisError:
         # The short local cache still picks the change up within seconds.
         logger.warning("rate limiter: could not publish a config change; caches expire anyway")

@@ -4,8 +4,8 @@ import pytest
 from django.test import Client
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
-from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirplatform.fhir.search.registry import search_parameters_for
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fhirplatform.fhir import storage
+from fhirplatform.fhir import services
 from fhirplatform.fhir.search.extract import _compiled, _plan, date_range, resource_values
 from fhirplatform.fhir.search.models import DateIndex, StringIndex, TokenIndex
 from fhirplatform.fhir.search.registry import ParamType, search_parameter, search_parameters_for
@@ -126,7 +126,7 @@ def tenant_a(db: None, cast: Any) -> Any:
 
 
 def test_store_writes_keep_the_index_current(tenant_a: Any) -> None:
-    created = storage.resource_create(
+    created = services.resource_create(
         resource_type="Patient",
         source="test",
         content={
@@ -136,7 +136,7 @@ def test_store_writes_keep_the_index_current(tenant_a: Any) -> None:
         },
     )
     assert ids(search(tenant_a, "Patient", "family=before")) == [created.logical_id]
-    storage.resource_update(
+    services.resource_update(
         resource_type="Patient",
         logical_id=created.logical_id,
         source="test",
@@ -149,14 +149,14 @@ def test_store_writes_keep_the_index_current(tenant_a: Any) -> None:
     assert ids(search(tenant_a, "Patient", "family=before")) == []
     assert ids(search(tenant_a, "Patient", "family=after")) == [created.logical_id]
     assert not DateIndex.objects.filter(resource_id=created.pk).exists()  # birthDate removed
-    storage.resource_delete(resource_type="Patient", logical_id=created.logical_id)
+    services.resource_delete(resource_type="Patient", logical_id=created.logical_id)
     assert ids(search(tenant_a, "Patient", "family=after")) == []
     assert not StringIndex.objects.filter(resource_id=created.pk).exists()
     assert not TokenIndex.objects.filter(resource_id=created.pk).exists()
 
 
 def test_other_tenant_index_is_separate(tenant_a: Any, cast: Any) -> None:
-    storage.resource_create(
+    services.resource_create(
         resource_type="Patient",
         source="test",
         content={"resourceType": "Patient", "name": [{"family": "Onlyina"}]},

@@ -102,7 +102,7 @@ class World:
 
 
 def _store_patient(tenant: Tenant, family: str) -> str:
-    from fhirplatform.fhir.storage import resource_create
+    from fhirplatform.fhir.services import resource_create
 
     with tenant_schema(tenant):
         content = {"resourceType": "Patient", "active": True, "name": [{"family": family}]}
@@ -457,7 +457,7 @@ def test_positive_control_the_right_caller_gets_through(client, world, call_name
     target = world.patient_a
     if call.interaction in (Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE):
         with tenant_schema(world.cast.tenant_a):
-            from fhirplatform.fhir.storage import resource_create
+            from fhirplatform.fhir.services import resource_create
 
             target = resource_create(
                 resource_type="Patient",

@@ -22,7 +22,6 @@ from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 
 from fhirplatform.errors import FhirError, Issue, IssueCode, Severity, not_found, operation_outcome
 from fhirplatform.fhir.models import Resource
-from fhirplatform.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirplatform.fhir.search.models import ReferenceIndex
 from fhirplatform.fhir.search.query import (
     INDEX_MODEL,
@@ -34,6 +33,7 @@ from fhirplatform.fhir.search.query import (
     split_values,
 )
 from fhirplatform.fhir.search.registry import Column, ParamType, SearchParameter, search_parameter
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.scopes import Interaction, scopes_allow
 from tenants.tokens import Caller
 

@@ -3,7 +3,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from tenants.demo import demo_report_dict, demo_seed
+from fhirplatform.demo import demo_report_dict, demo_seed
 
 
 class Command(BaseCommand):

@@ -21,6 +21,7 @@ from django.http import HttpResponse
 from rest_framework.request import Request
 
 from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.redis_clients import redis_client
 from tenants.tokens import Caller
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ _connection: dict[str, tuple[redis.Redis, Any]] = {}
 def _redis() -> tuple[redis.Redis, Any]:
     url = settings.LIMITS_REDIS_URL
     if url not in _connection:
-        timeout = settings.LIMITS_REDIS_TIMEOUT_MS / 1000
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = redis_client(url, timeout_seconds=settings.LIMITS_REDIS_TIMEOUT_MS / 1000)
         _connection[url] = (client, client.register_script(_CLAIM))
     return _connection[url]
 
