@@ -92,7 +92,7 @@ class FhirView(APIView):
             caller=caller,
             endpoint_class=endpoint_class,
             resource_type=resource_type,
-            cost=request_cost(request=request, endpoint_class=endpoint_class, declared=cost),
+            cost=request_cost(endpoint_class=endpoint_class, declared=cost),
         )
 
     def handle_exception(self, exc: Exception) -> Response:

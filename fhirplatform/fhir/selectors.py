@@ -15,13 +15,11 @@ from django.utils import dateparse, timezone
 
 from fhirplatform.errors import FhirError, IssueCode, not_found
 from fhirplatform.fhir.models import Resource, ResourceVersion
+from fhirplatform.fhir.paging import DEFAULT_COUNT, count_parse
 from fhirplatform.fhir.search.selectors import search_bundle
 from fhirplatform.fhir.services import Method
 from fhirplatform.fhir.validation import ID_PATTERN, resource_type_check
 from tenants.tokens import Caller
-
-HISTORY_DEFAULT_COUNT = 50
-HISTORY_MAX_COUNT = 500
 
 
 def resource_read(*, resource_type: str, logical_id: str) -> Resource:
@@ -65,7 +63,7 @@ class HistoryQuery:
     resource_type: str | None = None
     logical_id: str | None = None
     since: datetime | None = None
-    count: int = HISTORY_DEFAULT_COUNT
+    count: int = DEFAULT_COUNT
 
 
 @dataclass(frozen=True)
@@ -103,13 +101,7 @@ def history_parse(
             raise FhirError(
                 400, IssueCode.VALUE, "_since must carry a time zone", expression=["_since"]
             )
-    count = HISTORY_DEFAULT_COUNT
-    if params.get("_count"):
-        if not params["_count"].isdigit():
-            raise FhirError(
-                400, IssueCode.VALUE, "_count must be a non-negative integer", expression=["_count"]
-            )
-        count = min(int(params["_count"]), HISTORY_MAX_COUNT)
+    count = count_parse(params.get("_count"))
     if resource_type is not None:
         resource_type_check(resource_type)
     return HistoryQuery(

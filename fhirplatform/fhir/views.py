@@ -15,6 +15,7 @@ from fhirplatform.fhir import bundles, selectors, services
 from fhirplatform.fhir.capability import capability_statement
 from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser
 from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.paging import count_parse
 from fhirplatform.fhir.pipeline import FhirView, PublicFhirView
 from fhirplatform.fhir.representation import (
     etag_version,
@@ -24,6 +25,7 @@ from fhirplatform.fhir.representation import (
 )
 from fhirplatform.fhir.search.selectors import search_bundle
 from fhirplatform.fhir.validation import payload_check, resource_type_check
+from fhirplatform.limits.costs import bundle_cost, search_cost
 from fhirplatform.limits.engine import EndpointClass
 from tenants.scopes import Interaction
 from tenants.selectors import tenant_fhir_base
@@ -49,6 +51,10 @@ def _prefer(request: Request) -> dict[str, str]:
         if name:
             prefer[name.lower()] = value.strip().strip('"').lower()
     return prefer
+
+
+def _search_cost(request: Request) -> int:
+    return search_cost(count=count_parse(request.query_params.get("_count")))
 
 
 def _params(request: Request) -> list[tuple[str, str]]:
@@ -114,7 +120,12 @@ class TypeView(BaseFhirView):
         resource_type_check(kwargs["resource_type"])
         if request.method == "POST":
             return Interaction.CREATE, kwargs["resource_type"], EndpointClass.WRITE, 1
-        return Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, 1
+        return (
+            Interaction.SEARCH,
+            kwargs["resource_type"],
+            EndpointClass.SEARCH,
+            _search_cost(request),
+        )
 
     def get(self, request: Request, tenant: str, resource_type: str) -> Response:
         return self.search(request, resource_type, _params(request))
@@ -147,7 +158,12 @@ class TypeSearchView(BaseFhirView):
 
     def describe(self, request: Request, **kwargs: Any) -> Description:
         resource_type_check(kwargs["resource_type"])
-        return Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, 1
+        return (
+            Interaction.SEARCH,
+            kwargs["resource_type"],
+            EndpointClass.SEARCH,
+            _search_cost(request),
+        )
 
     def post(self, request: Request, tenant: str, resource_type: str) -> Response:
         payload_check(request.META)
@@ -293,14 +309,15 @@ class SystemView(BaseFhirView):
 
     def describe(self, request: Request, **kwargs: Any) -> Description:
         if request.method != "POST":
-            return Interaction.SEARCH, "*", EndpointClass.SEARCH, 1
+            return Interaction.SEARCH, "*", EndpointClass.SEARCH, _search_cost(request)
         payload_check(request.META)
+        cost = bundle_cost(bundle=request.data)
         _, self.plans = bundles.bundle_plan(bundle=request.data, base_url=self.base_url)
         # The pipeline checks the first entry; every entry is checked again as it runs.
         first = self.plans[0] if self.plans else None
         interaction = first.interaction if first else Interaction.SEARCH
         resource_type = first.resource_type if first else "Bundle"
-        return interaction, resource_type, EndpointClass.BATCH, max(len(self.plans), 1)
+        return interaction, resource_type, EndpointClass.BATCH, cost
 
     def get(self, request: Request, tenant: str) -> Response:
         return self.search(request, None, _params(request))

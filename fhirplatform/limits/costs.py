@@ -61,41 +61,16 @@ LOW_PRIORITY_BELOW = 30
 LOW_PRIORITY_SHARE_FACTOR = 0.8
 
 
-def cost_of(endpoint_class: EndpointClass) -> int:
-    return BASE_COST[endpoint_class]
-
-
-def request_cost(*, request: Any, endpoint_class: EndpointClass, declared: int) -> int:
-    """What the limiter charges for a request: the view's declared cost, never less than
-    the cost table says. Refuses a too-costly search or Bundle before any bucket moves."""
-    if endpoint_class == EndpointClass.SEARCH:
-        return max(declared, search_cost(count=request.query_params.get("_count")))
-    if endpoint_class == EndpointClass.BATCH and request.method == "POST":
-        return max(declared, bundle_cost(bundle=request.data))
+def request_cost(*, endpoint_class: EndpointClass, declared: int) -> int:
+    """What the limiter charges for a request: the view's declared cost (from
+    `search_cost` or `bundle_cost`), never less than the cost table says."""
     return max(declared, BASE_COST[endpoint_class])
 
 
-def search_cost(*, count: Any) -> int:
-    """Cost of a search asking for `_count` results; refuses a `_count` above the cap."""
-    cap = settings.LIMITS_SEARCH_MAX_COUNT
-    if count in (None, ""):
-        return BASE_COST[EndpointClass.SEARCH]
-    try:
-        requested = int(count)
-    except (TypeError, ValueError):
-        raise FhirError(
-            400, IssueCode.VALUE, f"_count must be an integer, got '{count}'", expression=["_count"]
-        ) from None
-    if requested < 0:
-        raise FhirError(400, IssueCode.VALUE, "_count must not be negative", expression=["_count"])
-    if requested > cap:
-        raise FhirError(
-            400,
-            IssueCode.TOO_COSTLY,
-            f"_count={requested} is above the maximum page size {cap}; page through results",
-            expression=["_count"],
-        )
-    pages = max(1, -(-requested // SEARCH_PAGE_UNITS))
+def search_cost(*, count: int) -> int:
+    """Cost of a search (or history page) of `count` results, a count already validated
+    by the FHIR paging rule: one extra unit per started page of SEARCH_PAGE_UNITS."""
+    pages = max(1, -(-count // SEARCH_PAGE_UNITS))
     return BASE_COST[EndpointClass.SEARCH] + pages - 1
 
 

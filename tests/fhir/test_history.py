@@ -80,9 +80,12 @@ def test_paging_returns_each_version_exactly_once(api):
     assert sorted(seen) == sorted(created)
 
 
-def test_count_is_capped(api):
-    bundle = api.get("_history", _count="100000").json()
-    assert len(bundle["entry"]) <= 500
+def test_count_above_the_cap_is_refused_like_a_search(api):
+    refused = api.get("_history", _count="100000")
+    assert refused.status_code == 400
+    issue = refused.json()["issue"][0]
+    assert issue["code"] == "too-costly" and issue["expression"] == ["_count"]
+    assert api.get("Patient", _count="100000").json() == refused.json()
 
 
 def test_cursor_replays_only_for_its_client(api, cast):

@@ -362,9 +362,13 @@ def test_bad_values_give_400_naming_the_parameter(
     assert named in issue.get("expression", []) or named in issue["diagnostics"]
 
 
-def test_count_is_capped_and_said_in_self_link(world: dict[str, Any]) -> None:
-    bundle = find(world, "Patient", "_count=5000")
-    assert "_count=1000" in bundle["link"][0]["url"]
+def test_count_above_the_cap_is_refused_and_the_default_said_in_self_link(
+    world: dict[str, Any],
+) -> None:
+    with pytest.raises(FhirError) as refused:
+        find(world, "Patient", "_count=5000")
+    assert refused.value.status == 400
+    assert "_count=1000" in find(world, "Patient", "_count=1000")["link"][0]["url"]
     assert "_count=50" in find(world, "Patient", "")["link"][0]["url"]
 
 

@@ -3,24 +3,25 @@
 import pytest
 
 from fhirplatform.errors import FhirError
+from fhirplatform.fhir.paging import count_parse
 from fhirplatform.limits.codes import EndpointClass
-from fhirplatform.limits.costs import bundle_cost, cost_of, search_cost
+from fhirplatform.limits.costs import bundle_cost, request_cost, search_cost
 
 
-def test_a_search_costs_more_than_a_read_and_grows_with_count(settings):
-    settings.LIMITS_SEARCH_MAX_COUNT = 1000
-    assert cost_of(EndpointClass.READ) == 1
-    assert search_cost(count=None) == 2 > cost_of(EndpointClass.READ)
-    assert search_cost(count="100") == 2
-    assert search_cost(count="101") == 3
-    assert search_cost(count="1000") == 11
+def test_a_search_costs_more_than_a_read_and_grows_with_count():
+    read = request_cost(endpoint_class=EndpointClass.READ, declared=0)
+    assert read == 1
+    assert search_cost(count=count_parse(None)) == 2 > read
+    assert search_cost(count=100) == 2
+    assert search_cost(count=101) == 3
+    assert search_cost(count=1000) == 11
 
 
-@pytest.mark.parametrize("count", ["1001", "-1", "ten"])
+@pytest.mark.parametrize("count", ["1001", "-1", "ten", "١٢"])
 def test_a_count_above_the_cap_or_invalid_is_refused(settings, count):
-    settings.LIMITS_SEARCH_MAX_COUNT = 1000
+    settings.FHIR_MAX_COUNT = 1000
     with pytest.raises(FhirError) as caught:
-        search_cost(count=count)
+        count_parse(count)
     issue = caught.value.outcome()["issue"][0]
     assert caught.value.status == 400
     assert issue["expression"] == ["_count"]

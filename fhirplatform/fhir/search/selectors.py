@@ -22,6 +22,7 @@ from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 
 from fhirplatform.errors import FhirError, Issue, IssueCode, Severity, not_found, operation_outcome
 from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.paging import DEFAULT_COUNT, count_parse
 from fhirplatform.fhir.search.models import ReferenceIndex
 from fhirplatform.fhir.search.query import (
     INDEX_MODEL,
@@ -37,8 +38,6 @@ from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.scopes import Interaction, scopes_allow
 from tenants.tokens import Caller
 
-DEFAULT_COUNT = 50
-MAX_COUNT = 1000
 MAX_INCLUDED = 1000
 CURSOR_SALT = "fhirplatform.search.cursor"
 CURSOR_PARAM = "_cursor"
@@ -129,12 +128,6 @@ def _parse_include(
     return source, param_name, target
 
 
-def _parse_count(value: str) -> int:
-    if not value.isdigit():
-        raise _invalid("_count", f"'{value}' is not a non-negative integer")
-    return min(int(value), MAX_COUNT)
-
-
 def _parse_sort(value: str, types: list[str]) -> SortKey:
     keys = [key for key in value.split(",") if key]
     if len(keys) != 1:
@@ -192,7 +185,7 @@ def search_parse(
         if name == CURSOR_PARAM:
             request.cursor = value
         elif name == Control.COUNT:
-            request.count = _parse_count(value)
+            request.count = count_parse(value)
         elif name == Control.SORT:
             request.sort = _parse_sort(value, searchable)
             request.used.append((name, value))
