@@ -23,7 +23,13 @@ from fhirplatform.fhir.models import Resource
 from fhirplatform.schemas import tenant_schema
 from tenants.models import ApiClient, Partner, Tenant
 from tenants.selectors import tenant_fhir_base, token_endpoint_url
-from tenants.services import client_create, partner_get_or_create, secret_hash, tenant_create
+from tenants.services import (
+    client_create,
+    credential_hash,
+    partner_get_or_create,
+    partner_member_add,
+    tenant_create,
+)
 
 DEMO_PARTNER = "Acme Health Apps"
 DEMO_TENANTS = [
@@ -58,11 +64,15 @@ def _load_credentials() -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _save_credentials(credentials: dict[str, Any]) -> None:
-    path = _credentials_path()
+def _private_file_write(path: Path, text: str) -> None:
+    """Secrets and keys on disk: readable by this user only, folder made if missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(credentials, indent=2))
+    path.write_text(text)
     path.chmod(0o600)
+
+
+def _save_credentials(credentials: dict[str, Any]) -> None:
+    _private_file_write(_credentials_path(), json.dumps(credentials, indent=2))
 
 
 def _user(username: str, credentials: dict[str, Any], **flags: bool) -> str:
@@ -99,7 +109,7 @@ def _known_client_works(known: dict[str, Any]) -> bool:
     if client is None:
         return False
     if known.get("client_secret"):
-        return client.secrets.filter(secret_hash=secret_hash(known["client_secret"])).exists()
+        return client.secrets.filter(secret_hash=credential_hash(known["client_secret"])).exists()
     return Path(known.get("private_key_file", "")).is_file()
 
 
@@ -137,8 +147,7 @@ def _demo_client(
     }
     if private_pem:
         key_path = _credentials_path().parent / f"{key}-private.pem"
-        key_path.write_text(private_pem)
-        key_path.chmod(0o600)
+        _private_file_write(key_path, private_pem)
         record["private_key_file"] = str(key_path)
         record["kid"] = f"{key}-1"
     credentials["clients"][key] = record
@@ -165,7 +174,9 @@ def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoRe
     )
     report.users[PARTNER_USERNAME] = _user(PARTNER_USERNAME, credentials)
     partner: Partner = partner_get_or_create(name=DEMO_PARTNER)
-    partner.members.add(get_user_model().objects.get(username=PARTNER_USERNAME))
+    partner_member_add(
+        partner=partner, user=get_user_model().objects.get(username=PARTNER_USERNAME)
+    )
 
     for slug, name, plan in DEMO_TENANTS:
         tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(

@@ -68,30 +68,39 @@ def setup_django(database_url: str) -> None:
     call_command("migrate_schemas", shared=True, verbosity=0, interactive=False)
 
 
-def make_client(tenant_slug: str, plan_name: str, **plan: int):
-    from tenants.models import RatePlan
-    from tenants.scopes import scopes_parse
-    from tenants.services import client_create
-    from tenants.tokens import token_issue
+PLAN_DEFAULTS = dict(
+    read_per_minute=600,
+    search_per_minute=200,
+    write_per_minute=6000,
+    history_per_minute=60,
+    batch_per_minute=30,
+    export_per_hour=6,
+    export_poll_per_minute=60,
+    concurrency=1000,
+    daily_quota=10_000_000,
+)
 
-    defaults = dict(
-        read_per_minute=600,
-        search_per_minute=200,
-        write_per_minute=6000,
-        history_per_minute=60,
-        batch_per_minute=30,
-        export_per_hour=6,
-        export_poll_per_minute=60,
-        concurrency=1000,
-        daily_quota=10_000_000,
-    )
-    defaults.update(plan)
-    RatePlan.objects.update_or_create(name=plan_name, defaults=defaults)
+
+def plan_named(name: str, **limits: int) -> str:
+    """The benchmark plan `name`, created the first time through the one plan builder."""
+    from tenants.services import ProvisioningError, rate_plan_create, rate_plan_get
+
+    try:
+        rate_plan_get(name=name)
+    except ProvisioningError:
+        rate_plan_create(name=name, description="Rate-limit benchmark", **(PLAN_DEFAULTS | limits))
+    return name
+
+
+def make_client(tenant_slug: str, plan_name: str, **plan: int):
+    from tenants.scopes import scopes_parse
+    from tenants.services import client_create, token_issue
+
     issued = client_create(
         partner_name="Bench " + uuid.uuid4().hex[:6],
         tenant_slugs=[tenant_slug],
         scopes="system/*.cruds",
-        plan_name=plan_name,
+        plan_name=plan_named(plan_name, **plan),
     )
     grant = issued.grants[0]
     token = token_issue(grant=grant, scopes=scopes_parse("system/*.cruds"), auth_method="bench")
@@ -99,23 +108,23 @@ def make_client(tenant_slug: str, plan_name: str, **plan: int):
 
 
 def bench_decisions(decisions: int) -> None:
-    import redis
-    from django.conf import settings
-
     from fhirplatform.limits.codes import EndpointClass
     from fhirplatform.limits.engine import limit_admit
     from fhirplatform.limits.models import LimitOverride
+    from fhirplatform.limits.services import limit_override_save
+    from fhirplatform.limits.store import limiter_redis
     from tenants.models import Grant, Tenant
     from tenants.tokens import Caller
 
     # Only the client's and the tenant's buckets are measured here, never refused.
-    LimitOverride.objects.create(tenant=Tenant.objects.get(slug="bench-a"), per_minute=10**9)
+    bench_a = Tenant.objects.get(slug="bench-a")
+    limit_override_save(override=LimitOverride(tenant=bench_a, per_minute=10**9))
     grant, _ = make_client("bench-a", "bench-generous", read_per_minute=10**9)
     grant = Grant.objects.select_related("client", "tenant__plan", "plan").get(pk=grant.pk)
     caller = Caller(
         tenant=grant.tenant, client=grant.client, grant=grant, scopes=[], token_id=uuid.uuid4().hex
     )
-    client = redis.Redis.from_url(settings.LIMITS_REDIS_URL)
+    client = limiter_redis()  # the limiter's own connection pool: PING and EVALSHA alike
 
     def stats() -> tuple[int, int]:
         info = client.info("commandstats")

@@ -1,17 +1,29 @@
 """Operators' admin for tenants, partners, API clients, grants, plans and tokens.
 
-Every change goes through tenants.services, so the admin, the commands and the
-portal apply the same rules. Actions need the model's change permission.
+Every write goes through tenants.services (forms in tenants/forms.py check each field
+with the service's own rule first), so the admin, the commands and the portal apply
+the same rules. Actions need the model's change permission. Nothing that holds or
+names health-data access is deleted here: tenants are suspended, clients and grants
+revoked.
 """
 
 from typing import Any
 
-from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tenants import services
+from tenants.forms import (
+    ApiClientForm,
+    GrantForm,
+    GrantFormSet,
+    TenantForm,
+    client_save,
+    form_changes,
+    grant_save,
+    tenant_save,
+)
 from tenants.models import (
     AccessToken,
     ApiClient,
@@ -24,8 +36,16 @@ from tenants.models import (
     Tenant,
     TenantStatus,
 )
-from tenants.scopes import ScopeError, scopes_parse, scopes_text
 from tenants.selectors import tenant_fhir_base
+
+
+def _adopt(obj: Any, saved: Any) -> None:
+    """The admin goes on with its own object after an add (inlines hang on it): give it
+    the row the service saved."""
+    for field in saved._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(saved, field.attname))
+    obj._state.adding = False
+    obj._state.db = saved._state.db
 
 
 @admin.register(RatePlan)
@@ -43,43 +63,31 @@ class RatePlanAdmin(admin.ModelAdmin):
     list_filter = ["dry_run"]
     search_fields = ["name", "description"]
 
+    def save_model(self, request: HttpRequest, obj: RatePlan, form: Any, change: bool) -> None:
+        if change:
+            obj.refresh_from_db()
+            services.rate_plan_update(plan=obj, **form_changes(form))
+            return
+        values = dict(form.cleaned_data)
+        _adopt(obj, services.rate_plan_create(**values))
 
-class GrantForm(forms.ModelForm):
-    class Meta:
-        model = Grant
-        fields = ["client", "tenant", "scopes", "purposes", "plan", "status"]
+    def delete_model(self, request: HttpRequest, obj: RatePlan) -> None:
+        services.rate_plan_delete(plan=obj)
 
-    def clean_scopes(self) -> str:
-        try:
-            return scopes_text(scopes_parse(self.cleaned_data["scopes"]))
-        except ScopeError as exc:
-            raise forms.ValidationError(str(exc)) from None
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[RatePlan]) -> None:
+        for plan in queryset:
+            services.rate_plan_delete(plan=plan)
 
 
 class GrantInline(admin.TabularInline):
     model = Grant
     form = GrantForm
+    formset = GrantFormSet
     extra = 0
+    can_delete = False
     fields = ["client", "tenant", "scopes", "purposes", "plan", "status", "created"]
     readonly_fields = ["created"]
     autocomplete_fields = ["client", "tenant"]
-
-
-class TenantForm(forms.ModelForm):
-    class Meta:
-        model = Tenant
-        fields = ["slug", "name", "status", "isolation_tier", "data_region", "plan"]
-
-    def clean_slug(self) -> str:
-        slug: str = self.cleaned_data["slug"]
-        if self.instance.pk is None:
-            try:
-                services.tenant_validate_slug(slug)
-            except services.ProvisioningError as exc:
-                raise forms.ValidationError(str(exc)) from None
-        elif slug != self.instance.slug:
-            raise forms.ValidationError("A tenant's slug cannot change: it names its FHIR base.")
-        return slug
 
 
 @admin.register(Tenant)
@@ -105,18 +113,7 @@ class TenantAdmin(admin.ModelAdmin):
         return [*fields, "slug"] if obj is not None else fields
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            return
-        created = services.tenant_create(
-            slug=obj.slug,
-            name=obj.name,
-            plan_name=obj.plan.name,
-            data_region=obj.data_region,
-            isolation_tier=obj.isolation_tier,
-        )
-        obj.pk = created.pk
-        obj.schema_name = created.schema_name
+        _adopt(obj, tenant_save(form))
 
     @admin.action(description="Suspend selected tenants", permissions=["change"])
     def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
@@ -150,6 +147,28 @@ class PartnerAdmin(admin.ModelAdmin):
     filter_horizontal = ["members"]
     inlines = [ApiClientInline]
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A partner names who held access in tokens and audit: it stays.
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Partner, form: Any, change: bool) -> None:
+        if change:
+            obj.refresh_from_db()
+            services.partner_update(partner=obj, **form_changes(form))
+            return
+        data = form.cleaned_data
+        partner = services.partner_create(
+            name=data["name"], contact_email=data["contact_email"], members=data["members"]
+        )
+        _adopt(obj, partner)
+
+    def save_related(
+        self, request: HttpRequest, form: Any, formsets: list[Any], change: bool
+    ) -> None:
+        # Members were saved by the partner service: only the (read-only) inlines are left.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
 
 class ClientSecretInline(admin.TabularInline):
     model = ClientSecret
@@ -164,6 +183,7 @@ class ClientSecretInline(admin.TabularInline):
 
 @admin.register(ApiClient)
 class ApiClientAdmin(admin.ModelAdmin):
+    form = ApiClientForm
     list_display = ["client_id", "name", "partner", "status", "created", "revoked_at"]
     list_filter = ["status", "partner"]
     search_fields = ["client_id", "name", "partner__name"]
@@ -179,6 +199,9 @@ class ApiClientAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Revoked, never deleted: the client stays attributable in tokens and throttle events.
         return False
+
+    def save_model(self, request: HttpRequest, obj: ApiClient, form: Any, change: bool) -> None:
+        client_save(form)
 
     @admin.action(description="Revoke selected clients", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiClient]) -> None:
@@ -201,6 +224,13 @@ class GrantAdmin(admin.ModelAdmin):
     search_fields = ["client__client_id", "client__name", "tenant__slug", "scopes"]
     autocomplete_fields = ["client", "tenant"]
     actions = ["revoke"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Revoked, never deleted: deleting would take its tokens' attribution with it.
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Grant, form: Any, change: bool) -> None:
+        _adopt(obj, grant_save(form))
 
     @admin.action(description="Revoke selected grants", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[Grant]) -> None:
@@ -238,6 +268,9 @@ class AccessTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def save_model(self, request: HttpRequest, obj: AccessToken, form: Any, change: bool) -> None:
+        """Every field is read-only: a token changes only by the revoke action."""
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:

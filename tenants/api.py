@@ -17,11 +17,10 @@ from django_ratelimit.core import get_usage
 from fhirplatform.errors import FhirError, IssueCode, fhir_error_json
 from tenants.assertions import assertion_client_id, assertion_verify
 from tenants.models import ApiClient
-from tenants.selectors import tenant_fhir_base
-from tenants.services import token_revoke
-from tenants.tokens import (
+from tenants.oauth import (
     CLIENT_ASSERTION_TYPE_JWT,
     GRANT_TYPE_CLIENT_CREDENTIALS,
+    MAX_CLIENT_ID_LENGTH,
     AuthMethod,
     ClientCredentials,
     OAuthError,
@@ -33,6 +32,8 @@ from tenants.tokens import (
     token_for_client,
     token_request_issue,
 )
+from tenants.selectors import tenant_fhir_base
+from tenants.services import token_revoke
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _token_rate_limit(request: HttpRequest, client_id: str | None) -> None:
         _rate_limit(
             request,
             "oauth-token-client",
-            client_id[:64],
+            client_id[:MAX_CLIENT_ID_LENGTH],
             settings.TOKEN_RATE_LIMIT_PER_CLIENT,
             TokenLimitReason.CLIENT,
         )

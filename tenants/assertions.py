@@ -20,8 +20,13 @@ from django.conf import settings
 
 from fhirplatform.redis_clients import redis_client
 from tenants.models import ApiClient, ClientStatus
+from tenants.oauth import (
+    MAX_CLIENT_ID_LENGTH,
+    OAuthError,
+    OAuthErrorCode,
+    TokenServiceUnavailable,
+)
 from tenants.selectors import token_endpoint_url
-from tenants.tokens import OAuthError, OAuthErrorCode, TokenServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +160,7 @@ def assertion_verify(*, assertion: str) -> ApiClient:
     """The active client that signed this assertion, or OAuthError(invalid_client)."""
     client_id = assertion_client_id(assertion)
     algorithm, kid = _header(assertion)
-    client = ApiClient.objects.filter(client_id=client_id[:64]).first()
+    client = ApiClient.objects.filter(client_id=client_id[:MAX_CLIENT_ID_LENGTH]).first()
     if client is None or not client.jwks:
         raise _rejected("Client authentication failed")
     key = _registered_key(client, algorithm, kid)

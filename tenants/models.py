@@ -78,10 +78,6 @@ class Tenant(TenantMixin):
     def __str__(self) -> str:
         return self.slug
 
-    @property
-    def is_active(self) -> bool:
-        return self.status == TenantStatus.ACTIVE
-
 
 class Domain(DomainMixin):
     """django-tenants routing record; the domain is the tenant's path segment under /fhir/."""
@@ -137,10 +133,6 @@ class ApiClient(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.client_id})"
 
-    @property
-    def is_active(self) -> bool:
-        return self.status == ClientStatus.ACTIVE
-
 
 class ClientSecret(models.Model):
     """A hashed client secret. Rotation keeps the old one valid until `expires_at`."""
@@ -186,10 +178,6 @@ class Grant(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client.client_id} → {self.tenant.slug}"
-
-    @property
-    def scope_list(self) -> list[str]:
-        return self.scopes.split()
 
 
 class AccessToken(models.Model):

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 WILDCARD = "*"
@@ -89,6 +90,19 @@ def scopes_parse(text: str) -> list[Scope]:
 def scopes_allow(scopes: list[Scope], resource_type: str, interaction: Interaction) -> bool:
     letter = INTERACTION_PERMISSION[interaction]
     return any(scope.allows(resource_type, letter) for scope in scopes)
+
+
+def scope_require(*, scopes: list[Scope], resource_type: str, interaction: Interaction) -> None:
+    """The one missing-scope refusal: 403 naming the scope the interaction needs.
+
+    Used by the pipeline for the request and by Bundles for each entry."""
+    if not scopes_allow(scopes, resource_type, interaction):
+        needed = required_scope_text(resource_type, interaction)
+        raise FhirError(
+            403,
+            IssueCode.FORBIDDEN,
+            f"Missing scope {needed} for {interaction} on {resource_type}",
+        )
 
 
 def scopes_intersect(requested: list[Scope], granted: list[Scope]) -> list[Scope]:

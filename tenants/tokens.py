@@ -1,93 +1,30 @@
-"""Access tokens: issuing, and resolving a bearer token to its caller.
+"""Bearer-token checks: resolving an access token on a FHIR request to its caller.
 
-Tokens are opaque random strings; only their SHA-256 is stored, so a database
-leak yields no usable token. Every request re-reads the token with its client,
-grant and tenant, so a revocation takes effect on the next request.
+Tokens are opaque random strings; only their hash is stored (see
+services.credential_hash), so a database leak yields no usable token. Every
+request re-reads the token with its client, grant and tenant, so a revocation
+takes effect on the next request. Issuing lives in services.token_issue and the
+token endpoint in oauth.py.
 """
 
-import base64
-import binascii
-import hashlib
-import hmac
-import logging
-import secrets
-from dataclasses import dataclass, field
-from datetime import timedelta
-from enum import StrEnum
-from urllib.parse import unquote_plus
+from dataclasses import dataclass
 
-from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from fhirplatform.errors import FhirError, IssueCode, NotFound
 from tenants.models import (
     AccessToken,
     ApiClient,
-    ClientSecret,
     ClientStatus,
     Grant,
     GrantStatus,
     Tenant,
     TenantStatus,
 )
-from tenants.scopes import Scope, ScopeError, scopes_intersect, scopes_parse, scopes_text
-from tenants.selectors import tenant_fhir_base
-from tenants.services import secret_hash
+from tenants.scopes import Scope, scopes_parse
+from tenants.services import credential_hash
 
-logger = logging.getLogger(__name__)
-
-CLIENT_ASSERTION_TYPE_JWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-GRANT_TYPE_CLIENT_CREDENTIALS = "client_credentials"
-
-
-class AuthMethod(StrEnum):
-    """Token endpoint client authentication methods (RFC 7591 names)."""
-
-    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 (a method name, not a secret)
-    PRIVATE_KEY_JWT = "private_key_jwt"
-
-
-class OAuthErrorCode(StrEnum):
-    """RFC 6749 section 5.2 error codes, plus RFC 8707 invalid_target."""
-
-    INVALID_REQUEST = "invalid_request"
-    INVALID_CLIENT = "invalid_client"
-    INVALID_GRANT = "invalid_grant"
-    UNAUTHORIZED_CLIENT = "unauthorized_client"
-    UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
-    INVALID_SCOPE = "invalid_scope"
-    INVALID_TARGET = "invalid_target"
-
-
-_OAUTH_STATUS = {OAuthErrorCode.INVALID_CLIENT: 401}
-
-
-class OAuthError(Exception):
-    """A refusal at the token endpoint, rendered as an RFC 6749 JSON error body."""
-
-    def __init__(self, error: OAuthErrorCode, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-
-    @property
-    def status(self) -> int:
-        return _OAUTH_STATUS.get(self.error, 400)
-
-    def body(self) -> dict[str, str]:
-        return {"error": str(self.error), "error_description": self.description}
-
-
-class TokenLimitReason(StrEnum):
-    """Which token endpoint limit refused a request (issue.details.coding of the 429)."""
-
-    CLIENT = "token-client"
-    IP = "token-ip"
-
-
-class TokenServiceUnavailable(Exception):
-    """A dependency the token endpoint needs to stay safe (Redis) is unreachable."""
+MAX_BEARER_LENGTH = 512
 
 
 @dataclass(frozen=True)
@@ -99,41 +36,6 @@ class Caller:
     grant: Grant
     scopes: list[Scope]
     token_id: str
-
-    @property
-    def actor(self) -> str:
-        return self.client.client_id
-
-
-@dataclass(frozen=True)
-class IssuedToken:
-    access_token: str
-    expires_in: int
-    scope: str
-    tenant: Tenant
-
-
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def token_issue(*, grant: Grant, scopes: list[Scope], auth_method: str) -> IssuedToken:
-    now = timezone.now()
-    lifetime = settings.ACCESS_TOKEN_LIFETIME_SECONDS
-    token = secrets.token_urlsafe(32)
-    AccessToken.objects.create(
-        token_hash=_token_hash(token),
-        client=grant.client,
-        grant=grant,
-        tenant=grant.tenant,
-        scopes=scopes_text(scopes),
-        auth_method=auth_method,
-        issued_at=now,
-        expires_at=now + timedelta(seconds=lifetime),
-    )
-    return IssuedToken(
-        access_token=token, expires_in=lifetime, scope=scopes_text(scopes), tenant=grant.tenant
-    )
 
 
 def _unauthorized(
@@ -151,7 +53,7 @@ def bearer_from_header(authorization: str | None) -> str:
         raise _unauthorized("Authorization: Bearer <access token> is required", bearer_error=None)
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 512:
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_BEARER_LENGTH:
         raise _unauthorized(
             "Authorization header must be 'Bearer <access token>'", bearer_error="invalid_request"
         )
@@ -200,7 +102,7 @@ def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Ca
         AccessToken.objects.select_related(
             "client", "grant", "tenant", "grant__plan", "tenant__plan"
         )
-        .filter(token_hash=_token_hash(token))
+        .filter(token_hash=credential_hash(token))
         .first()
     )
     if record is None:
@@ -216,138 +118,3 @@ def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Ca
     if refusal:
         raise refusal
     return _caller(record)
-
-
-# --- Token endpoint: client authentication and issuing -------------------------------
-
-
-@dataclass(frozen=True)
-class ClientCredentials:
-    """What a token request presented, before anything was verified."""
-
-    method: AuthMethod
-    client_id: str
-    secret: str = field(default="", repr=False)
-    assertion: str = field(default="", repr=False)
-
-
-def _invalid_client() -> OAuthError:
-    # One answer for unknown client, wrong secret and revoked client: no client id probing.
-    return OAuthError(OAuthErrorCode.INVALID_CLIENT, "Client authentication failed")
-
-
-def basic_credentials_parse(authorization: str) -> tuple[str, str]:
-    """client_id and secret from `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749)."""
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic" or not encoded.strip():
-        raise OAuthError(OAuthErrorCode.INVALID_REQUEST, "Authorization header must be HTTP Basic")
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise OAuthError(
-            OAuthErrorCode.INVALID_REQUEST, "Authorization header is not valid base64"
-        ) from None
-    client_id, separator, secret = decoded.partition(":")
-    if not separator or not client_id or not secret:
-        raise OAuthError(
-            OAuthErrorCode.INVALID_REQUEST, "Basic credentials must be client_id:client_secret"
-        )
-    return unquote_plus(client_id), unquote_plus(secret)
-
-
-def client_authenticate_secret(*, client_id: str, secret: str) -> ApiClient:
-    """The active client whose current (or still-in-grace) secret this is, else invalid_client."""
-    client = ApiClient.objects.filter(client_id=client_id[:64]).first()
-    candidate = secret_hash(secret)
-    matched = False
-    if client is not None:
-        live = ClientSecret.objects.filter(client=client).filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
-        )
-        for stored in live.values_list("secret_hash", flat=True):
-            # Compare against every live secret so timing does not reveal which one matched.
-            matched |= hmac.compare_digest(stored, candidate)
-    if client is None or not matched or client.status != ClientStatus.ACTIVE:
-        raise _invalid_client()
-    return client
-
-
-def grant_for_token_request(*, client: ApiClient, resource: str) -> Grant:
-    """The grant a token request targets.
-
-    `resource` (RFC 8707) or `aud` names the tenant's FHIR base URL. When the
-    client sends neither and holds exactly one active grant, that grant is used.
-    A base the client has no grant on, and an unknown base, get the same answer.
-    """
-    grants = list(
-        Grant.objects.select_related("tenant", "plan", "client")
-        .filter(client=client)
-        .order_by("tenant__slug")
-    )
-    if not resource:
-        active = [grant for grant in grants if grant.status == GrantStatus.ACTIVE]
-        if len(active) == 1:
-            grant = active[0]
-        elif not active:
-            raise OAuthError(OAuthErrorCode.INVALID_GRANT, "The client has no active grant")
-        else:
-            raise OAuthError(
-                OAuthErrorCode.INVALID_REQUEST,
-                "The client has grants on several tenants: send resource=<FHIR base URL>",
-            )
-    else:
-        wanted = resource.rstrip("/")
-        matching = [grant for grant in grants if tenant_fhir_base(grant.tenant) == wanted]
-        if not matching:
-            raise OAuthError(
-                OAuthErrorCode.INVALID_TARGET, "The client has no grant on that FHIR base"
-            )
-        grant = matching[0]
-    if grant.status != GrantStatus.ACTIVE:
-        raise OAuthError(
-            OAuthErrorCode.INVALID_GRANT, "The client's grant on that tenant is revoked"
-        )
-    if grant.tenant.status != TenantStatus.ACTIVE:
-        raise OAuthError(OAuthErrorCode.INVALID_GRANT, "The tenant is suspended")
-    return grant
-
-
-def token_scopes_for_request(*, grant: Grant, scope: str) -> list[Scope]:
-    """Requested scopes narrowed to the grant; no `scope` means everything the grant holds."""
-    granted = scopes_parse(grant.scopes)
-    if not scope.strip():
-        return granted
-    try:
-        requested = scopes_parse(scope)
-    except ScopeError as exc:
-        raise OAuthError(OAuthErrorCode.INVALID_SCOPE, str(exc)) from None
-    narrowed = scopes_intersect(requested, granted)
-    if not narrowed:
-        raise OAuthError(
-            OAuthErrorCode.INVALID_SCOPE, "None of the requested scopes is granted to this client"
-        )
-    return narrowed
-
-
-def token_request_issue(
-    *, client: ApiClient, auth_method: AuthMethod, resource: str, scope: str
-) -> IssuedToken:
-    """Issue an access token for an authenticated client: pick the grant, narrow the scopes."""
-    grant = grant_for_token_request(client=client, resource=resource)
-    scopes = token_scopes_for_request(grant=grant, scope=scope)
-    issued = token_issue(grant=grant, scopes=scopes, auth_method=auth_method)
-    logger.info(
-        "token issued",
-        extra={
-            "client": client.client_id,
-            "tenant": grant.tenant.slug,
-            "auth_method": str(auth_method),
-            "scope": issued.scope,
-        },
-    )
-    return issued
-
-
-def token_for_client(*, client: ApiClient, token: str) -> AccessToken | None:
-    """The client's own token record (for RFC 7009 revocation), or None."""
-    return AccessToken.objects.filter(client=client, token_hash=_token_hash(token)).first()

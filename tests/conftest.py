@@ -26,8 +26,7 @@ from fhirplatform.schemas import schema_public
 from scripts.loopback import gunicorn
 from tenants.models import ApiClient, Grant, Tenant
 from tenants.scopes import scopes_parse
-from tenants.services import client_create, tenant_create
-from tenants.tokens import token_issue
+from tenants.services import client_create, tenant_create, token_issue
 
 ROOT = Path(__file__).resolve().parent.parent
 

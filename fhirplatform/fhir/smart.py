@@ -11,8 +11,8 @@ from rest_framework.response import Response
 
 from fhirplatform.fhir.pipeline import PublicFhirView
 from tenants.assertions import AssertionAlgorithm
+from tenants.oauth import GRANT_TYPE_CLIENT_CREDENTIALS, AuthMethod
 from tenants.selectors import tenant_fhir_base, token_endpoint_url
-from tenants.tokens import GRANT_TYPE_CLIENT_CREDENTIALS, AuthMethod
 
 SMART_CAPABILITIES = [
     "client-confidential-symmetric",

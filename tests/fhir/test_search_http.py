@@ -14,8 +14,7 @@ from fhirpy import SyncFHIRClient
 
 from fhirplatform.schemas import schema_public
 from tenants.scopes import scopes_parse
-from tenants.services import client_create, tenant_create
-from tenants.tokens import token_issue
+from tenants.services import client_create, tenant_create, token_issue
 
 # django_db makes pytest-django set up the test database; the data itself is committed by
 # the live server, and tokens are issued (committed) in the module fixture.
@@ -223,6 +222,8 @@ def test_other_tenant_sees_none_of_it(
     url = next_url(page)
     assert url is not None
     assert http_b.get(url).status_code == 404
+    # On B's own base, the link is not valid for B: the paging-link 400, disclosing nothing.
     rerouted = http_b.get(url.replace(f"/fhir/{seeded['slug']}/", f"/fhir/{cast.tenant_b.slug}/"))
-    assert rerouted.status_code == 404
-    assert valid(rerouted.json())["resourceType"] == "OperationOutcome"
+    assert rerouted.status_code == 400
+    issue = valid(rerouted.json())["issue"][0]
+    assert issue["code"] == "invalid" and issue["expression"] == ["_cursor"]

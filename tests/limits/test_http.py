@@ -4,45 +4,17 @@ import math
 import statistics
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import http_sfv
 import pytest
 import requests
 
 from fhirplatform.limits.codes import ThrottleReason
 from fhirplatform.limits.models import ThrottleEvent
-from tenants.scopes import scopes_parse
-from tenants.services import client_create
-from tenants.tokens import token_issue
-from tests.limits.conftest import plan_make
-from tests.limits.live import bearer, gunicorn, patient_create
+from tests.limits.conftest import ratelimit_policies
+from tests.limits.live import bearer, gunicorn, new_client, patient_create
 
 pytestmark = [pytest.mark.live]
-
-
-def new_client(tenant_slug: str, scopes: str = "system/*.cruds", **plan: int):
-    """A committed client with its own plan; returns (client, token)."""
-    issued = client_create(
-        partner_name="Live " + uuid.uuid4().hex[:8],
-        tenant_slugs=[tenant_slug],
-        scopes="system/*.cruds",
-        plan_name=plan_make(**plan).name,
-    )
-    grant = issued.grants[0]
-    token = token_issue(grant=grant, scopes=scopes_parse(scopes), auth_method="test").access_token
-    return issued.client, token
-
-
-def parsed(response: requests.Response) -> dict[str, dict]:
-    policy, state = http_sfv.List(), http_sfv.List()
-    policy.parse(response.headers["RateLimit-Policy"].encode())
-    state.parse(response.headers["RateLimit"].encode())
-    named = {item.value: dict(item.params) for item in policy}
-    for item in state:
-        named[item.value].update(item.params)
-    return named
 
 
 def test_headers_on_every_response_and_a_clear_429(server, committed, cast, limiter_redis):
@@ -53,7 +25,7 @@ def test_headers_on_every_response_and_a_clear_429(server, committed, cast, limi
         for expected_remaining in range(9, -1, -1):
             response = session.get(url, headers=bearer(token), timeout=10)
             assert response.status_code == 200
-            policy = parsed(response)["endpoint-read"]
+            policy = ratelimit_policies(response.headers)["endpoint-read"]
             assert (policy["q"], policy["w"], policy["r"]) == (60, 60, expected_remaining)
             assert 1 <= policy["t"] <= 10  # seconds until the bucket is full again
         throttled = session.get(url, headers=bearer(token), timeout=10)
@@ -65,7 +37,7 @@ def test_headers_on_every_response_and_a_clear_429(server, committed, cast, limi
     assert issue["code"] == "throttled"
     assert issue["details"]["coding"][0]["code"] == ThrottleReason.ENDPOINT_RATE
     assert "endpoint-read" in issue["diagnostics"] and "retry after" in issue["diagnostics"]
-    policies = parsed(throttled)
+    policies = ratelimit_policies(throttled.headers)
     assert policies["endpoint-read"]["r"] == 0
     assert int(throttled.headers["Retry-After"]) >= policies["endpoint-read"]["t"] >= 1
     assert "X-Request-ID" in throttled.headers
@@ -122,7 +94,7 @@ def test_the_other_tenant_cannot_use_or_drain_tenant_a_limits(
         f"{server}/fhir/payer-b/Patient/{patient_b}", headers=bearer(token_b), timeout=10
     )
     assert response.status_code == 200
-    assert parsed(response)["endpoint-read"]["r"] == 9
+    assert ratelimit_policies(response.headers)["endpoint-read"]["r"] == 9
 
 
 def _flood(url: str, token: str, seconds: float, threads: int) -> tuple[list[int], float, float]:
@@ -235,7 +207,9 @@ def test_costs_are_weighted_and_too_costly_requests_refused_up_front(
         f"{server}/fhir/provider-a/Patient?_count=150", headers=bearer(token), timeout=10
     )
     assert search.status_code == 200
-    assert parsed(search)["endpoint-search"]["r"] == 10 - 3  # 2 + 1 for the second page
+    assert (
+        ratelimit_policies(search.headers)["endpoint-search"]["r"] == 10 - 3
+    )  # 2 + 1 for the second page
 
     # Reads in a batch are priced like the searches they may be: 3 GET entries cost 6.
     bundle = {
@@ -250,4 +224,6 @@ def test_costs_are_weighted_and_too_costly_requests_refused_up_front(
         timeout=10,
     )
     assert batch.status_code == 200, batch.text
-    assert parsed(batch)["endpoint-batch"]["r"] == 10 - 6  # the sum of its 3 entries
+    assert (
+        ratelimit_policies(batch.headers)["endpoint-batch"]["r"] == 10 - 6
+    )  # the sum of its 3 entries

@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from tenants.models import ApiClient, ClientSecret, Domain, Grant, Partner, Tenant
-from tenants.services import secret_hash
+from tenants.services import credential_hash
 
 
 def _run(*args: str) -> str:
@@ -96,7 +96,7 @@ class TestCreateClient:
         )
         client = ApiClient.objects.get(client_id=result["client_id"])
         assert client.partner.name == "Newco"
-        assert client.secrets.get().secret_hash == secret_hash(result["client_secret"])
+        assert client.secrets.get().secret_hash == credential_hash(result["client_secret"])
         assert result["token_endpoint"].endswith("/oauth/token")
         bases = {grant["tenant"]: grant["fhir_base_url"] for grant in result["grants"]}
         assert set(bases) == {"provider-a", "payer-b"}
@@ -205,7 +205,8 @@ class TestCreateClient:
 
 @pytest.mark.usefixtures("committed")
 def test_seed_demo_is_idempotent_and_prints_what_it_made(cast, settings, tmp_path):
-    settings.DEMO_CREDENTIALS_FILE = str(tmp_path / "demo.json")
+    # A fresh checkout has no data folder yet: the demo makes it.
+    settings.DEMO_CREDENTIALS_FILE = str(tmp_path / "not-made-yet" / "demo.json")
     first = json.loads(_run("seed_demo", "--json", "--patients", "0"))
     counts = _counts()
     second = json.loads(_run("seed_demo", "--json", "--patients", "0"))
@@ -223,7 +224,12 @@ def test_seed_demo_is_idempotent_and_prints_what_it_made(cast, settings, tmp_pat
     methods = {client["auth_method"] for client in first["clients"]}
     assert methods == {"client_secret_basic", "private_key_jwt"}
     key_client = next(c for c in first["clients"] if c["auth_method"] == "private_key_jwt")
-    assert Path(key_client["private_key_file"]).read_text().startswith("-----BEGIN PRIVATE KEY")
+    key_file = Path(key_client["private_key_file"])
+    assert key_file.read_text().startswith("-----BEGIN PRIVATE KEY")
+    for private in (key_file, Path(settings.DEMO_CREDENTIALS_FILE)):
+        assert private.stat().st_mode & 0o777 == 0o600
+    partner = Partner.objects.get(name="Acme Health Apps")
+    assert "acme-dev" in set(partner.members.values_list("username", flat=True))
 
 
 @pytest.mark.usefixtures("committed")
@@ -245,4 +251,4 @@ def test_seed_demo_repairs_credentials_that_no_longer_work(cast, settings, tmp_p
     assert authenticate(username="operator", password=second["users"]["operator"])
     repaired = next(c for c in second["clients"] if c["name"] == secret_client["name"])
     client = ApiClient.objects.get(client_id=repaired["client_id"])
-    assert client.secrets.filter(secret_hash=secret_hash(repaired["client_secret"])).exists()
+    assert client.secrets.filter(secret_hash=credential_hash(repaired["client_secret"])).exists()

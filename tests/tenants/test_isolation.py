@@ -1,4 +1,10 @@
-"""ORM-level proof that one tenant's rows are invisible from another tenant's schema."""
+"""ORM-level proof that one tenant's rows are invisible from another tenant's schema.
+
+Each test writes rows with ids of its own and asserts only about those, so rows other
+tests committed in the shared cast tenants cannot change the answer.
+"""
+
+import uuid
 
 import pytest
 from django.db import connection
@@ -8,6 +14,10 @@ from fhirplatform.fhir.models import Resource
 from fhirplatform.schemas import schema_activate, schema_public
 
 pytestmark = pytest.mark.django_db
+
+
+def _unique_id() -> str:
+    return "iso-" + uuid.uuid4().hex[:12]
 
 
 def _store_patient(logical_id: str) -> None:
@@ -21,21 +31,24 @@ def _store_patient(logical_id: str) -> None:
 
 
 def test_rows_written_in_tenant_a_are_invisible_from_tenant_b(cast):
+    logical_id = _unique_id()
     schema_activate(cast.tenant_a)
-    _store_patient("only-in-a")
-    assert Resource.objects.filter(logical_id="only-in-a").count() == 1
+    _store_patient(logical_id)
+    assert Resource.objects.filter(logical_id=logical_id).count() == 1
 
     schema_activate(cast.tenant_b)
-    assert not Resource.objects.filter(logical_id="only-in-a").exists()
-    assert Resource.objects.count() == 0
+    assert not Resource.objects.filter(logical_id=logical_id).exists()
 
 
 def test_each_tenant_has_its_own_table(cast):
+    logical_id = _unique_id()
     schema_activate(cast.tenant_a)
-    _store_patient("same-id")
+    _store_patient(logical_id)
     schema_activate(cast.tenant_b)
-    _store_patient("same-id")  # no unique clash: a different table in a different schema
-    assert Resource.objects.filter(logical_id="same-id").count() == 1
+    _store_patient(logical_id)  # no unique clash: a different table in a different schema
+    assert Resource.objects.filter(logical_id=logical_id).count() == 1
+    schema_activate(cast.tenant_a)
+    assert Resource.objects.filter(logical_id=logical_id).count() == 1
 
 
 def test_public_schema_has_no_fhir_tables(cast):

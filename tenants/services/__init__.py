@@ -1,0 +1,93 @@
+"""Writes for the tenants app: the one door for tenants, partners, API clients, grants,
+rate plans and tokens. The admin, the commands, the OAuth endpoints and the demo all
+call these; one module per entity below, every service importable from here."""
+
+from tenants.services.access_tokens import (
+    IssuedToken,
+    credential_hash,
+    token_issue,
+    token_revoke,
+    tokens_purge_expired,
+)
+from tenants.services.base import UNCHANGED, ProvisioningError, Unchanged
+from tenants.services.clients import (
+    IssuedClient,
+    client_activate,
+    client_create,
+    client_jwks_set,
+    client_jwks_validate,
+    client_revoke,
+    client_secret_rotate,
+    client_update,
+    jwks_validate,
+    partner_create,
+    partner_get_or_create,
+    partner_member_add,
+    partner_update,
+)
+from tenants.services.grants import (
+    DEFAULT_GRANT_PLAN,
+    grant_activate,
+    grant_create,
+    grant_purposes_clean,
+    grant_revoke,
+    grant_scopes_clean,
+    grant_update,
+)
+from tenants.services.plans import (
+    rate_plan_count_only,
+    rate_plan_create,
+    rate_plan_delete,
+    rate_plan_get,
+    rate_plan_update,
+)
+from tenants.services.tenants import (
+    DEFAULT_TENANT_PLAN,
+    schema_name_for,
+    tenant_create,
+    tenant_set_status,
+    tenant_update,
+    tenant_validate_slug,
+)
+
+__all__ = [
+    "DEFAULT_GRANT_PLAN",
+    "DEFAULT_TENANT_PLAN",
+    "UNCHANGED",
+    "IssuedClient",
+    "IssuedToken",
+    "ProvisioningError",
+    "Unchanged",
+    "client_activate",
+    "client_create",
+    "client_jwks_set",
+    "client_jwks_validate",
+    "client_revoke",
+    "client_secret_rotate",
+    "client_update",
+    "credential_hash",
+    "grant_activate",
+    "grant_create",
+    "grant_purposes_clean",
+    "grant_revoke",
+    "grant_scopes_clean",
+    "grant_update",
+    "jwks_validate",
+    "partner_create",
+    "partner_get_or_create",
+    "partner_member_add",
+    "partner_update",
+    "rate_plan_count_only",
+    "rate_plan_create",
+    "rate_plan_delete",
+    "rate_plan_get",
+    "rate_plan_update",
+    "schema_name_for",
+    "tenant_create",
+    "tenant_set_status",
+    "tenant_update",
+    "tenant_validate_slug",
+    "token_issue",
+    "token_revoke",
+    "tokens_purge_expired",
+]
