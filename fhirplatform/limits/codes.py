@@ -14,12 +14,14 @@ class EndpointClass(StrEnum):
 
 
 class LimitScope(StrEnum):
-    """Who a bucket counts: names the policy in RateLimit headers and in diagnostics."""
+    """Who a bucket counts: names the policy in RateLimit headers and in diagnostics.
+
+    There is no per-actor scope: a client-credentials token has no end-user actor, so
+    the client is the caller."""
 
     TENANT = "tenant"
     CLIENT = "client"
     ENDPOINT = "endpoint"  # the client x tenant grant, per endpoint class
-    ACTOR = "actor"
     RESOURCE = "resource"
     DAILY = "daily"
     CONCURRENCY = "concurrency"
@@ -42,10 +44,16 @@ class ThrottleReason(StrEnum):
 SCOPE_REASON: dict[LimitScope, ThrottleReason] = {
     LimitScope.TENANT: ThrottleReason.TENANT_RATE,
     LimitScope.CLIENT: ThrottleReason.CLIENT_RATE,
-    LimitScope.ACTOR: ThrottleReason.CLIENT_RATE,
     LimitScope.ENDPOINT: ThrottleReason.ENDPOINT_RATE,
     LimitScope.RESOURCE: ThrottleReason.RESOURCE_RATE,
     LimitScope.DAILY: ThrottleReason.DAILY_QUOTA,
     LimitScope.CONCURRENCY: ThrottleReason.CONCURRENCY,
     LimitScope.OVERLOAD: ThrottleReason.OVERLOAD,
 }
+
+
+class Decider(StrEnum):
+    """Who decided an admission: the shared limiter in Redis, or this process's fallback."""
+
+    REDIS = "redis"
+    LOCAL = "local"

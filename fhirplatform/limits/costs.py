@@ -1,10 +1,11 @@
 """The cost table: what one request weighs, in cost units of its endpoint class.
 
-A read is the unit. Views call these functions from `describe()`; requests that
-are too costly are refused here, before any bucket is touched.
+A read is the unit. The FHIR views price a request in `describe()` (a Bundle's
+planning checks its size here first); requests that are too costly are refused here,
+before any bucket is touched.
 """
 
-from typing import Any
+from collections.abc import Iterable
 
 from django.conf import settings
 
@@ -74,29 +75,19 @@ def search_cost(*, count: int) -> int:
     return BASE_COST[EndpointClass.SEARCH] + pages - 1
 
 
-def bundle_cost(*, bundle: Any) -> int:
-    """Cost of a batch/transaction Bundle: the sum of its entries' costs.
-
-    Refuses, before anything runs, a Bundle with more entries than the cap.
-    """
-    if not isinstance(bundle, dict):
-        raise FhirError(400, IssueCode.STRUCTURE, "A Bundle must be a JSON object")
-    entries = bundle.get("entry") or []
-    if not isinstance(entries, list):
-        raise FhirError(
-            400, IssueCode.STRUCTURE, "Bundle.entry must be an array", expression=["Bundle.entry"]
-        )
+def bundle_size_check(*, entries: int) -> None:
+    """Refuse (413), before any entry is planned or run, a Bundle with more entries than
+    LIMITS_BUNDLE_MAX_ENTRIES."""
     cap = settings.LIMITS_BUNDLE_MAX_ENTRIES
-    if len(entries) > cap:
+    if entries > cap:
         raise FhirError(
             413,
             IssueCode.TOO_COSTLY,
-            f"Bundle has {len(entries)} entries; at most {cap} are accepted per request",
+            f"Bundle has {entries} entries; at most {cap} are accepted per request",
             expression=["Bundle.entry"],
         )
-    total = 0
-    for entry in entries:
-        request = entry.get("request") if isinstance(entry, dict) else None
-        method = str(request.get("method", "")).upper() if isinstance(request, dict) else ""
-        total += BUNDLE_ENTRY_COST.get(method, 1)
-    return max(1, total)
+
+
+def bundle_cost(*, methods: Iterable[str]) -> int:
+    """Cost of a batch/transaction Bundle: the sum of its planned entries' costs, by method."""
+    return max(1, sum(BUNDLE_ENTRY_COST[method] for method in methods))

@@ -2,11 +2,13 @@
 
 Time comes from Redis TIME so every worker shares one clock. Rate buckets are
 GCRA: the key holds the theoretical arrival time (TAT) of the bucket, in seconds.
+In-flight slots are leases: a ZSET member per admitted request, named by a lease id
+(fresh per admission, not the X-Request-ID) and scored by when the lease expires.
 """
 
 # KEYS: config-version, global in-flight ZSET, adaptive HASH, then the rate buckets,
 #       the daily counters and the in-flight slot ZSETs, in that order.
-# ARGV: request id, cost, lease seconds, overload share, #buckets, #dailies, #slots,
+# ARGV: lease id, cost, lease seconds, overload share, #buckets, #dailies, #slots,
 #       overload dry (0/1), adaptive min, adaptive max, then per bucket
 #       (interval, depth, dry), per daily (quota, expire-at, dry), per slot (cap, dry).
 # Returns: config version, admitted (0/1), adaptive limit x1000, global in-flight,
@@ -14,9 +16,9 @@ GCRA: the key holds the theoretical arrival time (TAT) of the bucket, in seconds
 ADMIT = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rid = ARGV[1]
+local lease_id = ARGV[1]
 local cost = tonumber(ARGV[2])
-local lease = tonumber(ARGV[3])
+local lease_seconds = tonumber(ARGV[3])
 local share = tonumber(ARGV[4])
 local nb, nd, nc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local overload_dry = ARGV[8] == '1'
@@ -109,12 +111,12 @@ if not blocked then
       redis.call('INCRBY', w[2], cost)
       redis.call('EXPIREAT', w[2], math.ceil(w[3]) + 3600)
     else
-      redis.call('ZADD', w[2], now + lease, rid)
-      redis.call('EXPIRE', w[2], math.ceil(lease) * 2)
+      redis.call('ZADD', w[2], now + lease_seconds, lease_id)
+      redis.call('EXPIRE', w[2], math.ceil(lease_seconds) * 2)
     end
   end
-  redis.call('ZADD', KEYS[2], now + lease, rid)
-  redis.call('EXPIRE', KEYS[2], math.ceil(lease) * 2)
+  redis.call('ZADD', KEYS[2], now + lease_seconds, lease_id)
+  redis.call('EXPIRE', KEYS[2], math.ceil(lease_seconds) * 2)
 end
 
 local version = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -124,12 +126,13 @@ return head
 """
 
 # KEYS: global in-flight ZSET, adaptive HASH, then the slot ZSETs.
-# ARGV: request id, bad (1 = slow or server error), adaptive min, adaptive max.
+# ARGV: lease id, bad (1 = slow or server error), adaptive min, adaptive max.
 # AIMD: a bad outcome cuts the limit by 10% at most once a second; each good one
 # adds 1/limit, so the limit grows by about one per "limit" good requests.
 RELEASE = r"""
-for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-redis.call('ZREM', KEYS[1], ARGV[1])
+local lease_id = ARGV[1]
+for i = 3, #KEYS do redis.call('ZREM', KEYS[i], lease_id) end
+redis.call('ZREM', KEYS[1], lease_id)
 local amin, amax = tonumber(ARGV[3]), tonumber(ARGV[4])
 local limit = tonumber(redis.call('HGET', KEYS[2], 'limit') or amax)
 if ARGV[2] == '1' then

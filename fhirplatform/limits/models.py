@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from fhirplatform.limits.codes import EndpointClass, ThrottleReason
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 
 class LimitOverride(models.Model):
@@ -51,8 +52,6 @@ class LimitOverride(models.Model):
         return "override " + " ".join(part for part in parts if part)
 
     def clean(self) -> None:
-        from fhirplatform.resource_types import R4_RESOURCE_TYPES
-
         if self.tenant_id is None and self.client_id is None:
             raise ValidationError("An override names a tenant, a client, or both.")
         if self.resource_type and self.resource_type not in R4_RESOURCE_TYPES:

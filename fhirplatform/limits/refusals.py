@@ -17,7 +17,7 @@ from django_ratelimit.core import _split_rate, get_usage
 
 from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.limits.codes import ThrottleReason
-from fhirplatform.limits.engine import retry_after_seconds
+from fhirplatform.limits.headers import policy_item, retry_after_seconds, state_item
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,13 @@ def refusal_charge(*, request: HttpRequest) -> dict[str, str]:
     limit, window = _split_rate(settings.LIMITS_REFUSALS_PER_IP)
     count, time_left = usage["count"], int(usage["time_left"])
     headers = {
-        "RateLimit-Policy": f'"{POLICY}";q={limit};w={window}',
-        "RateLimit": f'"{POLICY}";r={max(limit - count, 0)};t={time_left}',
+        "RateLimit-Policy": policy_item(policy=POLICY, quota=limit, window=window),
+        "RateLimit": state_item(
+            policy=POLICY, remaining=max(limit - count, 0), reset_seconds=time_left
+        ),
     }
     if usage["should_limit"]:
-        retry_after = retry_after_seconds(max(time_left, 1) * 1000)
+        retry_after = retry_after_seconds(wait_ms=max(time_left, 1) * 1000)
         raise FhirError(
             429,
             IssueCode.THROTTLED,

@@ -2,12 +2,12 @@
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from django.conf import settings
 from django.db.models import Q
 
-from fhirplatform.limits.codes import EndpointClass
+from fhirplatform.limits.codes import EndpointClass, LimitScope
 from fhirplatform.limits.models import LimiterSwitch, LimitOverride, ThrottleEvent
 from tenants.models import ApiClient, Grant, RatePlan, Tenant
 
@@ -58,10 +58,21 @@ class OverrideRow:
     daily_quota: int | None
     dry_run: bool
 
+    @property
+    def scope(self) -> LimitScope:
+        """Whose limits a (non-resource) override replaces: see LimitOverride."""
+        if self.tenant_id is not None and self.client_id is not None:
+            return LimitScope.ENDPOINT
+        return LimitScope.TENANT if self.tenant_id is not None else LimitScope.CLIENT
+
 
 @dataclass(frozen=True)
 class LimitProfile:
-    """Everything the engine needs about one client on one tenant (cached briefly)."""
+    """Everything the engine needs about one client on one tenant (cached briefly).
+
+    `overrides` are in the order they apply: an endpoint class's own override comes
+    after the class-wide ones of its scope, so it wins; resource-type overrides keep
+    their stored order (the order of their RateLimit policies)."""
 
     tenant_id: int
     client_id: int
@@ -70,19 +81,6 @@ class LimitProfile:
     client_plan: PlanLimits | None
     overrides: list[OverrideRow] = field(default_factory=list)
     limits_enabled: bool = True
-
-    def overrides_for(self, *, tenant: bool, client: bool) -> list[OverrideRow]:
-        """Non-resource overrides targeting exactly this scope."""
-        return [
-            row
-            for row in self.overrides
-            if not row.resource_type
-            and (row.tenant_id is not None) == tenant
-            and (row.client_id is not None) == client
-        ]
-
-    def resource_overrides(self, resource_type: str) -> list[OverrideRow]:
-        return [row for row in self.overrides if row.resource_type == resource_type]
 
 
 def limiter_switch_enabled() -> bool:
@@ -95,28 +93,18 @@ def limit_profile_load(*, tenant: Tenant, client: ApiClient, grant: Grant) -> Li
         Q(tenant=tenant, client__isnull=True)
         | Q(tenant=tenant, client=client)
         | Q(tenant__isnull=True, client=client)
-    )
+    ).values(*(column.name for column in fields(OverrideRow)))
     client_plan = RatePlan.objects.filter(pk=client.plan_id).first() if client.plan_id else None
+    overrides = [OverrideRow(**row) for row in rows]
+    # Stable: class-specific scope overrides move behind the class-wide ones, the rest stay.
+    overrides.sort(key=lambda row: bool(row.endpoint_class) and not row.resource_type)
     return LimitProfile(
         tenant_id=tenant.pk,
         client_id=client.pk,
         tenant_plan=PlanLimits.of(tenant.plan),
         grant_plan=PlanLimits.of(grant.plan),
         client_plan=PlanLimits.of(client_plan) if client_plan else None,
-        overrides=[
-            OverrideRow(
-                tenant_id=row.tenant_id,
-                client_id=row.client_id,
-                endpoint_class=row.endpoint_class,
-                resource_type=row.resource_type,
-                per_minute=row.per_minute,
-                burst_seconds=row.burst_seconds,
-                concurrency=row.concurrency,
-                daily_quota=row.daily_quota,
-                dry_run=row.dry_run,
-            )
-            for row in rows
-        ],
+        overrides=overrides,
         limits_enabled=limiter_switch_enabled(),
     )
 
@@ -151,8 +139,10 @@ class ProfileCache:
             self.seen_version = version
 
     def clear(self) -> None:
+        """Start afresh, as a new process would (the next decision tells the version)."""
         with self._lock:
             self._entries.clear()
+            self.seen_version = 0
 
 
 profile_cache = ProfileCache()

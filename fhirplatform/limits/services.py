@@ -6,23 +6,22 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from fhirplatform.limits.models import LimiterSwitch, LimitOverride, ThrottleEvent
-from fhirplatform.redis_clients import redis_client
+from fhirplatform.limits.store import CONFIG_VERSION_KEY, limiter_redis
 
 logger = logging.getLogger(__name__)
-
-CONFIG_VERSION_KEY = "fp:rl:config-version"
 
 
 def limits_config_bump() -> None:
     """Tell every process to drop its cached limits now, not when the cache expires."""
     try:
-        redis_client(settings.LIMITS_REDIS_URL, timeout_seconds=1).incr(CONFIG_VERSION_KEY)
+        limiter_redis().incr(CONFIG_VERSION_KEY)
     except redis.RedisError:
         # The short local cache still picks the change up within seconds.
         logger.warning("rate limiter: could not publish a config change; caches expire anyway")
@@ -48,9 +47,18 @@ def limiter_switch_set(*, enabled: bool) -> LimiterSwitch:
     return switch
 
 
-_EventKey = tuple[
-    int, int, int, str, str, str, bool
-]  # second, tenant, client, reason, class, policy, dry
+class _Refusals(NamedTuple):
+    """Refusals alike enough to share one ThrottleEvent row (its fields, by name)."""
+
+    tenant_id: int
+    client_id: int
+    reason: str
+    endpoint_class: str
+    policy: str
+    dry_run: bool
+
+
+_EventKey = tuple[int, _Refusals]  # the epoch second, and what was refused
 
 
 class ThrottleEventBuffer:
@@ -82,24 +90,9 @@ class ThrottleEventBuffer:
             return 0
         rows = [
             ThrottleEvent(
-                occurred=datetime.fromtimestamp(second, UTC),
-                tenant_id=tenant_id,
-                client_id=client_id,
-                reason=reason,
-                endpoint_class=endpoint_class,
-                policy=policy,
-                dry_run=dry,
-                count=count,
+                occurred=datetime.fromtimestamp(second, UTC), count=count, **refusals._asdict()
             )
-            for (
-                second,
-                tenant_id,
-                client_id,
-                reason,
-                endpoint_class,
-                policy,
-                dry,
-            ), count in counts.items()
+            for (second, refusals), count in counts.items()
         ]
         ThrottleEvent.objects.bulk_create(rows)
         return len(rows)
@@ -135,7 +128,8 @@ def throttle_event_record(
     policy: str,
     dry_run: bool,
 ) -> None:
-    _events.add((int(time.time()), tenant_id, client_id, reason, endpoint_class, policy, dry_run))
+    refusals = _Refusals(tenant_id, client_id, reason, endpoint_class, policy, dry_run)
+    _events.add((int(time.time()), refusals))
 
 
 def throttle_events_flush() -> int:

@@ -1,8 +1,9 @@
 """Fixtures for the limit engine: a clean limiter Redis per test, fresh plans and callers."""
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
+import http_sfv
 import pytest
 import redis
 from django.conf import settings
@@ -11,7 +12,7 @@ from fhirplatform.limits import services as limit_services
 from fhirplatform.limits.engine import limits_reset_local_state
 from tenants.models import Grant, RatePlan, Tenant
 from tenants.scopes import scopes_parse
-from tenants.services import client_create
+from tenants.services import client_create, rate_plan_create
 from tenants.tokens import Caller
 
 
@@ -44,7 +45,18 @@ def plan_make(**limits: int | bool) -> RatePlan:
         "priority": 50,
     }
     values.update(limits)
-    return RatePlan.objects.create(name="p-" + uuid.uuid4().hex[:10], **values)  # type: ignore[arg-type]
+    return rate_plan_create(name="p-" + uuid.uuid4().hex[:10], description="limits test", **values)
+
+
+def ratelimit_policies(headers: Mapping[str, str]) -> dict[str, dict]:
+    """RateLimit-Policy and RateLimit parsed as structured-field lists, by policy name."""
+    policy, state = http_sfv.List(), http_sfv.List()
+    policy.parse(headers["RateLimit-Policy"].encode())
+    state.parse(headers["RateLimit"].encode())
+    named = {item.value: dict(item.params) for item in policy}
+    for item in state:
+        named[item.value].update(item.params)
+    return named
 
 
 def caller_for(grant: Grant) -> Caller:

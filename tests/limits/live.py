@@ -2,6 +2,7 @@
 
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,7 +11,11 @@ import requests
 
 from scripts import loopback
 from scripts.loopback import free_port
+from tenants.models import ApiClient
+from tenants.scopes import scopes_parse
+from tenants.services import client_create, token_issue
 from tests.conftest import test_environment
+from tests.limits.conftest import plan_make
 
 
 @contextmanager
@@ -63,6 +68,21 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+def new_client(
+    tenant_slug: str, scopes: str = "system/*.cruds", **plan: int
+) -> tuple[ApiClient, str]:
+    """A committed client with its own plan; returns (client, token)."""
+    issued = client_create(
+        partner_name="Live " + uuid.uuid4().hex[:8],
+        tenant_slugs=[tenant_slug],
+        scopes="system/*.cruds",
+        plan_name=plan_make(**plan).name,
+    )
+    grant = issued.grants[0]
+    token = token_issue(grant=grant, scopes=scopes_parse(scopes), auth_method="test").access_token
+    return issued.client, token
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -3,20 +3,20 @@ the adaptive limit, dry-run, the kill switch, config changes and throttle events
 
 import time
 
-import http_sfv
 import pytest
 from django.db.models import Sum
 
 from fhirplatform.errors import FhirError
 from fhirplatform.limits.codes import EndpointClass, ThrottleReason
-from fhirplatform.limits.engine import ADAPTIVE_KEY, Admission, limit_admit
+from fhirplatform.limits.engine import Admission, limit_admit
 from fhirplatform.limits.models import LimitOverride, ThrottleEvent
 from fhirplatform.limits.services import (
     limit_override_save,
     limiter_switch_set,
     throttle_events_flush,
 )
-from tests.limits.conftest import plan_make
+from fhirplatform.limits.store import ADAPTIVE_KEY
+from tests.limits.conftest import plan_make, ratelimit_policies
 
 pytestmark = pytest.mark.django_db
 
@@ -35,17 +35,6 @@ def refusal(caller, **kwargs) -> FhirError:
     return caught.value
 
 
-def policies(headers: dict[str, str]) -> dict[str, dict]:
-    """RateLimit-Policy and RateLimit parsed as structured-field lists, by policy name."""
-    policy, state = http_sfv.List(), http_sfv.List()
-    policy.parse(headers["RateLimit-Policy"].encode())
-    state.parse(headers["RateLimit"].encode())
-    named = {item.value: dict(item.params) for item in policy}
-    for item in state:
-        named[item.value].update(item.params)
-    return named
-
-
 def reason_of(error: FhirError) -> str:
     coding = error.outcome()["issue"][0]["details"]["coding"][0]
     return coding["code"]
@@ -57,17 +46,17 @@ def test_bucket_arithmetic_is_exact(limiter_redis, cast, new_caller):
     remaining = []
     for _ in range(10):
         admission = admit(caller)
-        remaining.append(policies(admission.headers)["endpoint-read"]["r"])
+        remaining.append(ratelimit_policies(admission.headers)["endpoint-read"]["r"])
         admission.release()
     assert remaining == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
-    parsed = policies(admission.headers)["endpoint-read"]
+    parsed = ratelimit_policies(admission.headers)["endpoint-read"]
     assert (parsed["q"], parsed["w"], parsed["t"]) == (60, 60, 10)
 
     error = refusal(caller)
     assert error.status == 429
     assert reason_of(error) == ThrottleReason.ENDPOINT_RATE
     assert 1 <= int(error.headers["Retry-After"]) <= 2
-    assert policies(error.headers)["endpoint-read"]["r"] == 0
+    assert ratelimit_policies(error.headers)["endpoint-read"]["r"] == 0
 
     time.sleep(1.05)  # exactly one unit has come back
     admit(caller).release()
@@ -77,7 +66,7 @@ def test_bucket_arithmetic_is_exact(limiter_redis, cast, new_caller):
 def test_weighted_cost_and_oversized_request(limiter_redis, cast, new_caller):
     caller = new_caller(cast.tenant_a, plan_make(search_per_minute=60))
     admission = admit(caller, endpoint_class=SEARCH, cost=3)
-    assert policies(admission.headers)["endpoint-search"]["r"] == 7
+    assert ratelimit_policies(admission.headers)["endpoint-search"]["r"] == 7
     admission.release()
     limiter_redis.flushdb()
     # A request costing more than the depth passes into a full bucket, then pays it back.
@@ -107,7 +96,7 @@ def test_the_other_tenant_cannot_be_throttled_by_tenant_a(limiter_redis, cast, n
     assert reason_of(refusal(flooder)) == ThrottleReason.TENANT_RATE
     for _ in range(10):
         admission = admit(bystander)
-        assert policies(admission.headers)["tenant-read"]["q"] == 600
+        assert ratelimit_policies(admission.headers)["tenant-read"]["q"] == 600
         admission.release()
     assert not any(b"provider-a" in key for key in limiter_redis.keys("fp:rl:payer-b:*"))
 
@@ -126,7 +115,7 @@ def test_resource_rate_applies_to_one_type_only(limiter_redis, cast, new_caller)
     caller = new_caller(cast.tenant_a)
     LimitOverride.objects.create(tenant=cast.tenant_a, resource_type="Binary", per_minute=6)
     admission = admit(caller, resource_type="Binary")
-    assert "resource-Binary" in policies(admission.headers)
+    assert "resource-Binary" in ratelimit_policies(admission.headers)
     admission.release()
     assert reason_of(refusal(caller, resource_type="Binary")) == ThrottleReason.RESOURCE_RATE
     admit(caller, resource_type="Patient").release()
@@ -138,7 +127,7 @@ def test_daily_quota(limiter_redis, cast, new_caller):
     admit(caller, cost=3).release()
     error = refusal(caller)
     assert reason_of(error) == ThrottleReason.DAILY_QUOTA
-    assert policies(error.headers)["daily"]["q"] == 5
+    assert ratelimit_policies(error.headers)["daily"]["q"] == 5
     # Never earlier than the reset: the quota comes back at midnight UTC.
     seconds_to_midnight = 86400 - int(time.time()) % 86400
     assert int(error.headers["Retry-After"]) >= seconds_to_midnight - 1
@@ -197,7 +186,7 @@ def test_dry_run_plan_reports_but_never_refuses(limiter_redis, cast, new_caller)
     for _ in range(5):
         admission = admit(caller)
         admission.release()
-    assert policies(admission.headers)["endpoint-read"]["r"] == 0
+    assert ratelimit_policies(admission.headers)["endpoint-read"]["r"] == 0
     throttle_events_flush()
     events = ThrottleEvent.objects.filter(client=caller.client)
     assert (
@@ -227,6 +216,21 @@ def test_kill_switch_turns_every_limit_off(
     assert refusal(caller).status == 429
 
 
+def test_a_closed_policy_refuses_and_under_the_kill_switch_only_reports(
+    limiter_redis, cast, new_caller
+):
+    caller = new_caller(cast.tenant_a)
+    LimitOverride.objects.create(tenant=cast.tenant_a, resource_type="Binary", per_minute=0)
+    error = refusal(caller, resource_type="Binary")
+    assert error.status == 429 and reason_of(error) == ThrottleReason.RESOURCE_RATE
+    assert "allows no read requests" in error.outcome()["issue"][0]["diagnostics"]
+    limiter_switch_set(enabled=False)
+    unlimited = new_caller(cast.tenant_a)  # a caller whose limits are not cached yet
+    admission = admit(unlimited, resource_type="Binary")
+    assert ratelimit_policies(admission.headers)["resource-Binary"]["q"] == 0
+    admission.release()
+
+
 def test_an_admin_change_applies_without_waiting_for_the_cache(
     limiter_redis, cast, new_caller, django_capture_on_commit_callbacks, settings
 ):
@@ -239,12 +243,15 @@ def test_an_admin_change_applies_without_waiting_for_the_cache(
                 tenant=cast.tenant_a, client=caller.client, endpoint_class=READ, per_minute=6
             )
         )
-    # The next decision already uses the new limit (admitted or not, its headers say so).
+    # The next decision reads the new config version from Redis (it was already decided,
+    # under the old limits, unless they refused it); the one after uses the new limit,
+    # admitted or not: its headers say so.
+    admit(caller).release()
     try:
         headers = admit(caller).headers
     except FhirError as error:
         headers = error.headers
-    assert policies(headers)["endpoint-read"]["q"] == 6
+    assert ratelimit_policies(headers)["endpoint-read"]["q"] == 6
 
 
 def test_throttle_events_are_aggregated_per_second(limiter_redis, cast, new_caller):
@@ -296,7 +303,7 @@ def test_retry_after_is_never_before_the_reset_and_is_jittered(limiter_redis, ca
     waits = set()
     for _ in range(30):
         error = refusal(caller)
-        wait = policies(error.headers)["endpoint-read"]["t"]
+        wait = ratelimit_policies(error.headers)["endpoint-read"]["t"]
         retry_after = int(error.headers["Retry-After"])
         assert wait <= retry_after <= wait + 2
         waits.add(retry_after - wait)

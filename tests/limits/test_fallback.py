@@ -12,11 +12,11 @@ import requests
 
 from fhirplatform.errors import FhirError
 from fhirplatform.limits.codes import EndpointClass, ThrottleReason
-from fhirplatform.limits.engine import limit_admit, limiter_in_fallback
+from fhirplatform.limits.deciders import limiter_in_fallback
+from fhirplatform.limits.engine import limit_admit
 from scripts.loopback import free_port
-from tests.limits.conftest import plan_make
-from tests.limits.live import RedisServer, bearer, gunicorn, patient_create
-from tests.limits.test_http import new_client, parsed
+from tests.limits.conftest import plan_make, ratelimit_policies
+from tests.limits.live import RedisServer, bearer, gunicorn, new_client, patient_create
 
 pytestmark = [pytest.mark.live]
 
@@ -41,7 +41,7 @@ def test_local_fallback_in_process_and_resume(cast, new_caller, limiter_redis, s
         admissions[-1].release()
     assert time.perf_counter() - started < 1.0  # one failed connect, then the breaker holds
     assert limiter_in_fallback()
-    assert parsed_headers(admissions[0].headers)["endpoint-read"]["q"] == 30
+    assert ratelimit_policies(admissions[0].headers)["endpoint-read"]["q"] == 30
     with pytest.raises(FhirError) as refused:
         limit_admit(caller=caller, endpoint_class=EndpointClass.READ, resource_type="Patient")
     assert refused.value.status == 429
@@ -57,13 +57,7 @@ def test_local_fallback_in_process_and_resume(cast, new_caller, limiter_redis, s
         caller=caller, endpoint_class=EndpointClass.READ, resource_type="Patient"
     )
     assert not limiter_in_fallback()
-    assert parsed_headers(admission.headers)["endpoint-read"]["q"] == 120
-
-
-def parsed_headers(headers: dict[str, str]) -> dict[str, dict]:
-    response = requests.models.Response()
-    response.headers.update(headers)
-    return parsed(response)
+    assert ratelimit_policies(admission.headers)["endpoint-read"]["q"] == 120
 
 
 def test_redis_stopped_mid_run_and_restarted(committed, cast):
@@ -80,7 +74,10 @@ def test_redis_stopped_mid_run_and_restarted(committed, cast):
             url = f"{base}/fhir/provider-a/Patient/{patient_id}"
             with requests.Session() as session:
                 up = session.get(url, headers=bearer(token), timeout=10)
-                assert up.status_code == 200 and parsed(up)["endpoint-read"]["q"] == 120
+                assert (
+                    up.status_code == 200
+                    and ratelimit_policies(up.headers)["endpoint-read"]["q"] == 120
+                )
                 assert redis.Redis.from_url(own.url).keys("fp:rl:provider-a:*")
 
                 own.stop()
@@ -88,7 +85,7 @@ def test_redis_stopped_mid_run_and_restarted(committed, cast):
                 statuses = [r.status_code for r in down]
                 assert statuses[:3] == [200, 200, 200]  # reads keep working...
                 assert set(statuses) <= {200, 429} and 429 in statuses  # ...under stricter limits
-                assert all(parsed(r)["endpoint-read"]["q"] == 30 for r in down)
+                assert all(ratelimit_policies(r.headers)["endpoint-read"]["q"] == 30 for r in down)
                 created = session.post(
                     f"{base}/fhir/provider-a/Patient",
                     json={"resourceType": "Patient", "name": [{"family": "Offline"}]},
@@ -117,7 +114,7 @@ def test_redis_stopped_mid_run_and_restarted(committed, cast):
                     back = session.get(url, headers=bearer(token), timeout=10)
                     if (
                         back.status_code == 200
-                        and parsed(back)["endpoint-read"]["q"] == 120
+                        and ratelimit_policies(back.headers)["endpoint-read"]["q"] == 120
                         and metric(base, "fhirplatform_limiter_fallback") == 0
                     ):
                         break
