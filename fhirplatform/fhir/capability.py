@@ -10,6 +10,8 @@ from typing import Any
 
 from django.conf import settings
 
+from fhirplatform.fhir.search.parsing import Control
+from fhirplatform.fhir.search.registry import search_parameters_for
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 FHIR_VERSION = "4.0.1"
@@ -25,14 +27,17 @@ _TYPE_INTERACTIONS = (
     "history-type",
     "create",
 )
-_SEARCH_RESULT_PARAMS = ("_count", "_sort", "_summary", "_elements", "_include", "_revinclude")
+_SEARCH_RESULT_PARAMS = (
+    Control.COUNT,
+    Control.SORT,
+    Control.SUMMARY,
+    Control.ELEMENTS,
+    Control.INCLUDE,
+    Control.REVINCLUDE,
+)
 
 
 def _search_params(resource_type: str) -> list[dict[str, Any]]:
-    try:
-        from fhirplatform.fhir.search.registry import search_parameters_for
-    except ImportError:
-        return []
     return [
         {
             "name": p.name,
@@ -103,7 +108,7 @@ def capability_statement(*, base_url: str) -> dict[str, Any]:
         "interaction": system_interactions,
     }
     rest["searchParam"] = [
-        {"name": name, "type": "special" if name != "_count" else "number"}
+        {"name": str(name), "type": "number" if name == Control.COUNT else "special"}
         for name in _SEARCH_RESULT_PARAMS
     ]
     return {

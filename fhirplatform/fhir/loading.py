@@ -1,10 +1,10 @@
 """Bulk loading into one tenant: transaction/batch Bundles, NDJSON, synthetic data.
 
 The loader is the fast path beside the REST API: resources are validated exactly as a
-REST write is, then inserted in bulk (current rows and their first history rows with COPY,
-their search index rows with bulk_create), one Bundle or one NDJSON chunk per database
-transaction, so a file that fails leaves nothing behind and a large load does not hold
-one huge transaction.
+REST write is, then stored in bulk through the store's write door
+(`services.resources_store`: current rows, first history rows and search index rows by
+COPY), one Bundle or one NDJSON chunk per database transaction, so a file that fails
+leaves nothing behind and a large load does not hold one huge transaction.
 
 Id rules: a Bundle POST entry gets a new server UUID and `urn:uuid:` references to it are
 rewritten; NDJSON lines and Bundle PUT entries keep their ids (they are exports of another
@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from django.db import connection, transaction
-from psycopg.types.json import Jsonb
 
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir import services
 from fhirplatform.fhir.bundles import references_rewrite
-from fhirplatform.fhir.models import Resource, ResourceVersion
-from fhirplatform.fhir.search.services import index_resources
+from fhirplatform.fhir.services import PendingResource
 from fhirplatform.fhir.validation import resource_type_check, resource_validate
 from fhirplatform.schemas import tenant_schema
 from tenants.models import Tenant
@@ -74,16 +72,7 @@ class LoadReport:
         }
 
 
-@dataclass
-class Pending:
-    """One resource ready to store: its type, final id and content."""
-
-    resource_type: str
-    logical_id: str
-    content: dict[str, Any]
-
-
-def bundle_pending(bundle: Any) -> list[Pending]:
+def bundle_pending(bundle: Any) -> list[PendingResource]:
     """Plan a transaction/batch Bundle of POST and PUT entries for the bulk path."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise LoadError("not a Bundle")
@@ -112,7 +101,7 @@ def bundle_pending(bundle: Any) -> list[Pending]:
             id_map[entry["fullUrl"]] = f"{resource_type}/{logical_id}"
         planned.append((resource_type, logical_id, resource))
     return [
-        Pending(
+        PendingResource(
             resource_type,
             logical_id,
             references_rewrite(resource, id_map) if id_map else resource,
@@ -121,7 +110,7 @@ def bundle_pending(bundle: Any) -> list[Pending]:
     ]
 
 
-def _validated(items: list[Pending], where: str) -> list[Pending]:
+def _validated(items: list[PendingResource], where: str) -> list[PendingResource]:
     for index, item in enumerate(items):
         try:
             resource_type_check(item.resource_type)
@@ -132,107 +121,8 @@ def _validated(items: list[Pending], where: str) -> list[Pending]:
     return items
 
 
-def _copy_insert(rows: list[Resource]) -> None:
-    """Insert new current rows and their first history rows with COPY.
-
-    COPY streams rows to PostgreSQL instead of quoting every JSON document into one huge
-    INSERT statement, which was a third of the loader's time. The ids are reserved from
-    the table's own sequence first, so the index rows can point at them.
-    """
-    if not rows:
-        return
-    quote = connection.ops.quote_name
-    resource_table, version_table = Resource._meta.db_table, ResourceVersion._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-            [resource_table, len(rows)],
-        )
-        for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
-            row.pk = pk
-            row._state.adding = False
-        raw = cursor.cursor
-        columns = "resource_type, logical_id, version_id, last_updated"
-        with raw.copy(
-            f"COPY {quote(resource_table)} (id, {columns}, deleted, content) FROM STDIN"
-        ) as copy:
-            for row in rows:
-                copy.write_row(
-                    (
-                        row.pk,
-                        row.resource_type,
-                        row.logical_id,
-                        row.version_id,
-                        row.last_updated,
-                        False,
-                        Jsonb(row.content),
-                    )
-                )
-        with raw.copy(
-            f"COPY {quote(version_table)} (resource_id, {columns}, method, content) FROM STDIN"
-        ) as copy:
-            for row in rows:
-                copy.write_row(
-                    (
-                        row.pk,
-                        row.resource_type,
-                        row.logical_id,
-                        row.version_id,
-                        row.last_updated,
-                        str(services.Method.POST),
-                        Jsonb(row.content),
-                    )
-                )
-
-
-def pending_store(items: list[Pending]) -> Counter[str]:
-    """Store validated resources in bulk in the current schema and transaction."""
-    by_type: Counter[str] = Counter()
-    keys = {(item.resource_type, item.logical_id) for item in items}
-    existing: set[tuple[str, str]] = set()
-    for resource_type in {key[0] for key in keys}:
-        ids = [key[1] for key in keys if key[0] == resource_type]
-        existing |= {
-            (resource_type, logical_id)
-            for logical_id in Resource.objects.filter(
-                resource_type=resource_type, logical_id__in=ids
-            ).values_list("logical_id", flat=True)
-        }
-    fresh: dict[tuple[str, str], Resource] = {}
-    for item in items:
-        key = (item.resource_type, item.logical_id)
-        # The existence check and the insert share the chunk's transaction; the unique
-        # (type, id) constraint still refuses a concurrent writer's duplicate.
-        if key in existing:
-            # Already stored: a new version through the ordinary (locking) update path.
-            content = item.content | {"id": item.logical_id}
-            services.resource_update(
-                resource_type=item.resource_type,
-                logical_id=item.logical_id,
-                content=content,
-                source=LOADER_SOURCE,
-            )
-        else:
-            last_updated = services.now_instant()
-            # A repeated id inside one load keeps the last copy, like successive PUTs.
-            fresh[key] = Resource(
-                resource_type=item.resource_type,
-                logical_id=item.logical_id,
-                version_id=1,
-                last_updated=last_updated,
-                content=services.stamp(
-                    item.content,
-                    logical_id=item.logical_id,
-                    version_id=1,
-                    last_updated=last_updated,
-                    source=LOADER_SOURCE,
-                ),
-            )
-        by_type[item.resource_type] += 1
-    rows = list(fresh.values())
-    _copy_insert(rows)
-    index_resources(resources=rows)
-    return by_type
+def _store(items: list[PendingResource]) -> Counter[str]:
+    return services.resources_store(items=items, source=LOADER_SOURCE)
 
 
 def _open(path: Path) -> Any:
@@ -259,8 +149,8 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def _ndjson_chunks(path: Path) -> Iterator[list[Pending]]:
-    chunk: list[Pending] = []
+def _ndjson_chunks(path: Path) -> Iterator[list[PendingResource]]:
+    chunk: list[PendingResource] = []
     with _open(path) as stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
@@ -272,7 +162,7 @@ def _ndjson_chunks(path: Path) -> Iterator[list[Pending]]:
             if not isinstance(resource, dict) or not resource.get("resourceType"):
                 raise LoadError(f"{path.name} line {number}: not a resource")
             logical_id = resource.get("id") or services.new_logical_id()
-            chunk.append(Pending(str(resource["resourceType"]), str(logical_id), resource))
+            chunk.append(PendingResource(str(resource["resourceType"]), str(logical_id), resource))
             if len(chunk) >= NDJSON_CHUNK:
                 yield chunk
                 chunk = []
@@ -285,9 +175,8 @@ def _load_file(path: Path) -> LoadReport:
     if _is_ndjson(path):
         for number, chunk in enumerate(_ndjson_chunks(path)):
             with transaction.atomic():
-                report.by_type.update(
-                    pending_store(_validated(chunk, f"{path.name} chunk {number}"))
-                )
+                items = _validated(chunk, f"{path.name} chunk {number}")
+                report.by_type.update(_store(items))
     else:
         with _open(path) as stream:
             try:
@@ -296,7 +185,7 @@ def _load_file(path: Path) -> LoadReport:
                 raise LoadError(f"{path.name}: not JSON ({exc})") from None
         items = _validated(bundle_pending(bundle), path.name)
         with transaction.atomic():
-            report.by_type.update(pending_store(items))
+            report.by_type.update(_store(items))
     report.resources = sum(report.by_type.values())
     return report
 
@@ -346,16 +235,16 @@ def fhir_load_resources(*, tenant: Tenant, resources: Iterable[dict[str, Any]]) 
     """Load resources that carry their ids (the generator's path), chunk by chunk."""
     started = time.perf_counter()
     report = LoadReport()
-    chunk: list[Pending] = []
+    chunk: list[PendingResource] = []
 
     def flush() -> None:
         with transaction.atomic():
-            report.by_type.update(pending_store(_validated(chunk, "generated")))
+            report.by_type.update(_store(_validated(chunk, "generated")))
         chunk.clear()
 
     with tenant_schema(tenant):
         for resource in resources:
-            chunk.append(Pending(resource["resourceType"], resource["id"], resource))
+            chunk.append(PendingResource(resource["resourceType"], resource["id"], resource))
             if len(chunk) >= NDJSON_CHUNK:
                 flush()
         if chunk:

@@ -4,7 +4,35 @@ Search index tables are owned by fhirplatform/fhir/search (one row per extracted
 pointing at the current Resource row); history rows are never updated or deleted.
 """
 
+import re
+from enum import StrEnum
+
 from django.db import models
+
+# A FHIR id (R4 `id` datatype): what a stored logical_id and a version id may be. Every
+# check of an id, and every reference pattern, is built from this one definition.
+ID_CHARS = r"[A-Za-z0-9\-.]{1,64}"
+TYPE_CHARS = r"[A-Z][A-Za-z]+"  # the shape of a resource type name
+# A relative reference to a stored resource, `Type/id` or `Type/id/_history/version`
+# (match it with fullmatch).
+RELATIVE_REFERENCE = re.compile(
+    rf"(?P<type>{TYPE_CHARS})/(?P<id>{ID_CHARS})(?:/_history/(?P<version>{ID_CHARS}))?"
+)
+_ID = re.compile(ID_CHARS)
+
+
+def id_valid(value: str) -> bool:
+    """Whether `value` is a FHIR id (1-64 of A-Z a-z 0-9 - .)."""
+    return _ID.fullmatch(value) is not None
+
+
+class Method(StrEnum):
+    """The HTTP method a version was written with (ResourceVersion.method)."""
+
+    POST = "POST"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
 
 
 class Resource(models.Model):
@@ -37,7 +65,7 @@ class ResourceVersion(models.Model):
     logical_id = models.CharField(max_length=64)
     version_id = models.PositiveIntegerField()
     last_updated = models.DateTimeField()
-    method = models.CharField(max_length=8)  # POST, PUT, PATCH, DELETE
+    method = models.CharField(max_length=8)  # a Method
     content = models.JSONField(null=True)
 
     class Meta:

@@ -1,12 +1,16 @@
-"""How stored resources and versions are shown: ETags, dates, history Bundles."""
+"""How stored resources and versions are shown: ETags, instants, the 410, history Bundles.
 
-from datetime import datetime
+Below the services and selectors of the FHIR store (they import it, never the reverse).
+"""
+
+from datetime import UTC, datetime
 from typing import Any
 
+from django.utils import timezone
 from django.utils.http import http_date
 
-from fhirplatform.fhir.models import Resource, ResourceVersion
-from fhirplatform.fhir.services import Method, instant_text, now_instant
+from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.models import Method, Resource, ResourceVersion
 
 _METHOD_STATUS = {
     Method.POST: "201 Created",
@@ -16,8 +20,30 @@ _METHOD_STATUS = {
 }
 
 
+def now_instant() -> datetime:
+    """Now, truncated to milliseconds so meta.lastUpdated and the column agree exactly."""
+    now = timezone.now()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def instant_text(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def etag(version_id: int) -> str:
+    """The weak ETag of a version: versions are compared by number, not by bytes."""
     return f'W/"{version_id}"'
+
+
+def resource_gone(row: Resource | ResourceVersion) -> FhirError:
+    """The 410 for a deleted resource (read, patch) and for a delete version (vread): one
+    answer, whose ETag names the delete version."""
+    return FhirError(
+        410,
+        IssueCode.DELETED,
+        f"{row.resource_type}/{row.logical_id} was deleted in version {row.version_id}",
+        headers={"ETag": etag(row.version_id)},
+    )
 
 
 def etag_version(header: str | None) -> int | None:

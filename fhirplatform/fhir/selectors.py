@@ -2,47 +2,51 @@
 
 The pipeline has already bound the connection to the caller's tenant schema, so every
 query here sees that tenant only. History is paged by keyset cursors (last_updated, id),
-never OFFSET, and a cursor is signed for the tenant and client it was issued to.
+never OFFSET, in the signed-cursor scheme of paging.py that search uses too.
 """
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
-from django.core import signing
 from django.db.models import Q
 from django.utils import dateparse, timezone
 
 from fhirplatform.errors import FhirError, IssueCode, not_found
-from fhirplatform.fhir.models import Resource, ResourceVersion
-from fhirplatform.fhir.paging import DEFAULT_COUNT, count_parse
+from fhirplatform.fhir.models import Method, Resource, ResourceVersion, id_valid
+from fhirplatform.fhir.paging import (
+    DEFAULT_COUNT,
+    count_parse,
+    cursor_digest,
+    cursor_invalid,
+    cursor_make,
+    cursor_read,
+)
+from fhirplatform.fhir.representation import resource_gone
+from fhirplatform.fhir.search.parsing import Control
 from fhirplatform.fhir.search.selectors import search_bundle
-from fhirplatform.fhir.services import Method
-from fhirplatform.fhir.validation import ID_PATTERN, resource_type_check
+from fhirplatform.fhir.validation import resource_type_check
 from tenants.tokens import Caller
 
 
 def resource_read(*, resource_type: str, logical_id: str) -> Resource:
     """The current version; the shared 404 if it never existed, 410 if deleted."""
     resource_type_check(resource_type)
-    if not ID_PATTERN.match(logical_id):
+    if not id_valid(logical_id):
         raise not_found()
     resource = Resource.objects.filter(resource_type=resource_type, logical_id=logical_id).first()
     if resource is None:
         raise not_found()
     if resource.deleted:
-        raise FhirError(
-            410,
-            IssueCode.DELETED,
-            f"{resource_type}/{logical_id} has been deleted",
-            headers={"ETag": f'W/"{resource.version_id}"'},
-        )
+        raise resource_gone(resource)
     return resource
 
 
 def resource_vread(*, resource_type: str, logical_id: str, version_id: str) -> ResourceVersion:
+    """One version; the shared 404 if there is none, 410 if it is a delete."""
     resource_type_check(resource_type)
-    if not version_id.isdigit() or not ID_PATTERN.match(logical_id):
+    if not version_id.isdigit() or not id_valid(logical_id):
         raise not_found()
     version = ResourceVersion.objects.filter(
         resource_type=resource_type, logical_id=logical_id, version_id=int(version_id)
@@ -50,11 +54,7 @@ def resource_vread(*, resource_type: str, logical_id: str, version_id: str) -> R
     if version is None:
         raise not_found()
     if version.method == Method.DELETE:
-        raise FhirError(
-            410,
-            IssueCode.DELETED,
-            f"Version {version_id} of {resource_type}/{logical_id} is a delete",
-        )
+        raise resource_gone(version)
     return version
 
 
@@ -72,18 +72,26 @@ class HistoryPage:
     next_cursor: str | None
 
 
-def _cursor_salt(caller: Caller, query: HistoryQuery) -> str:
-    # A cursor replays only for the tenant, client and history it was issued for.
-    return (
-        f"fhir.history:{caller.tenant.slug}:{caller.client.client_id}:"
-        f"{query.resource_type}:{query.logical_id}"
-    )
+def _history_digest(query: HistoryQuery) -> str:
+    # _since is part of the query a cursor belongs to; _count (the page size) is not.
+    since = query.since.isoformat() if query.since else None
+    return cursor_digest("history", query.resource_type, query.logical_id, since)
+
+
+def _history_after(caller: Caller, query: HistoryQuery, cursor: str) -> tuple[datetime, int]:
+    """The (last_updated, id) edge a history cursor carries."""
+    position = cursor_read(caller=caller, cursor=cursor, digest=_history_digest(query))
+    try:
+        after = datetime.fromisoformat(position["t"])
+        return after, int(position["i"])
+    except (KeyError, TypeError, ValueError):
+        raise cursor_invalid() from None
 
 
 def history_parse(
     *, params: dict[str, str], resource_type: str | None = None, logical_id: str | None = None
 ) -> HistoryQuery:
-    """Validate _since and _count (400 with the parameter named); _count is capped."""
+    """Validate _since and _count (400 with the parameter named; paging.count_parse)."""
     since = None
     if params.get("_since"):
         text = params["_since"]
@@ -127,17 +135,7 @@ def history_page(*, caller: Caller, query: HistoryQuery, cursor: str | None) -> 
     if query.since:
         versions = versions.filter(last_updated__gte=query.since)
     if cursor:
-        try:
-            position = signing.loads(cursor, salt=_cursor_salt(caller, query))
-            after = dateparse.parse_datetime(position["t"])
-            last_id = int(position["i"])
-        except (signing.BadSignature, KeyError, TypeError, ValueError) as exc:
-            raise FhirError(
-                400,
-                IssueCode.INVALID,
-                "The paging cursor is not valid here",
-                expression=["_cursor"],
-            ) from exc
+        after, last_id = _history_after(caller, query, cursor)
         versions = versions.filter(
             Q(last_updated__lt=after) | Q(last_updated=after, id__lt=last_id)
         )
@@ -148,9 +146,8 @@ def history_page(*, caller: Caller, query: HistoryQuery, cursor: str | None) -> 
     if len(rows) > query.count:
         rows = rows[: query.count]
         last = rows[-1]
-        next_cursor = signing.dumps(
-            {"t": last.last_updated.isoformat(), "i": last.id}, salt=_cursor_salt(caller, query)
-        )
+        position: dict[str, Any] = {"t": last.last_updated.isoformat(), "i": last.id}
+        next_cursor = cursor_make(caller=caller, digest=_history_digest(query), position=position)
     return HistoryPage(versions=rows, next_cursor=next_cursor)
 
 
@@ -159,14 +156,14 @@ def resource_match(*, caller: Caller, resource_type: str, query: str) -> list[Re
     params = [
         (name, value)
         for name, value in parse_qsl(query, keep_blank_values=True)
-        if name != "_count"
+        if name != Control.COUNT
     ]
     if not params:
         raise FhirError(400, IssueCode.INVALID, "If-None-Exist needs search criteria")
     bundle = search_bundle(
         caller=caller,
         resource_type=resource_type,
-        params=[*params, ("_count", "2")],
+        params=[*params, (Control.COUNT, "2")],
         base_url="",
         strict=True,
     )

@@ -4,7 +4,8 @@ Three layers, all of which must pass before anything is stored:
 
 1. the fhir.resources R4B model of the type (structure, cardinality, primitive formats);
 2. checks the model skips: required-binding codes of the core types (the models type
-   them as plain strings), resource id length, reference format;
+   them as plain strings; the tables are in required_bindings.py), resource id length,
+   reference format;
 3. agreement with the request: resourceType and id against the URL, payload size.
 
 R4 types that R4B dropped (MedicinalProduct*, *EvidenceSynthesis, Substance* details)
@@ -20,14 +21,12 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhirplatform.errors import FhirError, Issue, IssueCode
+from fhirplatform.fhir.models import ID_CHARS, RELATIVE_REFERENCE, TYPE_CHARS, id_valid
+from fhirplatform.fhir.required_bindings import NARRATIVE_STATUS, REQUIRED_CODES, REQUIRED_CONCEPTS
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ELEMENT_NAME = re.compile(r"^_?[a-z][A-Za-z0-9]*$")
-_RELATIVE_REFERENCE = re.compile(
-    r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$"
-)
-_ABSOLUTE_REFERENCE = re.compile(r"^https?://\S+/(?P<type>[A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}")
+_ABSOLUTE_REFERENCE = re.compile(rf"^https?://\S+/(?P<type>{TYPE_CHARS})/{ID_CHARS}")
 _URN_REFERENCE = re.compile(r"^urn:(uuid:[0-9a-fA-F-]{36}|oid:[0-9.]+)$")
 
 
@@ -41,245 +40,6 @@ def _has_r4b_model(resource_type: str) -> bool:
 
 # Types of R4 that R4B removed: no R4B model exists, so they get the DomainResource checks.
 R4_ONLY_TYPES: frozenset[str] = frozenset(t for t in R4_RESOURCE_TYPES if not _has_r4b_model(t))
-
-_STATUS = "status"
-_EVENT_REQUEST = (
-    "proposal",
-    "plan",
-    "order",
-    "original-order",
-    "reflex-order",
-    "filler-order",
-    "instance-order",
-    "option",
-)
-_FINANCIAL = ("active", "cancelled", "draft", "entered-in-error")
-_GENDER = ("male", "female", "other", "unknown")
-
-# Required bindings (R4 4.0.1) on plain `code` elements of the core types: element -> codes.
-REQUIRED_CODES: dict[str, dict[str, tuple[str, ...]]] = {
-    "Observation": {
-        _STATUS: (
-            "registered",
-            "preliminary",
-            "final",
-            "amended",
-            "corrected",
-            "cancelled",
-            "entered-in-error",
-            "unknown",
-        )
-    },
-    "Encounter": {
-        _STATUS: (
-            "planned",
-            "arrived",
-            "triaged",
-            "in-progress",
-            "onleave",
-            "finished",
-            "cancelled",
-            "entered-in-error",
-            "unknown",
-        )
-    },
-    "MedicationRequest": {
-        _STATUS: (
-            "active",
-            "on-hold",
-            "cancelled",
-            "completed",
-            "entered-in-error",
-            "stopped",
-            "draft",
-            "unknown",
-        ),
-        "intent": _EVENT_REQUEST,
-    },
-    "Procedure": {
-        _STATUS: (
-            "preparation",
-            "in-progress",
-            "not-done",
-            "on-hold",
-            "stopped",
-            "completed",
-            "entered-in-error",
-            "unknown",
-        )
-    },
-    "DiagnosticReport": {
-        _STATUS: (
-            "registered",
-            "partial",
-            "preliminary",
-            "final",
-            "amended",
-            "corrected",
-            "appended",
-            "cancelled",
-            "entered-in-error",
-            "unknown",
-        )
-    },
-    "DocumentReference": {_STATUS: ("current", "superseded", "entered-in-error")},
-    "Consent": {
-        _STATUS: ("draft", "proposed", "active", "rejected", "inactive", "entered-in-error")
-    },
-    "Immunization": {_STATUS: ("completed", "entered-in-error", "not-done")},
-    "AllergyIntolerance": {
-        "type": ("allergy", "intolerance"),
-        "category": ("food", "medication", "environment", "biologic"),
-        "criticality": ("low", "high", "unable-to-assess"),
-    },
-    "Group": {"type": ("person", "animal", "practitioner", "device", "medication", "substance")},
-    "Patient": {"gender": _GENDER},
-    "Practitioner": {"gender": _GENDER},
-    "RelatedPerson": {"gender": _GENDER},
-    "Person": {"gender": _GENDER},
-    "Claim": {_STATUS: _FINANCIAL, "use": ("claim", "preauthorization", "predetermination")},
-    "ClaimResponse": {_STATUS: _FINANCIAL},
-    "Coverage": {_STATUS: _FINANCIAL},
-    "ExplanationOfBenefit": {
-        _STATUS: ("active", "cancelled", "draft", "entered-in-error"),
-        "use": ("claim", "preauthorization", "predetermination"),
-        "outcome": ("queued", "complete", "error", "partial"),
-    },
-    "CarePlan": {
-        _STATUS: (
-            "draft",
-            "active",
-            "on-hold",
-            "revoked",
-            "completed",
-            "entered-in-error",
-            "unknown",
-        ),
-        "intent": ("proposal", "plan", "order", "option"),
-    },
-    "CareTeam": {_STATUS: ("proposed", "active", "suspended", "inactive", "entered-in-error")},
-    "ServiceRequest": {
-        _STATUS: (
-            "draft",
-            "active",
-            "on-hold",
-            "revoked",
-            "completed",
-            "entered-in-error",
-            "unknown",
-        ),
-        "intent": (*_EVENT_REQUEST, "directive"),
-    },
-    "MedicationAdministration": {
-        _STATUS: (
-            "in-progress",
-            "not-done",
-            "on-hold",
-            "completed",
-            "entered-in-error",
-            "stopped",
-            "unknown",
-        )
-    },
-    "MedicationStatement": {
-        _STATUS: (
-            "active",
-            "completed",
-            "entered-in-error",
-            "intended",
-            "stopped",
-            "on-hold",
-            "unknown",
-            "not-taken",
-        )
-    },
-    "ImagingStudy": {
-        _STATUS: ("registered", "available", "cancelled", "entered-in-error", "unknown")
-    },
-    "Goal": {
-        "lifecycleStatus": (
-            "proposed",
-            "planned",
-            "accepted",
-            "active",
-            "on-hold",
-            "completed",
-            "cancelled",
-            "entered-in-error",
-            "rejected",
-        )
-    },
-    "Device": {_STATUS: ("active", "inactive", "entered-in-error", "unknown")},
-    "Location": {_STATUS: ("active", "suspended", "inactive")},
-    "Medication": {_STATUS: ("active", "inactive", "entered-in-error")},
-    "Flag": {_STATUS: ("active", "inactive", "entered-in-error")},
-    "Composition": {_STATUS: ("preliminary", "final", "amended", "entered-in-error")},
-    "QuestionnaireResponse": {
-        _STATUS: ("in-progress", "completed", "amended", "entered-in-error", "stopped")
-    },
-    "EpisodeOfCare": {
-        _STATUS: (
-            "planned",
-            "waitlist",
-            "active",
-            "onhold",
-            "finished",
-            "cancelled",
-            "entered-in-error",
-        )
-    },
-    "FamilyMemberHistory": {
-        _STATUS: ("partial", "completed", "entered-in-error", "health-unknown")
-    },
-    "Task": {
-        _STATUS: (
-            "draft",
-            "requested",
-            "received",
-            "accepted",
-            "rejected",
-            "ready",
-            "cancelled",
-            "in-progress",
-            "on-hold",
-            "failed",
-            "completed",
-            "entered-in-error",
-        )
-    },
-}
-
-# Required bindings on CodeableConcepts: element -> (code system, codes).
-REQUIRED_CONCEPTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
-    "Condition": {
-        "clinicalStatus": (
-            "http://terminology.hl7.org/CodeSystem/condition-clinical",
-            ("active", "recurrence", "relapse", "inactive", "remission", "resolved"),
-        ),
-        "verificationStatus": (
-            "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-            (
-                "unconfirmed",
-                "provisional",
-                "differential",
-                "confirmed",
-                "refuted",
-                "entered-in-error",
-            ),
-        ),
-    },
-    "AllergyIntolerance": {
-        "clinicalStatus": (
-            "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
-            ("active", "inactive", "resolved"),
-        ),
-        "verificationStatus": (
-            "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
-            ("unconfirmed", "confirmed", "refuted", "entered-in-error"),
-        ),
-    },
-}
-_NARRATIVE_STATUS = ("generated", "extensions", "additional", "empty")
 
 
 def _invalid(diagnostics: str, expression: str, code: IssueCode = IssueCode.VALUE) -> Issue:
@@ -411,10 +171,10 @@ def _binding_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
                     _invalid(f"{expression} '{coding.get('code')}' is not in {system}", expression)
                 )
     narrative = content.get("text")
-    if isinstance(narrative, dict) and narrative.get("status") not in _NARRATIVE_STATUS:
+    if isinstance(narrative, dict) and narrative.get("status") not in NARRATIVE_STATUS:
         issues.append(
             _invalid(
-                f"{resource_type}.text.status must be one of: {', '.join(_NARRATIVE_STATUS)}",
+                f"{resource_type}.text.status must be one of: {', '.join(NARRATIVE_STATUS)}",
                 f"{resource_type}.text.status",
             )
         )
@@ -447,7 +207,7 @@ def _reference_issues(resource_type: str, content: Any, path: str) -> list[Issue
 def _reference_issue(value: str, expression: str) -> Issue | None:
     if (value.startswith("#") and len(value) > 1) or _URN_REFERENCE.match(value):
         return None
-    match = _RELATIVE_REFERENCE.match(value) or _ABSOLUTE_REFERENCE.match(value)
+    match = RELATIVE_REFERENCE.fullmatch(value) or _ABSOLUTE_REFERENCE.match(value)
     if match and match["type"] in R4_RESOURCE_TYPES:
         return None
     return _invalid(
@@ -490,7 +250,7 @@ def resource_validate(
             f"Body id '{body_id}' does not match the URL id '{logical_id}'",
             expression=[f"{resource_type}.id"],
         )
-    if body_id is not None and not (isinstance(body_id, str) and ID_PATTERN.match(body_id)):
+    if body_id is not None and not (isinstance(body_id, str) and id_valid(body_id)):
         raise FhirError(
             400,
             IssueCode.VALUE,

@@ -9,9 +9,13 @@ from typing import Any
 from django.test import Client
 from fhir.resources.R4B import get_fhir_model_class
 
+from fhirplatform.fhir.models import Resource
 from fhirplatform.limits.selectors import profile_cache
+from fhirplatform.schemas import tenant_schema
 
 FHIR_JSON = "application/fhir+json"
+# meta.tag system a test marks its own resources with, to find exactly what it stored.
+TAG_SYSTEM = "urn:fhirplatform:test-run"
 
 
 class FhirClient:
@@ -62,6 +66,18 @@ def fhir_valid(body: dict[str, Any]) -> dict[str, Any]:
     """Assert the body is valid FHIR (R4B model of its type) and return it."""
     get_fhir_model_class(body["resourceType"]).model_validate(body)
     return body
+
+
+def tagged(resource: dict[str, Any], run: str) -> dict[str, Any]:
+    """The resource marked with the test's own tag (meta.tag), replacing any meta."""
+    return resource | {"meta": {"tag": [{"system": TAG_SYSTEM, "code": run}]}}
+
+
+def stored_tagged(tenant: Any, run: str) -> list[Any]:
+    """Every resource of any type stored in `tenant` under the tag `run`."""
+    tag = [{"system": TAG_SYSTEM, "code": run}]
+    with tenant_schema(tenant):
+        return list(Resource.objects.filter(content__meta__tag__contains=tag))
 
 
 def patient(family: str = "Chalmers", **extra: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from fhirplatform.schemas import schema_activate, schema_public
 from tenants.models import Tenant
 from tenants.scopes import scopes_parse
 from tenants.tokens import Caller
+from tests.fhir.rest_support import TAG_SYSTEM
 
 BASE = "http://testserver/fhir/provider-a"
 
@@ -28,9 +29,6 @@ def caller_for(cast_client: Any, tenant: Tenant, scopes: str | None = None) -> C
         scopes=scopes_parse(scopes or cast_client.grant.scopes),
         token_id="test",
     )
-
-
-TAG_SYSTEM = "urn:fhirplatform:test-run"
 
 
 def stored(

@@ -1,7 +1,7 @@
 """History at instance, type and system level: _since, _count, keyset paging, isolation."""
 
 import time
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from django.utils import timezone
@@ -101,13 +101,47 @@ def test_cursor_replays_only_for_its_client(api, cast):
         partner_name="Second Partner A", tenant_slugs=[cast.tenant_a.slug], scopes="system/*.rs"
     ).grants[0]
     from tenants.scopes import scopes_parse
-    from tenants.tokens import token_issue
+    from tenants.services import token_issue
 
     token = token_issue(grant=other, scopes=scopes_parse("system/*.rs"), auth_method="test")
     second = FhirClient(cast.tenant_a.slug, token.access_token)
     refused = _follow(second, next_url)
-    assert refused.status_code == 400
-    assert fhir_valid(refused.json())["issue"][0]["expression"] == ["_cursor"]
+    _refused_as_not_valid_here(refused)
+
+
+def _refused_as_not_valid_here(response):
+    """The one answer to any cursor not valid for this caller and query (fhir/paging.py)."""
+    assert response.status_code == 400
+    issue = fhir_valid(response.json())["issue"][0]
+    assert issue["code"] == "invalid" and issue["expression"] == ["_cursor"]
+    assert "not valid for this client or query" in issue["diagnostics"]
+    return issue
+
+
+def test_one_answer_for_every_cursor_not_made_for_this_query(api):
+    since = timezone.now().isoformat()
+    for i in range(3):
+        api.post("Patient", patient(f"Q{i}"))
+    history = api.get("Patient/_history", _since=since, _count="1").json()
+    history_next = next(link["url"] for link in history["link"] if link["relation"] == "next")
+    cursor = dict(parse_qsl(urlsplit(history_next).query))["_cursor"]
+    search = api.get("Patient", _count="1").json()
+    search_next = next(link["url"] for link in search["link"] if link["relation"] == "next")
+    search_cursor = dict(parse_qsl(urlsplit(search_next).query))["_cursor"]
+    answers = [
+        # tampered
+        api.get("Patient/_history", _since=since, _count="1", _cursor=cursor[:-3] + "abc"),
+        # another history (type history's cursor on system history, another _since)
+        api.get("_history", _since=since, _count="1", _cursor=cursor),
+        api.get("Patient/_history", _count="1", _cursor=cursor),
+        # a search's cursor on history, and a history cursor on a search
+        api.get("Patient/_history", _since=since, _count="1", _cursor=search_cursor),
+        api.get("Patient", _count="1", _cursor=cursor),
+    ]
+    issues = [_refused_as_not_valid_here(answer) for answer in answers]
+    assert all(issue == issues[0] for issue in issues)
+    # The page size is not part of the query: the same link pages with another _count.
+    assert api.get("Patient/_history", _since=since, _count="2", _cursor=cursor).status_code == 200
 
 
 def test_the_other_tenant_cannot(api, cast):
@@ -128,7 +162,7 @@ def test_the_other_tenant_cannot(api, cast):
     replay = own_b.client.get(
         f"{own_b.base}/Patient/_history?{urlsplit(next_url).query}", **own_b._headers(None)
     )
-    assert replay.status_code == 400
+    _refused_as_not_valid_here(replay)
 
 
 def test_history_needs_search_scope(cast):

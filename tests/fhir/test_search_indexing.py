@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from fhirplatform.fhir import services
-from fhirplatform.fhir.search.extract import _compiled, _plan, date_range, resource_values
+from fhirplatform.fhir.search.extract import _compiled, _plan, resource_values
 from fhirplatform.fhir.search.models import DateIndex, StringIndex, TokenIndex
 from fhirplatform.fhir.search.registry import ParamType, search_parameter, search_parameters_for
+from fhirplatform.fhir.search.values import date_range
 from tests.fhir.search_support import (
     caller_for,
     ids,

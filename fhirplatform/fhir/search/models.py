@@ -8,6 +8,7 @@ Rows belong to the current version of a resource and go with it (CASCADE).
 from django.db import models
 
 from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.search.registry import ParamType
 
 
 class IndexRow(models.Model):
@@ -113,3 +114,15 @@ class UriIndex(IndexRow):
             models.Index(fields=["resource_type", "param", "uri"], name="search_uri_value"),
             models.Index(fields=["resource"], name="search_uri_resource"),
         ]
+
+
+# The index table of each parameter type.
+INDEX_MODEL: dict[ParamType, type[IndexRow]] = {
+    ParamType.TOKEN: TokenIndex,
+    ParamType.STRING: StringIndex,
+    ParamType.DATE: DateIndex,
+    ParamType.REFERENCE: ReferenceIndex,
+    ParamType.NUMBER: NumberIndex,
+    ParamType.QUANTITY: QuantityIndex,
+    ParamType.URI: UriIndex,
+}

@@ -11,22 +11,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
-from django.db import models
 from django.db.models import Exists, OuterRef, Q
 
 from fhirplatform.errors import FhirError, IssueCode
-from fhirplatform.fhir.models import Resource
-from fhirplatform.fhir.search.extract import date_range, reference_parse, text_normalise
-from fhirplatform.fhir.search.models import (
-    DateIndex,
-    NumberIndex,
-    QuantityIndex,
-    ReferenceIndex,
-    StringIndex,
-    TokenIndex,
-    UriIndex,
-)
+from fhirplatform.fhir.models import TYPE_CHARS, Resource, id_valid
+from fhirplatform.fhir.search.models import INDEX_MODEL, ReferenceIndex
 from fhirplatform.fhir.search.registry import Column, ParamType, SearchParameter
+from fhirplatform.fhir.search.values import date_range, reference_parse, text_normalise
 
 
 class Prefix(StrEnum):
@@ -50,15 +41,6 @@ class Modifier(StrEnum):
     BELOW = "below"
 
 
-INDEX_MODEL: dict[ParamType, type[models.Model]] = {
-    ParamType.TOKEN: TokenIndex,
-    ParamType.STRING: StringIndex,
-    ParamType.DATE: DateIndex,
-    ParamType.REFERENCE: ReferenceIndex,
-    ParamType.NUMBER: NumberIndex,
-    ParamType.QUANTITY: QuantityIndex,
-    ParamType.URI: UriIndex,
-}
 # Modifiers each parameter type accepts besides :missing (reference also takes :Type).
 ALLOWED_MODIFIERS: dict[ParamType, set[Modifier]] = {
     ParamType.TOKEN: {Modifier.NOT, Modifier.TEXT},
@@ -70,7 +52,7 @@ ALLOWED_MODIFIERS: dict[ParamType, set[Modifier]] = {
     ParamType.URI: {Modifier.BELOW},
 }
 _PREFIXED = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[\d-])")
-_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]+$")
+_RESOURCE_TYPE = re.compile(TYPE_CHARS)
 
 
 @dataclass(frozen=True)
@@ -226,7 +208,7 @@ def _reference_q(parameter: SearchParameter, criterion: Criterion, value: str, b
         raise bad_value(criterion, f"'{value}' is not a reference")
     if parsed.url:
         if "/" not in value and ":" not in value:  # a bare id
-            if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", value):
+            if not id_valid(value):
                 raise bad_value(criterion, f"'{value}' is not a resource id")
             types = [target_type] if target_type else list(parameter.targets)
             q = Q(target_id=value)
@@ -283,7 +265,7 @@ def check_modifier(parameter: SearchParameter, criterion: Criterion) -> None:
     modifier = criterion.modifier
     if modifier is None or modifier == Modifier.MISSING:
         return
-    if parameter.type is ParamType.REFERENCE and _RESOURCE_TYPE.match(modifier):
+    if parameter.type is ParamType.REFERENCE and _RESOURCE_TYPE.fullmatch(modifier):
         if parameter.targets and modifier not in parameter.targets:
             raise bad_value(criterion, f"'{modifier}' is not a target type of this parameter")
         return
@@ -315,7 +297,7 @@ def column_filter(column: Column, criterion: Criterion) -> Q:
     combined = Q()
     for value in criterion.values:
         if column is Column.ID:
-            if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", value):
+            if not id_valid(value):
                 raise bad_value(criterion, f"'{value}' is not a resource id")
             combined |= Q(logical_id=value)
         else:

@@ -7,7 +7,18 @@ from typing import Any
 from django.db import connection, models
 
 from fhirplatform.fhir.models import Resource
-from fhirplatform.fhir.search.extract import (
+from fhirplatform.fhir.search.extract import resource_values
+from fhirplatform.fhir.search.models import (
+    INDEX_MODEL,
+    DateIndex,
+    NumberIndex,
+    QuantityIndex,
+    ReferenceIndex,
+    StringIndex,
+    TokenIndex,
+    UriIndex,
+)
+from fhirplatform.fhir.search.values import (
     DateValue,
     NumberValue,
     QuantityValue,
@@ -15,27 +26,8 @@ from fhirplatform.fhir.search.extract import (
     StringValue,
     TokenValue,
     UriValue,
-    resource_values,
-)
-from fhirplatform.fhir.search.models import (
-    DateIndex,
-    NumberIndex,
-    QuantityIndex,
-    ReferenceIndex,
-    StringIndex,
-    TokenIndex,
-    UriIndex,
 )
 
-INDEX_MODELS: tuple[type[models.Model], ...] = (
-    TokenIndex,
-    StringIndex,
-    DateIndex,
-    ReferenceIndex,
-    NumberIndex,
-    QuantityIndex,
-    UriIndex,
-)
 _MODEL_FOR_VALUE: dict[type, type[models.Model]] = {
     TokenValue: TokenIndex,
     StringValue: StringIndex,
@@ -62,16 +54,20 @@ def _rows(resource: Resource) -> dict[type[models.Model], list[tuple[Any, ...]]]
     return rows
 
 
-def _copy(model: type[models.Model], rows: list[tuple[Any, ...]]) -> None:
-    """COPY the rows in: building model instances and INSERTs cost more than the
-    extraction itself, and the loader writes tens of thousands of resources at a time."""
-    value_fields = [f.name for f in fields(_VALUE_FOR_MODEL[model])]
-    columns = ", ".join(["resource_id", "resource_type", "param", *value_fields])
-    table = model._meta.db_table
-    statement = f"COPY {table} ({columns}) FROM STDIN"
+def rows_copy(*, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """COPY rows into a table of the current schema. Building model instances and
+    INSERTs cost more than the extraction itself, and the loader writes tens of thousands
+    of resources at a time; the FHIR store's bulk path uses this too."""
+    statement = f"COPY {connection.ops.quote_name(table)} ({', '.join(columns)}) FROM STDIN"
     with connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
         for row in rows:
             copy.write_row(row)
+
+
+def _copy(model: type[models.Model], rows: list[tuple[Any, ...]]) -> None:
+    value_fields = [f.name for f in fields(_VALUE_FOR_MODEL[model])]
+    columns = ["resource_id", "resource_type", "param", *value_fields]
+    rows_copy(table=model._meta.db_table, columns=columns, rows=rows)
 
 
 def index_remove(*, resource: Resource) -> None:
@@ -82,7 +78,7 @@ def index_remove(*, resource: Resource) -> None:
 def index_remove_many(*, resource_ids: list[int]) -> None:
     if not resource_ids:
         return
-    for model in INDEX_MODELS:
+    for model in INDEX_MODEL.values():
         model._default_manager.filter(resource_id__in=resource_ids).delete()
 
 

@@ -1,0 +1,232 @@
+"""Keyset paging of search results, and the page cursors that carry a page's edge.
+
+A page is cut by the sort key and row id of its edge row, never by OFFSET: page n costs
+what page 1 costs. The edge travels in a cursor of the one signed scheme of
+fhirplatform/fhir/paging.py, bound to the tenant, the client and a digest of the search.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from django.db import models
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
+
+from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.paging import cursor_digest, cursor_invalid, cursor_make, cursor_read
+from fhirplatform.fhir.search.models import INDEX_MODEL
+from fhirplatform.fhir.search.parsing import Control, SearchRequest, SortKey
+from fhirplatform.fhir.search.registry import ParamType
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
+from tenants.tokens import Caller
+
+# Sort kinds answered from a column of the resource row rather than an index table.
+_COLUMN_SORTS = {"pk": "pk", "id": "logical_id", "lastUpdated": "last_updated"}
+
+
+class Direction(StrEnum):
+    NEXT = "next"
+    PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a cursor points: the edge row's sort key (None: no value) and id, and the
+    direction to read from it."""
+
+    direction: Direction
+    key: Any
+    pk: int
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Resource]
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+def _key_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _key_value(sort: SortKey, raw: Any) -> Any:
+    if raw is None:
+        return None
+    if sort.kind in ("lastUpdated", ParamType.DATE):
+        return datetime.fromisoformat(raw)
+    if sort.kind in (ParamType.NUMBER, ParamType.QUANTITY):
+        return Decimal(raw)
+    return raw
+
+
+def _digest(request: SearchRequest) -> str:
+    used = [list(u) for u in request.used if u[0] != Control.COUNT]
+    return cursor_digest("search", request.resource_types, request.system_level, used)
+
+
+def _position(caller: Caller, request: SearchRequest, cursor: str) -> Position:
+    raw = cursor_read(caller=caller, cursor=cursor, digest=_digest(request))
+    try:
+        return Position(Direction(raw["d"]), _key_value(request.sort, raw["k"]), int(raw["i"]))
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        raise cursor_invalid() from None
+
+
+def _cursor(caller: Caller, request: SearchRequest, direction: Direction, row: Resource) -> str:
+    key = row.sort_key  # type: ignore[attr-defined]
+    position = {"d": str(direction), "k": _key_json(key), "i": row.pk}
+    return cursor_make(caller=caller, digest=_digest(request), position=position)
+
+
+def _sort_column(sort: SortKey) -> tuple[type[models.Model], str]:
+    kind = ParamType(sort.kind)
+    column = {
+        ParamType.DATE: "high" if sort.descending else "low",
+        ParamType.STRING: "value",
+        ParamType.TOKEN: "code",
+        ParamType.URI: "uri",
+    }.get(kind, "value")
+    return INDEX_MODEL[kind], column
+
+
+def _value_segment(
+    queryset: QuerySet[Resource],
+    request: SearchRequest,
+    descending: bool,
+    after: tuple[Any, int] | None,
+    limit: int,
+) -> list[tuple[Any, int]]:
+    """(sort value, resource pk) of matching resources that have a value, walked in
+    index order. A resource is represented by one row: its smallest value for an
+    ascending sort, its largest for a descending one (ties broken by row id)."""
+    sort = request.sort
+    model, column = _sort_column(sort)
+    closer = "gt" if sort.descending else "lt"
+    better = model._default_manager.filter(
+        resource_id=OuterRef("resource_id"), param=sort.name
+    ).filter(
+        Q(**{f"{column}__{closer}": OuterRef(column)})
+        | Q(**{column: OuterRef(column), "pk__lt": OuterRef("pk")})
+    )
+    rows = model._default_manager.filter(
+        resource_type__in=request.resource_types or sorted(R4_RESOURCE_TYPES),
+        param=sort.name,
+        resource_id__in=queryset.values("pk"),
+    ).filter(~Exists(better))
+    if after is not None:
+        op = "lt" if descending else "gt"
+        rows = rows.filter(
+            Q(**{f"{column}__{op}": after[0]})
+            | Q(**{column: after[0], f"resource_id__{op}": after[1]})
+        )
+    order = [f"-{column}", "-resource_id"] if descending else [column, "resource_id"]
+    return list(rows.order_by(*order).values_list(column, "resource_id")[:limit])
+
+
+def _missing_segment(
+    queryset: QuerySet[Resource],
+    request: SearchRequest,
+    descending: bool,
+    after_pk: int | None,
+    limit: int,
+) -> list[tuple[Any, int]]:
+    """Matching resources without a value for the sort parameter; they come last."""
+    model, _ = _sort_column(request.sort)
+    has_value = model._default_manager.filter(resource_id=OuterRef("pk"), param=request.sort.name)
+    rows = queryset.filter(~Exists(has_value))
+    if after_pk is not None:
+        rows = rows.filter(**{f"pk__{'lt' if descending else 'gt'}": after_pk})
+    pks = rows.order_by("-pk" if descending else "pk").values_list("pk", flat=True)[:limit]
+    return [(None, pk) for pk in pks]
+
+
+def _rows_by_value(
+    queryset: QuerySet[Resource],
+    request: SearchRequest,
+    position: Position | None,
+    descending: bool,
+    limit: int,
+) -> list[Resource]:
+    """Rows for a sort on a parameter: resources with a value (in value order), then
+    those without (in row order). A cursor with key null sits in the second part."""
+    in_missing = position is not None and position.key is None
+    after = None if position is None or in_missing else (position.key, position.pk)
+    missing_after = position.pk if position is not None and in_missing else None
+    forward = position is None or position.direction == Direction.NEXT
+    if forward:
+        keys = [] if in_missing else _value_segment(queryset, request, descending, after, limit)
+        if len(keys) < limit:
+            keys += _missing_segment(
+                queryset, request, descending, missing_after, limit - len(keys)
+            )
+    elif in_missing:
+        keys = _missing_segment(queryset, request, descending, missing_after, limit)
+        if len(keys) < limit:
+            keys += _value_segment(queryset, request, descending, None, limit - len(keys))
+    else:
+        keys = _value_segment(queryset, request, descending, after, limit)
+    found = Resource.objects.in_bulk([pk for _, pk in keys])
+    rows = []
+    for key, pk in keys:
+        resource = found[pk]
+        resource.sort_key = key  # type: ignore[attr-defined]
+        rows.append(resource)
+    return rows
+
+
+def _rows_by_column(
+    queryset: QuerySet[Resource],
+    request: SearchRequest,
+    position: Position | None,
+    descending: bool,
+    limit: int,
+) -> list[Resource]:
+    """Rows for a sort on a column of the resource row (row id, id, lastUpdated)."""
+    sort = request.sort
+    queryset = queryset.annotate(sort_key=F(_COLUMN_SORTS[sort.kind]))
+    if position is not None:
+        after = "lt" if descending else "gt"
+        if sort.kind == "pk":
+            queryset = queryset.filter(**{f"pk__{after}": position.pk})
+        else:
+            queryset = queryset.filter(
+                Q(**{f"sort_key__{after}": position.key})
+                | Q(sort_key=position.key, **{f"pk__{after}": position.pk})
+            )
+    ordering = ["-sort_key", "-pk"] if descending else ["sort_key", "pk"]
+    return list(queryset.order_by(*ordering)[:limit])
+
+
+def page_read(*, caller: Caller, queryset: QuerySet[Resource], request: SearchRequest) -> Page:
+    """The page of `queryset` the request's cursor points at (the first without one), in
+    sort order, with cursors for the pages before and after it where rows lie there."""
+    position = _position(caller, request, request.cursor) if request.cursor else None
+    direction = position.direction if position else Direction.NEXT
+    # Reading backwards (previous page) flips the order; the rows are reversed afterwards.
+    descending = request.sort.descending != (direction == Direction.PREVIOUS)
+    read = _rows_by_column if request.sort.kind in _COLUMN_SORTS else _rows_by_value
+    # One row more than the page says whether more lie beyond it, without a COUNT(*).
+    rows = read(queryset, request, position, descending, request.count + 1)
+    more = len(rows) > request.count
+    rows = rows[: request.count]
+    if direction == Direction.PREVIOUS:
+        rows.reverse()
+    # Going forward, a cursor means rows lie behind; going backward, rows lie ahead.
+    has_next = more if direction == Direction.NEXT else position is not None
+    has_previous = position is not None if direction == Direction.NEXT else more
+    return Page(
+        rows=rows,
+        next_cursor=_cursor(caller, request, Direction.NEXT, rows[-1])
+        if rows and has_next
+        else None,
+        previous_cursor=_cursor(caller, request, Direction.PREVIOUS, rows[0])
+        if rows and has_previous
+        else None,
+    )
