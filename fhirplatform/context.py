@@ -1,4 +1,4 @@
-"""Per-request context (request id, tenant, client, actor) carried into every log line."""
+"""Per-request context (request id, tenant, client) carried into every log line."""
 
 import logging
 import re
@@ -14,7 +14,6 @@ class RequestContext:
     request_id: str
     tenant: str = ""
     client: str = ""
-    actor: str = ""
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
@@ -33,10 +32,10 @@ def context_begin(*, request_id: str) -> RequestContext:
     return context
 
 
-def context_update(*, tenant: str, client: str, actor: str) -> None:
+def context_update(*, tenant: str, client: str) -> None:
     context = _current.get()
     if context is not None:
-        _current.set(replace(context, tenant=tenant, client=client, actor=actor))
+        _current.set(replace(context, tenant=tenant, client=client))
 
 
 def context_end() -> None:
@@ -48,12 +47,12 @@ def current_context() -> RequestContext | None:
 
 
 class RequestContextLogFilter(logging.Filter):
-    """Stamps request_id, tenant, client and actor on every record."""
+    """Stamps request_id, tenant and client on every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         context = _current.get() or RequestContext(request_id="")
         # A value passed explicitly in `extra=` wins over the ambient request context.
-        for name in ("request_id", "tenant", "client", "actor"):
+        for name in ("request_id", "tenant", "client"):
             if not getattr(record, name, None):
                 setattr(record, name, getattr(context, name))
         return True

@@ -5,6 +5,9 @@ FHIR fixes (DELETE, POST, PUT/PATCH, GET), `urn:uuid:` fullUrls of created resou
 assigned their server ids before any entry is written so references between entries
 resolve. A batch runs each entry in its own savepoint and reports each entry's outcome.
 Every entry is checked against the caller's scopes like a request of its own.
+
+A Bundle is planned once, in the view's `describe()`: the plan prices the request for the
+rate limiter and is the same plan the processing then runs.
 """
 
 import base64
@@ -17,11 +20,18 @@ from django.db import transaction
 
 from fhirplatform.errors import FhirError, IssueCode, operation_outcome
 from fhirplatform.fhir import selectors, services
-from fhirplatform.fhir.representation import etag, etag_version, resource_url, version_url
+from fhirplatform.fhir.representation import (
+    etag,
+    etag_version,
+    instant_text,
+    now_instant,
+    resource_url,
+    version_url,
+)
 from fhirplatform.fhir.search.selectors import search_bundle
-from fhirplatform.fhir.services import instant_text, now_instant
+from fhirplatform.limits.costs import bundle_size_check
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
-from tenants.scopes import Interaction, required_scope_text, scopes_allow
+from tenants.scopes import Interaction, scope_require
 from tenants.tokens import Caller
 
 
@@ -49,6 +59,18 @@ class EntryPlan:
     if_none_exist: str | None = None
     if_none_match: int | None = None
     assigned_id: str | None = None
+
+
+@dataclass
+class BundlePlan:
+    """A checked Bundle: its kind and one plan per entry, in request order."""
+
+    kind: str
+    entries: list[EntryPlan]
+
+    @property
+    def methods(self) -> list[str]:
+        return [entry.method for entry in self.entries]
 
 
 def _entry_error(index: int, error: FhirError) -> FhirError:
@@ -135,8 +157,9 @@ def _plan_entry(index: int, entry: Any, base_url: str) -> EntryPlan:
     return plan
 
 
-def bundle_plan(*, bundle: Any, base_url: str) -> tuple[str, list[EntryPlan]]:
-    """Check the Bundle's shape and plan its entries; 400 naming the first bad entry."""
+def bundle_plan(*, bundle: Any, base_url: str) -> BundlePlan:
+    """Check the Bundle's shape and size, then plan its entries; 400 naming the first bad
+    entry, 413 (before any entry is looked at) for too many entries."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise FhirError(
             400,
@@ -157,6 +180,7 @@ def bundle_plan(*, bundle: Any, base_url: str) -> tuple[str, list[EntryPlan]]:
         raise FhirError(
             400, IssueCode.STRUCTURE, "Bundle.entry must be an array", expression=["Bundle.entry"]
         )
+    bundle_size_check(entries=len(entries))
     plans = [_plan_entry(index, entry, base_url) for index, entry in enumerate(entries)]
     if kind == BundleKind.TRANSACTION:
         full_urls = [p.full_url for p in plans if p.full_url]
@@ -167,17 +191,13 @@ def bundle_plan(*, bundle: Any, base_url: str) -> tuple[str, list[EntryPlan]]:
                 "Two transaction entries share a fullUrl",
                 expression=["Bundle.entry.fullUrl"],
             )
-    return kind, plans
+    return BundlePlan(kind=kind, entries=plans)
 
 
 def _check_scope(caller: Caller, plan: EntryPlan) -> None:
-    if not scopes_allow(caller.scopes, plan.resource_type, plan.interaction):
-        needed = required_scope_text(plan.resource_type, plan.interaction)
-        raise FhirError(
-            403,
-            IssueCode.FORBIDDEN,
-            f"Missing scope {needed} for {plan.interaction} on {plan.resource_type}",
-        )
+    scope_require(
+        scopes=caller.scopes, resource_type=plan.resource_type, interaction=plan.interaction
+    )
 
 
 def references_rewrite(content: Any, id_map: dict[str, str]) -> Any:
@@ -371,15 +391,21 @@ def _batch(
 
 
 def bundle_process(
-    *, caller: Caller, bundle: Any, base_url: str, source: str, representation: bool = False
+    *,
+    caller: Caller,
+    planned: BundlePlan,
+    base_url: str,
+    source: str,
+    representation: bool = False,
 ) -> dict[str, Any]:
-    """Run a batch or transaction Bundle and return its response Bundle."""
-    kind, plans = bundle_plan(bundle=bundle, base_url=base_url)
-    runner = _transaction if kind == BundleKind.TRANSACTION else _batch
-    entries = runner(caller, plans, base_url=base_url, source=source, representation=representation)
+    """Run a Bundle planned by `bundle_plan` and return its response Bundle."""
+    runner = _transaction if planned.kind == BundleKind.TRANSACTION else _batch
+    entries = runner(
+        caller, planned.entries, base_url=base_url, source=source, representation=representation
+    )
     return {
         "resourceType": "Bundle",
-        "type": f"{kind}-response",
+        "type": f"{planned.kind}-response",
         "meta": {"lastUpdated": instant_text(now_instant())},
         "entry": entries,
     }

@@ -95,13 +95,6 @@ class IdempotencyClaim:
         except redis.RedisError:
             logger.error("idempotency: response could not be stored", extra={"key": self.redis_key})
 
-    def abandon(self) -> None:
-        """The request failed without a response to store: the client may retry."""
-        try:
-            _redis()[0].delete(self.redis_key)
-        except redis.RedisError:
-            logger.error("idempotency: key could not be freed", extra={"key": self.redis_key})
-
 
 def _fingerprint(request: Request) -> str:
     try:

@@ -1,127 +1,196 @@
-"""The FHIR request pipeline every FHIR view runs through, in the order DESIGN.md fixes:
+"""The FHIR request pipeline. Every authenticated FHIR view runs its steps in the order
+DESIGN.md fixes, and every answer leaves through one exit:
 
-tenant from URL → token (tenant bound) → scope → rate limit and concurrency slot →
-handler → headers. Errors anywhere become an OperationOutcome with the headers set.
+    request id          RequestContextMiddleware (fhirplatform/middleware.py), before any view
+    tenant from URL     the view's `tenant` URL argument ...
+    token               ... bound to it by token_authenticate (another tenant's: the shared 404)
+    scope               scope_require, for what the view's describe() says the request is
+    rate limit          limit_admit: every bucket that applies, in one Redis round trip ...
+    concurrency slot    ... and the in-flight slot, held in the admission
+    [consent decision]  (to come: after the slot, before the handler)
+    [cache lookup]      (to come)
+    handler             the view's get/post/put/patch/delete
+    exit                pipeline_finish: [cache fill] → [audit event] → idempotency
+                        completion → headers → admission release
+
+An Idempotency-Key is claimed once the request is admitted (a throttled retry claims
+nothing). Answers, refusals and crashes alike leave through the exit with their headers.
 """
 
-import logging
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.core.handlers.exception import response_for_exception
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fhirplatform.context import context_update
-from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.errors import FhirError
 from fhirplatform.fhir.http import fhir_error_response
 from fhirplatform.fhir.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
+from fhirplatform.limits.codes import EndpointClass
 from fhirplatform.limits.costs import request_cost
-from fhirplatform.limits.engine import Admission, EndpointClass, limit_admit
+from fhirplatform.limits.engine import Admission, limit_admit
 from fhirplatform.limits.refusals import refusal_charge
 from fhirplatform.schemas import schema_activate
-from tenants.scopes import Interaction, required_scope_text, scopes_allow
+from tenants.scopes import Interaction, scope_require
 from tenants.selectors import tenant_for_url
 from tenants.tokens import Caller, TenantMismatch, token_authenticate
 
-logger = logging.getLogger(__name__)
+
+class Description(NamedTuple):
+    """What a request is, as its view's describe() states it: the scope it needs and the
+    limits that apply to it."""
+
+    interaction: Interaction
+    resource_type: str
+    endpoint_class: EndpointClass
+    cost: int
+
+
+@dataclass
+class PipelineState:
+    """What one request has gathered on its way through the pipeline; the exit settles it."""
+
+    caller: Caller | None = None
+    admission: Admission | None = None
+    idempotency: IdempotencyClaim | None = None
+    # A request refused before admission is charged to its address's refusal budget,
+    # whose headers it then carries instead of the caller's own.
+    refusal_headers: dict[str, str] = field(default_factory=dict)
 
 
 class FhirView(APIView):
     """Base of every authenticated FHIR endpoint.
 
-    Subclasses implement `describe(request, **kwargs)` returning the interaction,
-    the resource type it touches, the endpoint class and the request's cost.
+    Subclasses implement `describe(request, **kwargs)`, returning the request's Description.
     """
 
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
     throttle_classes: list[Any] = []
 
-    caller: Caller
-    admission: Admission | None = None
-    idempotency: IdempotencyClaim | None = None
+    state: PipelineState
 
-    def describe(
-        self, request: Request, **kwargs: Any
-    ) -> tuple[Interaction, str, EndpointClass, int]:
+    def describe(self, request: Request, **kwargs: Any) -> Description:
         raise NotImplementedError
+
+    @property
+    def caller(self) -> Caller:
+        """The caller the token step resolved; describe() and the handlers run after it."""
+        if self.state.caller is None:
+            raise RuntimeError("no caller before the token step")
+        return self.state.caller
+
+    def setup(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        super().setup(request, *args, **kwargs)
+        self.state = PipelineState()
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        # The request id is already set (middleware); the tenant is the URL's.
+        caller, mismatch = self._authenticate(request, url_tenant_slug=kwargs["tenant"])
+        description = self.describe(request, **kwargs)
+        self._require_scope(request, caller, description)
+        self.state.admission = limit_admit(
+            caller=caller,
+            endpoint_class=description.endpoint_class,
+            resource_type=description.resource_type,
+            cost=request_cost(endpoint_class=description.endpoint_class, declared=description.cost),
+        )
+        if mismatch is not None:
+            raise mismatch
+        self.state.idempotency = idempotency_begin(request=request, caller=caller)
+        schema_activate(caller.tenant)
+        # The consent decision and the cache lookup will come here, in the tenant's schema.
+
+    def _authenticate(
+        self, request: Request, *, url_tenant_slug: str
+    ) -> tuple[Caller, TenantMismatch | None]:
+        """The token step: the caller, and for another tenant's URL the 404 to answer.
+
+        That 404 is answered only after the scope and rate-limit steps, charged to the
+        caller's own quota, so it carries the same headers a missing resource's 404 does:
+        nothing tells the two apart.
+        """
         try:
-            self.caller = token_authenticate(
+            caller = token_authenticate(
                 authorization=request.headers.get("Authorization"),
-                url_tenant_slug=kwargs["tenant"],
+                url_tenant_slug=url_tenant_slug,
             )
         except TenantMismatch as mismatch:
-            # Charged to the caller's own quota, so the 404 carries the same headers a
-            # missing resource's 404 does (finalize_response adds them): nothing tells
-            # the two apart.
-            self.caller = mismatch.caller
-            self._admit(request, mismatch.caller, **kwargs)
+            self.state.caller = mismatch.caller
+            return mismatch.caller, mismatch
+        except FhirError:
+            self._charge_refusal(request)
             raise
-        except FhirError as refused:
-            refused.headers.update(refusal_charge(request=request))
-            raise
-        context_update(
-            tenant=self.caller.tenant.slug,
-            client=self.caller.client.client_id,
-            actor=self.caller.actor,
-        )
-        self._admit(request, self.caller, **kwargs)
-        self.idempotency = idempotency_begin(request=request, caller=self.caller)
-        schema_activate(self.caller.tenant)
+        self.state.caller = caller
+        context_update(tenant=caller.tenant.slug, client=caller.client.client_id)
+        return caller, None
 
-    def _admit(self, request: Request, caller: Caller, **kwargs: Any) -> None:
-        """Scope check (a refusal never costs quota), then the rate limits; the admission
-        is kept for finalize_response, which sends its headers and releases it."""
-        interaction, resource_type, endpoint_class, cost = self.describe(request, **kwargs)
-        if not scopes_allow(caller.scopes, resource_type, interaction):
-            needed = required_scope_text(resource_type, interaction)
-            refused = FhirError(
-                403,
-                IssueCode.FORBIDDEN,
-                f"Missing scope {needed} for {interaction} on {resource_type}",
+    def _require_scope(self, request: Request, caller: Caller, description: Description) -> None:
+        try:
+            scope_require(
+                scopes=caller.scopes,
+                resource_type=description.resource_type,
+                interaction=description.interaction,
             )
-            refused.headers.update(refusal_charge(request=request))
-            raise refused
-        self.admission = limit_admit(
-            caller=caller,
-            endpoint_class=endpoint_class,
-            resource_type=resource_type,
-            cost=request_cost(endpoint_class=endpoint_class, declared=cost),
-        )
+        except FhirError:
+            self._charge_refusal(request)
+            raise
+
+    def _charge_refusal(self, request: Request) -> None:
+        # Never the tenant's quota: a refused caller is not trusted with it. Past the
+        # address's budget this raises the 429 that replaces the refusal.
+        self.state.refusal_headers = refusal_charge(request=request)
 
     def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, FhirError):
-            return fhir_error_response(exc)
+        """Every failure becomes a response, so that it too leaves through finalize_response."""
         if isinstance(exc, IdempotentReplay):
             return exc.response()  # type: ignore[return-value]
-        if not isinstance(exc, APIException | Http404 | PermissionDenied):
-            # Unhandled: Django answers 500 without finalize_response, so free the
-            # in-flight slot and the idempotency key here.
-            if self.idempotency is not None:
-                self.idempotency.abandon()
-                self.idempotency = None
-            if self.admission is not None:
-                self.admission.release(status=500)
-                self.admission = None
-        return super().handle_exception(exc)
+        if isinstance(exc, FhirError):
+            return fhir_error_response(exc)
+        if isinstance(exc, APIException):
+            return super().handle_exception(exc)  # rendered as an OperationOutcome
+        # Unhandled (or Django's Http404 / PermissionDenied): answered here exactly as
+        # Django would answer it (logged, got_request_exception sent, handler500), so the
+        # slot, the idempotency key and the headers are still settled by the exit.
+        return response_for_exception(self.request._request, exc)  # type: ignore[return-value]
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)
-        if self.idempotency is not None:
-            self.idempotency.complete(response)
-            self.idempotency = None
-        if self.admission is not None:
-            for name, value in self.admission.headers.items():
-                response[name] = value
-            self.admission.release(status=response.status_code)
-            self.admission = None
-        return response
+        return pipeline_finish(state=self.state, response=response)
+
+
+def pipeline_finish(*, state: PipelineState, response: HttpResponseBase) -> HttpResponseBase:
+    """The one exit of the pipeline, for answers, refusals and crashes alike, in this order:
+
+    1. cache fill — the response cache stores a cacheable answer here (to come), before
+       anything below touches the response;
+    2. audit event — written here (to come), for refusals too: DESIGN says every step
+       that denies still writes one;
+    3. idempotency completion — the response is stored for replays, or the key freed
+       after a server error so the client may retry;
+    4. headers — the admission's rate-limit headers, or a refusal's budget headers;
+    5. admission release — the concurrency slot is freed and the outcome fed to the
+       adaptive limit, whatever happened above.
+    """
+    admission, state.admission = state.admission, None
+    try:
+        if state.idempotency is not None:
+            state.idempotency.complete(response)
+            state.idempotency = None
+        headers = admission.headers if admission is not None else state.refusal_headers
+        for name, value in headers.items():
+            response[name] = value
+    finally:
+        if admission is not None:
+            admission.release(status=response.status_code)
+    return response
 
 
 class PublicFhirView(APIView):

@@ -16,8 +16,9 @@ from fhirplatform.fhir.capability import capability_statement
 from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.paging import count_parse
-from fhirplatform.fhir.pipeline import FhirView, PublicFhirView
+from fhirplatform.fhir.pipeline import Description, FhirView, PublicFhirView
 from fhirplatform.fhir.representation import (
+    etag,
     etag_version,
     history_bundle,
     version_headers,
@@ -25,12 +26,10 @@ from fhirplatform.fhir.representation import (
 )
 from fhirplatform.fhir.search.selectors import search_bundle
 from fhirplatform.fhir.validation import payload_check, resource_type_check
+from fhirplatform.limits.codes import EndpointClass
 from fhirplatform.limits.costs import bundle_cost, search_cost
-from fhirplatform.limits.engine import EndpointClass
 from tenants.scopes import Interaction
 from tenants.selectors import tenant_fhir_base
-
-Description = tuple[Interaction, str, EndpointClass, int]
 
 _WRITE_INTERACTIONS = {
     "PUT": Interaction.UPDATE,
@@ -119,12 +118,9 @@ class TypeView(BaseFhirView):
     def describe(self, request: Request, **kwargs: Any) -> Description:
         resource_type_check(kwargs["resource_type"])
         if request.method == "POST":
-            return Interaction.CREATE, kwargs["resource_type"], EndpointClass.WRITE, 1
-        return (
-            Interaction.SEARCH,
-            kwargs["resource_type"],
-            EndpointClass.SEARCH,
-            _search_cost(request),
+            return Description(Interaction.CREATE, kwargs["resource_type"], EndpointClass.WRITE, 1)
+        return Description(
+            Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, _search_cost(request)
         )
 
     def get(self, request: Request, tenant: str, resource_type: str) -> Response:
@@ -158,11 +154,8 @@ class TypeSearchView(BaseFhirView):
 
     def describe(self, request: Request, **kwargs: Any) -> Description:
         resource_type_check(kwargs["resource_type"])
-        return (
-            Interaction.SEARCH,
-            kwargs["resource_type"],
-            EndpointClass.SEARCH,
-            _search_cost(request),
+        return Description(
+            Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, _search_cost(request)
         )
 
     def post(self, request: Request, tenant: str, resource_type: str) -> Response:
@@ -187,7 +180,7 @@ class InstanceView(BaseFhirView):
         resource_type_check(kwargs["resource_type"])
         interaction = _WRITE_INTERACTIONS.get(request.method or "", Interaction.READ)
         endpoint = EndpointClass.READ if interaction == Interaction.READ else EndpointClass.WRITE
-        return interaction, kwargs["resource_type"], endpoint, 1
+        return Description(interaction, kwargs["resource_type"], endpoint, 1)
 
     def get(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
         resource = selectors.resource_read(resource_type=resource_type, logical_id=logical_id)
@@ -240,7 +233,7 @@ class InstanceView(BaseFhirView):
             logical_id=logical_id,
             if_match=etag_version(request.headers.get("If-Match")),
         )
-        return Response(None, status=204, headers={"ETag": f'W/"{resource.version_id}"'})
+        return Response(None, status=204, headers={"ETag": etag(resource.version_id)})
 
 
 class VersionView(BaseFhirView):
@@ -248,7 +241,7 @@ class VersionView(BaseFhirView):
 
     def describe(self, request: Request, **kwargs: Any) -> Description:
         resource_type_check(kwargs["resource_type"])
-        return Interaction.VREAD, kwargs["resource_type"], EndpointClass.READ, 1
+        return Description(Interaction.VREAD, kwargs["resource_type"], EndpointClass.READ, 1)
 
     def get(
         self, request: Request, tenant: str, resource_type: str, logical_id: str, version_id: str
@@ -262,18 +255,16 @@ class VersionView(BaseFhirView):
 class HistoryView(BaseFhirView):
     """_history at instance, type and system level, paged by signed keyset cursors."""
 
-    interaction = Interaction.HISTORY_SYSTEM
-
     def describe(self, request: Request, **kwargs: Any) -> Description:
         resource_type = kwargs.get("resource_type")
         if resource_type is None:
             # System history spans every type; the scope check needs system/*.s.
-            return Interaction.HISTORY_SYSTEM, "*", EndpointClass.HISTORY, 1
+            return Description(Interaction.HISTORY_SYSTEM, "*", EndpointClass.HISTORY, 1)
         resource_type_check(resource_type)
         interaction = (
             Interaction.HISTORY_INSTANCE if "logical_id" in kwargs else Interaction.HISTORY_TYPE
         )
-        return interaction, resource_type, EndpointClass.HISTORY, 1
+        return Description(interaction, resource_type, EndpointClass.HISTORY, 1)
 
     def get(
         self,
@@ -305,19 +296,20 @@ class HistoryView(BaseFhirView):
 class SystemView(BaseFhirView):
     """[base] — batch/transaction Bundles (POST) and whole-system search (GET)."""
 
-    plans: list[bundles.EntryPlan]
+    planned: bundles.BundlePlan
 
     def describe(self, request: Request, **kwargs: Any) -> Description:
         if request.method != "POST":
-            return Interaction.SEARCH, "*", EndpointClass.SEARCH, _search_cost(request)
+            return Description(Interaction.SEARCH, "*", EndpointClass.SEARCH, _search_cost(request))
         payload_check(request.META)
-        cost = bundle_cost(bundle=request.data)
-        _, self.plans = bundles.bundle_plan(bundle=request.data, base_url=self.base_url)
-        # The pipeline checks the first entry; every entry is checked again as it runs.
-        first = self.plans[0] if self.plans else None
+        # Planned once: the plan prices the request here and is what post() runs.
+        self.planned = bundles.bundle_plan(bundle=request.data, base_url=self.base_url)
+        # The pipeline checks the first entry's scope; every entry is checked as it runs.
+        first = self.planned.entries[0] if self.planned.entries else None
         interaction = first.interaction if first else Interaction.SEARCH
         resource_type = first.resource_type if first else "Bundle"
-        return interaction, resource_type, EndpointClass.BATCH, cost
+        cost = bundle_cost(methods=self.planned.methods)
+        return Description(interaction, resource_type, EndpointClass.BATCH, cost)
 
     def get(self, request: Request, tenant: str) -> Response:
         return self.search(request, None, _params(request))
@@ -326,7 +318,7 @@ class SystemView(BaseFhirView):
         representation = _prefer(request).get("return") == "representation"
         bundle = bundles.bundle_process(
             caller=self.caller,
-            bundle=request.data,
+            planned=self.planned,
             base_url=self.base_url,
             source=self.source(),
             representation=representation,

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from fhirplatform.fhir import bundles
 from fhirplatform.fhir.models import Resource
 from fhirplatform.schemas import tenant_schema
 from tests.fhir.rest_support import FhirClient, fhir_valid, generous_limits, observation, patient
@@ -255,3 +256,31 @@ def test_a_bundle_posted_to_the_base_without_its_slash_is_processed(api, cast):
     assert response.status_code == 200, response.content
     assert response.json()["type"] == "transaction-response"
     assert response.json()["entry"][0]["response"]["status"].startswith("201")
+
+
+def test_a_bundle_is_planned_once(api, monkeypatch):
+    planned: list[int] = []
+    plan_entry = bundles._plan_entry
+
+    def counting(index, entry, base_url):
+        planned.append(index)
+        return plan_entry(index, entry, base_url)
+
+    monkeypatch.setattr(bundles, "_plan_entry", counting)
+    bundle = _transaction([_post_entry(patient("Once")), _post_entry(patient("Twice"))])
+    response = api.post("", bundle)
+    assert response.status_code == 200, response.content
+    # Priced, scope-checked and run from the one plan made in describe().
+    assert planned == [0, 1]
+
+
+def test_an_oversized_bundle_is_413_before_its_entries_are_looked_at(api, cast, settings):
+    settings.LIMITS_BUNDLE_MAX_ENTRIES = 2
+    before = _count(cast.tenant_a)
+    # Three entries, each malformed: the size refusal comes first.
+    response = api.post("", _transaction([{"resource": {}}] * 3))
+    assert response.status_code == 413
+    issue = fhir_valid(response.json())["issue"][0]
+    assert issue["code"] == "too-costly" and "3 entries" in issue["diagnostics"]
+    assert api.post("", _transaction([_post_entry(patient("Fits"))] * 2)).status_code == 200
+    assert _count(cast.tenant_a) == before + 2

@@ -5,7 +5,7 @@ import pytest
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir.paging import count_parse
 from fhirplatform.limits.codes import EndpointClass
-from fhirplatform.limits.costs import bundle_cost, request_cost, search_cost
+from fhirplatform.limits.costs import bundle_cost, bundle_size_check, request_cost, search_cost
 
 
 def test_a_search_costs_more_than_a_read_and_grows_with_count():
@@ -30,27 +30,16 @@ def test_a_count_above_the_cap_or_invalid_is_refused(settings, count):
 
 
 def test_a_bundle_costs_the_sum_of_its_entries():
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "batch",
-        "entry": [
-            {"request": {"method": "GET", "url": "Patient?name=x"}},
-            {"request": {"method": "POST", "url": "Patient"}},
-            {"request": {"method": "DELETE", "url": "Patient/1"}},
-        ],
-    }
-    assert bundle_cost(bundle=bundle) == 2 + 1 + 1
+    # The methods of a planned Bundle's entries: a GET may be a search, priced as one.
+    assert bundle_cost(methods=["GET", "POST", "DELETE"]) == 2 + 1 + 1
+    assert bundle_cost(methods=[]) == 1
 
 
 def test_an_oversized_bundle_is_refused_before_anything_runs(settings):
     settings.LIMITS_BUNDLE_MAX_ENTRIES = 3
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [{"request": {"method": "POST", "url": "Patient"}}] * 4,
-    }
+    bundle_size_check(entries=3)
     with pytest.raises(FhirError) as caught:
-        bundle_cost(bundle=bundle)
+        bundle_size_check(entries=4)
     assert caught.value.status == 413
     assert caught.value.outcome()["issue"][0]["code"] == "too-costly"
     assert "4 entries" in caught.value.outcome()["issue"][0]["diagnostics"]

@@ -1,4 +1,5 @@
-"""Idempotency-Key: replay, 409 while in flight, 422 for a different body, tenant scoping."""
+"""Idempotency-Key: replay, 409 while in flight, 422 for a different body, tenant scoping,
+and a key freed by a server error or a crash."""
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -9,10 +10,14 @@ import requests
 from django.test import Client
 
 from tenants.scopes import scopes_parse
-from tenants.services import client_create
-from tenants.tokens import token_issue
+from tenants.services import client_create, token_issue
+from tests.fhir.pipeline_urls import GatedCreate
+from tests.limits import conftest as limit_fixtures
 from tests.limits.live import bearer
-from tests.limits.urls import GatedCreate
+
+# Shared with the limit tests: the limiter's Redis emptied per test, and a live gunicorn.
+limiter_redis = limit_fixtures.limiter_redis
+server = limit_fixtures.server
 
 pytestmark = [pytest.mark.live]
 
@@ -95,7 +100,7 @@ def test_a_malformed_key_is_refused(server, committed, cast, limiter_redis):
 
 
 def test_a_duplicate_while_the_first_is_in_flight_is_409(committed, cast, limiter_redis, settings):
-    settings.ROOT_URLCONF = "tests.limits.urls"
+    settings.ROOT_URLCONF = "tests.fhir.pipeline_urls"
     token, key = new_token("provider-a"), str(uuid.uuid4())
     GatedCreate.gate.clear()
     GatedCreate.entered.clear()
@@ -129,7 +134,7 @@ def test_a_duplicate_while_the_first_is_in_flight_is_409(committed, cast, limite
 
 
 def test_a_server_error_frees_the_key(committed, cast, limiter_redis, settings):
-    settings.ROOT_URLCONF = "tests.limits.urls"
+    settings.ROOT_URLCONF = "tests.fhir.pipeline_urls"
     token, key = new_token("provider-a"), str(uuid.uuid4())
     GatedCreate.gate.set()
     GatedCreate.calls.clear()
@@ -152,7 +157,7 @@ def test_a_server_error_frees_the_key(committed, cast, limiter_redis, settings):
 
 
 def test_an_unhandled_error_frees_the_key_and_the_slot(committed, cast, limiter_redis, settings):
-    settings.ROOT_URLCONF = "tests.limits.urls"
+    settings.ROOT_URLCONF = "tests.fhir.pipeline_urls"
     token, key = new_token("provider-a"), str(uuid.uuid4())
     GatedCreate.gate.set()
     GatedCreate.calls.clear()
