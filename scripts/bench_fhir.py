@@ -3,12 +3,18 @@
 
     .venv/bin/python scripts/bench_fhir.py                  # quick: 100 patients, 5,000 obs
     .venv/bin/python scripts/bench_fhir.py --full           # 1,000 patients, 100,000 obs
+    .venv/bin/python scripts/bench_fhir.py --baseline REV --rounds 5   # this code vs REV's
 
 Creates (or reuses) a benchmark tenant, fills it with the synthetic generator, starts
 gunicorn with scripts/bench_fhir_settings.py (the platform plus one bare baseline view),
 then measures for --seconds each: read, the bare view returning the same JSON,
 Observation?patient=&code=&date=ge search, and create. Prints p50/p99 and requests/s.
 Uses DATABASE_URL / REDIS_URL like the platform.
+
+With --baseline REV a second gunicorn runs REV's code (a git worktree under .data/) on the
+same database, and every round reads through both servers one after the other, so a change
+is compared with its parent in one run on the same machine load. With several --rounds the
+summary is the median of the rounds.
 """
 
 import argparse
@@ -16,10 +22,12 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import django
@@ -41,8 +49,8 @@ from tenants.services import (  # noqa: E402
     client_create,
     rate_plan_count_only,
     tenant_create,
+    token_issue,
 )
-from tenants.tokens import token_issue  # noqa: E402
 
 BENCH_PLAN = "bench-unthrottled"
 
@@ -163,6 +171,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tenant", default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also read through REV's code, interleaved"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="measure every path N times")
     args = parser.parse_args()
     if args.full:
         args.patients, args.observations = 1_000, 100_000
@@ -177,14 +189,29 @@ def main() -> None:
         )
     codes = [kind[0] for kind in OBSERVATION_KINDS]
 
-    results: dict[str, dict[str, float]] = {}
+    rounds: dict[str, list[dict[str, float]]] = {}
     # The benchmark's own settings add the bare comparison view; production never has it.
     server_env = dict(
         os.environ, DJANGO_SETTINGS_MODULE="scripts.bench_fhir_settings", LOG_LEVEL="WARNING"
     )
-    with gunicorn(env=server_env, workers=args.workers, threads=args.threads) as server_url:
+    load_before = os.getloadavg()
+    with ExitStack() as servers:
+        server_url = servers.enter_context(
+            gunicorn(env=server_env, workers=args.workers, threads=args.threads)
+        )
         base = f"{server_url}/fhir/{slug}"
         bare = f"{server_url}/bench-bare/{slug}"
+        baseline = None
+        if args.baseline:
+            baseline_url = servers.enter_context(
+                gunicorn(
+                    env=server_env,
+                    workers=args.workers,
+                    threads=args.threads,
+                    root=_baseline_checkout(args.baseline),
+                )
+            )
+            baseline = f"{baseline_url}/fhir/{slug}"
 
         def token() -> dict[str, str]:
             # Tokens live at most 300 s, so each measurement gets a fresh one.
@@ -197,11 +224,13 @@ def main() -> None:
                 "Content-Type": "application/fhir+json",
             }
 
-        def read(session: requests.Session, rng: random.Random) -> requests.Response:
-            return session.get(f"{base}/Patient/{rng.choice(patient_ids)}")
+        def reader(root: str) -> Callable[[requests.Session, random.Random], requests.Response]:
+            def read(session: requests.Session, rng: random.Random) -> requests.Response:
+                return session.get(f"{root}/Patient/{rng.choice(patient_ids)}")
 
-        def bare_read(session: requests.Session, rng: random.Random) -> requests.Response:
-            return session.get(f"{bare}/Patient/{rng.choice(patient_ids)}")
+            return read
+
+        read, bare_read = reader(base), reader(bare)
 
         def search(session: requests.Session, rng: random.Random) -> requests.Response:
             return session.get(
@@ -231,38 +260,100 @@ def main() -> None:
                 f"{base}/Observation", data=json.dumps(body), headers={"Prefer": "return=minimal"}
             )
 
-        # Warm both paths (connections, caches) before measuring.
+        # Warm every path (connections, caches) before measuring.
         _measure("warm-up", 1.5, args.concurrency, read, token())
         _measure("warm-up (bare)", 1.0, args.concurrency, bare_read, {})
+        if baseline:
+            _measure("warm-up (baseline)", 1.5, args.concurrency, reader(baseline), token())
         print(
             f"\n{slug}: {len(patient_ids)} patients sampled, {args.concurrency} client "
-            f"threads, gunicorn {args.workers}x{args.threads}, {args.seconds:.0f}s each"
+            f"threads, gunicorn {args.workers}x{args.threads}, {args.seconds:.0f}s each, "
+            f"{args.rounds} round(s)"
         )
-        results["bare"] = _measure(
-            "bare Django view (same JSON)", args.seconds, args.concurrency, bare_read, {}
-        )
-        results["read"] = _measure(
-            "read  GET Patient/{id}", args.seconds, args.concurrency, read, token()
-        )
-        results["search"] = _measure(
-            "search Observation?patient&code&date=ge",
-            args.seconds,
-            args.concurrency,
-            search,
-            token(),
-        )
-        results["create"] = _measure(
-            "create POST Observation", args.seconds, args.concurrency, create, token()
-        )
+        plan: list[tuple[str, str, Callable[..., requests.Response], bool]] = [
+            ("bare", "bare Django view (same JSON)", bare_read, False),
+            ("read", "read  GET Patient/{id}", read, True),
+        ]
+        if baseline:
+            plan.append(
+                (
+                    "read_baseline",
+                    f"read  GET Patient/{{id}} at {args.baseline}",
+                    reader(baseline),
+                    True,
+                )
+            )
+        plan += [
+            ("search", "search Observation?patient&code&date=ge", search, True),
+            ("create", "create POST Observation", create, True),
+        ]
+        for number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"-- round {number}")
+            for key, label, call, authorised in plan:
+                measured = _measure(
+                    label, args.seconds, args.concurrency, call, token() if authorised else {}
+                )
+                rounds.setdefault(key, []).append(measured)
+    results = {key: _median_of(measured) for key, measured in rounds.items()}
+    load_after = os.getloadavg()
+    if args.rounds > 1:
+        print(f"\nmedian of {args.rounds} rounds")
+        for key, label, _, _ in plan:
+            row = results[key]
+            print(
+                f"{label:<44} p50={row['p50_ms']:7.2f} ms  p99={row['p99_ms']:7.2f} ms  "
+                f"{row['rps']:8.1f} req/s"
+            )
     ratio_p50 = results["read"]["p50_ms"] / results["bare"]["p50_ms"]
     ratio_rps = results["bare"]["rps"] / results["read"]["rps"]
     print(f"\nfull-pipeline read / bare view: p50 x{ratio_p50:.2f}, throughput x{ratio_rps:.2f}")
-    if args.json:
+    summary: dict[str, object] = {
+        "tenant": slug,
+        "results": results,
+        "ratio_p50": ratio_p50,
+        "ratio_rps": ratio_rps,
+        "load_average": {"before": load_before, "after": load_after},
+    }
+    if baseline:
+        against = results["read_baseline"]
+        summary["read_vs_baseline_p50"] = results["read"]["p50_ms"] / against["p50_ms"]
+        summary["read_vs_baseline_rps"] = results["read"]["rps"] / against["rps"]
         print(
-            json.dumps(
-                {"tenant": slug, "results": results, "ratio_p50": ratio_p50, "ratio_rps": ratio_rps}
-            )
+            f"read, this code / {args.baseline}: p50 x{summary['read_vs_baseline_p50']:.2f}, "
+            f"throughput x{summary['read_vs_baseline_rps']:.2f}"
         )
+    print(
+        "load average (1/5/15 min) before "
+        + " / ".join(f"{v:.2f}" for v in load_before)
+        + ", after "
+        + " / ".join(f"{v:.2f}" for v in load_after)
+    )
+    if args.json:
+        print(json.dumps(summary))
+
+
+def _median_of(measured: list[dict[str, float]]) -> dict[str, float]:
+    return {name: statistics.median(row[name] for row in measured) for name in measured[0]}
+
+
+def _baseline_checkout(rev: str) -> Path:
+    """REV's code in a git worktree under .data/, made once and reused."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    root = ROOT / ".data" / "bench-baseline" / sha[:12]
+    if not (root / "manage.py").exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--force", "--detach", str(root), sha],
+            cwd=ROOT,
+            check=True,
+        )
+    return root
 
 
 if __name__ == "__main__":

@@ -35,8 +35,12 @@ def wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -
 
 
 @contextmanager
-def gunicorn(*, env: dict[str, str], workers: int, threads: int) -> Iterator[str]:
-    """The platform under gunicorn on a free loopback port; yields its base URL."""
+def gunicorn(
+    *, env: dict[str, str], workers: int, threads: int, root: Path = ROOT
+) -> Iterator[str]:
+    """The platform under gunicorn on a free loopback port; yields its base URL.
+
+    `root` is the checkout whose code it runs (benchmarks compare against an older one)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
@@ -54,8 +58,8 @@ def gunicorn(*, env: dict[str, str], workers: int, threads: int) -> Iterator[str
             "--log-level",
             "warning",
         ],
-        cwd=ROOT,
-        env=env | {"PUBLIC_BASE_URL": base, "PYTHONPATH": str(ROOT)},
+        cwd=root,
+        env=env | {"PUBLIC_BASE_URL": base, "PYTHONPATH": str(root)},
     )
     try:
         wait_http(f"{base}/healthz", process)
