@@ -4,6 +4,10 @@ Extracted from the StructureDefinitions of npm hl7.fhir.r4.examples@4.0.1
 (kind=resource, derivation=specialization, not abstract).
 """
 
+# The shape of a resource type name, for patterns (URLs, scopes, references) that must
+# accept the shape first and check the name against R4_RESOURCE_TYPES afterwards.
+TYPE_CHARS = r"[A-Z][A-Za-z]+"
+
 R4_RESOURCE_TYPES: frozenset[str] = frozenset(
     {
         "Account",

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from fhirplatform.errors import FhirError, IssueCode
-from fhirplatform.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.resource_types import R4_RESOURCE_TYPES, TYPE_CHARS
 
 WILDCARD = "*"
 _V2_ORDER = "cruds"
 _V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
-_SCOPE_PATTERN = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>[a-z*]+)$")
+_SCOPE_PATTERN = re.compile(rf"^system/(?P<type>\*|{TYPE_CHARS})\.(?P<perm>[a-z*]+)$")
 
 
 class Interaction(StrEnum):

@@ -9,10 +9,11 @@ from enum import StrEnum
 
 from django.db import models
 
+from fhirplatform.resource_types import TYPE_CHARS
+
 # A FHIR id (R4 `id` datatype): what a stored logical_id and a version id may be. Every
 # check of an id, and every reference pattern, is built from this one definition.
 ID_CHARS = r"[A-Za-z0-9\-.]{1,64}"
-TYPE_CHARS = r"[A-Z][A-Za-z]+"  # the shape of a resource type name
 # A relative reference to a stored resource, `Type/id` or `Type/id/_history/version`
 # (match it with fullmatch).
 RELATIVE_REFERENCE = re.compile(

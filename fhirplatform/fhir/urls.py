@@ -2,8 +2,9 @@ from django.urls import path, re_path
 
 from fhirplatform.fhir import views
 from fhirplatform.fhir.smart import SmartConfigurationView
+from fhirplatform.resource_types import TYPE_CHARS
 
-_TYPE = r"(?P<resource_type>[A-Z][A-Za-z]+)"
+_TYPE = rf"(?P<resource_type>{TYPE_CHARS})"
 _ID = r"(?P<logical_id>[^/]{1,200})"
 _VERSION = r"(?P<version_id>[^/]{1,64})"
 

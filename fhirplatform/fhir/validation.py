@@ -21,9 +21,9 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhirplatform.errors import FhirError, Issue, IssueCode
-from fhirplatform.fhir.models import ID_CHARS, RELATIVE_REFERENCE, TYPE_CHARS, id_valid
+from fhirplatform.fhir.models import ID_CHARS, RELATIVE_REFERENCE, id_valid
 from fhirplatform.fhir.required_bindings import NARRATIVE_STATUS, REQUIRED_CODES, REQUIRED_CONCEPTS
-from fhirplatform.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.resource_types import R4_RESOURCE_TYPES, TYPE_CHARS
 
 _ELEMENT_NAME = re.compile(r"^_?[a-z][A-Za-z0-9]*$")
 _ABSOLUTE_REFERENCE = re.compile(rf"^https?://\S+/(?P<type>{TYPE_CHARS})/{ID_CHARS}")

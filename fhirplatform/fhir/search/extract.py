@@ -17,7 +17,6 @@ from typing import Any
 import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
 
-from fhirplatform.fhir.models import TYPE_CHARS
 from fhirplatform.fhir.search.registry import (
     BASE_TYPE,
     ParamType,
@@ -26,6 +25,7 @@ from fhirplatform.fhir.search.registry import (
     indexed_parameters_for,
 )
 from fhirplatform.fhir.search.values import VALUE_CONVERTERS, Value, reference_values
+from fhirplatform.resource_types import TYPE_CHARS
 
 logger = logging.getLogger(__name__)
 _STEM = re.compile(r"^([a-z][a-z0-9]*)[A-Z]")

@@ -14,10 +14,11 @@ from enum import StrEnum
 from django.db.models import Exists, OuterRef, Q
 
 from fhirplatform.errors import FhirError, IssueCode
-from fhirplatform.fhir.models import TYPE_CHARS, Resource, id_valid
+from fhirplatform.fhir.models import Resource, id_valid
 from fhirplatform.fhir.search.models import INDEX_MODEL, ReferenceIndex
 from fhirplatform.fhir.search.registry import Column, ParamType, SearchParameter
 from fhirplatform.fhir.search.values import date_range, reference_parse, text_normalise
+from fhirplatform.resource_types import TYPE_CHARS
 
 
 class Prefix(StrEnum):
