@@ -1,6 +1,8 @@
-"""The Celery app, and the rule that every tenant task runs in its tenant's schema.
+"""The Celery app, and the rules its tasks follow.
 
-A tenant task is declared with `@tenant_task` and enqueued with
+Every message carries a signed context envelope (fhirplatform/task_envelope.py): a
+worker runs only messages the platform sealed, so one injected into the broker cannot
+pick a tenant. A tenant task is declared with `@tenant_task` and enqueued with
 `task.delay(tenant_schema=..., ...)` (normally from `transaction.on_commit`).
 Without a known, active tenant schema the task fails closed: it never falls back
 to the public schema or to whatever schema the worker's connection last held.
@@ -10,14 +12,18 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery
 from celery.schedules import crontab
 
-from fhirplatform.schemas import schema_activate, schema_public
+from fhirplatform.context import context_update
+from fhirplatform.schemas import tenant_schema
+from fhirplatform.task_envelope import Envelope, EnvelopeRefused, SignedTask, TenantMissing
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
 
-app = Celery("fhirplatform")
+__all__ = ["EnvelopeRefused", "TenantMissing", "TenantTask", "app", "tenant_task"]
+
+app = Celery("fhirplatform", task_cls=SignedTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(
     task_acks_late=True,
@@ -36,14 +42,11 @@ app.conf.update(
 app.autodiscover_tasks(["tenants", "fhirplatform.fhir"])
 
 
-class TenantMissing(RuntimeError):
-    """A tenant task was called without a tenant schema, or with an unknown one."""
-
-
-class TenantTask(Task):  # type: ignore[misc]
+class TenantTask(SignedTask):
     abstract = True
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def run_verified(self, envelope: Envelope | None, args: Any, kwargs: Any) -> Any:
+        """Run in the schema the (verified) message names, never without one."""
         from tenants.models import Tenant
 
         schema = kwargs.get("tenant_schema")
@@ -52,11 +55,11 @@ class TenantTask(Task):  # type: ignore[misc]
         tenant = Tenant.objects.filter(schema_name=schema).first()
         if tenant is None:
             raise TenantMissing(f"{self.name}: no tenant with schema {schema!r}")
-        schema_activate(tenant)
-        try:
-            return super().__call__(*args, **kwargs)
-        finally:
-            schema_public()
+        if envelope is not None:
+            context_update(tenant=tenant.slug, client=envelope.client)
+        # One transaction in the schema: the search_path is set inside it (SET LOCAL).
+        with tenant_schema(tenant):
+            return super().run_verified(envelope, args, kwargs)
 
 
 def tenant_task(**options: Any) -> Callable[[Callable[..., Any]], Any]:

@@ -1,6 +1,14 @@
-"""Probes: /healthz says the process is up; /readyz checks PostgreSQL, Redis and migrations."""
+"""Probes: /healthz says the process is up; /readyz checks PostgreSQL, Redis, migrations
+and the Celery workers.
 
+PostgreSQL, Redis and migrations are required: without one, /readyz is 503 not-ready.
+Workers are not: requests are served without them (invalidation stays correct, exports
+queue), so no answering worker is 200 "degraded" with the workers check false.
+"""
+
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.apps import apps
@@ -10,6 +18,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from fhirplatform.celery import app as celery_app
 from fhirplatform.redis_clients import redis_client
 from fhirplatform.schemas import schema_public
 from tenants.models import Tenant
@@ -70,14 +79,52 @@ def _migrations() -> dict[str, Any]:
     return {"tenants": len(schemas)}
 
 
+def _workers() -> dict[str, Any]:
+    """At least one Celery worker answers a ping over the broker."""
+    with celery_app.connection_for_write(connect_timeout=1) as connection:
+        # One quick connection attempt: kombu's own retries would hold the probe for seconds.
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
+        replies = celery_app.control.ping(timeout=1.0, limit=1, connection=connection)
+    if not replies:
+        raise RuntimeError("no Celery worker answered a ping")
+    return {"workers": sorted(name for reply in replies for name in reply)}
+
+
+class CachedCheck:
+    """A probe check answered from memory for a few seconds: a ping waits up to a second,
+    and /readyz is called often (by every load balancer, every few seconds)."""
+
+    def __init__(self, check: Callable[[], dict[str, Any] | None], seconds: float) -> None:
+        self.check = check
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._result: dict[str, Any] | None = None
+        self._at = 0.0
+
+    def __call__(self) -> dict[str, Any]:
+        with self._lock:
+            if self._result is None or time.monotonic() - self._at > self.seconds:
+                self._result = _check(self.check)
+                self._at = time.monotonic()
+            return dict(self._result)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._result = None
+
+
+WORKERS = CachedCheck(_workers, seconds=5)
+
+
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"postgres": _check(_postgres), "redis": _check(_redis)}
     checks["migrations"] = (
         _check(_migrations) if checks["postgres"]["ok"] else {"ok": False, "error": "postgres down"}
     )
-    ready = all(check["ok"] for check in checks.values())
-    return JsonResponse(
-        {"status": "ready" if ready else "not-ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    required = all(check["ok"] for check in checks.values())
+    checks["workers"] = WORKERS()
+    if not required:
+        return JsonResponse({"status": "not-ready", "checks": checks}, status=503)
+    status = "ready" if checks["workers"]["ok"] else "degraded"
+    return JsonResponse({"status": status, "checks": checks})

@@ -96,7 +96,7 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "status", "plan", "data_region", "isolation_tier", "created"]
     list_filter = ["status", "data_region", "isolation_tier", "plan"]
     search_fields = ["slug", "name"]
-    readonly_fields = ["schema_name", "fhir_base", "created"]
+    readonly_fields = ["schema_name", "fhir_base", "created", "deactivated_at"]
     inlines = [GrantInline]
     actions = ["suspend", "activate"]
 
@@ -187,8 +187,11 @@ class ApiClientAdmin(admin.ModelAdmin):
     list_display = ["client_id", "name", "partner", "status", "created", "revoked_at"]
     list_filter = ["status", "partner"]
     search_fields = ["client_id", "name", "partner__name"]
-    readonly_fields = ["client_id", "created", "revoked_at"]
-    fields = ["client_id", "name", "partner", "status", "plan", "jwks", "created", "revoked_at"]
+    readonly_fields = ["client_id", "created", "revoked_at", "deactivated_at"]
+    fields = [
+        *["client_id", "name", "partner", "status", "plan", "jwks"],
+        *["created", "revoked_at", "deactivated_at"],
+    ]
     inlines = [ClientSecretInline, GrantInline]
     actions = ["revoke", "activate"]
 
@@ -223,6 +226,7 @@ class GrantAdmin(admin.ModelAdmin):
     list_filter = ["status", "plan", "tenant"]
     search_fields = ["client__client_id", "client__name", "tenant__slug", "scopes"]
     autocomplete_fields = ["client", "tenant"]
+    readonly_fields = ["deactivated_at"]
     actions = ["revoke"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:

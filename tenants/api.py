@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.views.decorators.csrf import csrf_exempt
 from django_ratelimit.core import get_usage
@@ -29,6 +30,7 @@ from tenants.oauth import (
     TokenServiceUnavailable,
     basic_credentials_parse,
     client_authenticate_secret,
+    oauth_text_check,
     token_for_client,
     token_request_issue,
 )
@@ -38,6 +40,9 @@ from tenants.services import token_revoke
 logger = logging.getLogger(__name__)
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+# Far above any real value (every scope of every type, an 8 KiB assertion), far below
+# what would make parsing them costly.
+MAX_PARAMETER_CHARS = 16384
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -56,18 +61,31 @@ def _oauth_error_response(error: OAuthError, *, basic: bool) -> JsonResponse:
 
 
 def _form(request: HttpRequest) -> QueryDict:
-    # An empty body carries no parameters, whatever its (often absent) Content-Type says.
-    if request.body and request.content_type != FORM_MEDIA_TYPE:
-        raise OAuthError(OAuthErrorCode.INVALID_REQUEST, f"Content-Type must be {FORM_MEDIA_TYPE}")
-    if request.GET:
-        raise OAuthError(OAuthErrorCode.INVALID_REQUEST, "Send parameters in the body, not the URL")
-    form = request.POST
+    try:
+        # An empty body carries no parameters, whatever its (often absent) Content-Type says.
+        if request.body and request.content_type != FORM_MEDIA_TYPE:
+            raise OAuthError(
+                OAuthErrorCode.INVALID_REQUEST, f"Content-Type must be {FORM_MEDIA_TYPE}"
+            )
+        if request.GET:
+            raise OAuthError(
+                OAuthErrorCode.INVALID_REQUEST, "Send parameters in the body, not the URL"
+            )
+        form = request.POST
+    except (RequestDataTooBig, TooManyFieldsSent):
+        raise OAuthError(OAuthErrorCode.INVALID_REQUEST, "The request body is too large") from None
     repeated = sorted(name for name, values in form.lists() if len(values) > 1)
     if repeated:
         raise OAuthError(
             OAuthErrorCode.INVALID_REQUEST,
             f"Parameter(s) sent more than once: {', '.join(repeated)}",
         )
+    for name, values in form.lists():
+        oauth_text_check(name, what="A parameter name")
+        for value in values:
+            oauth_text_check(value, what=f"Parameter {name}")
+            if len(value) > MAX_PARAMETER_CHARS:
+                raise OAuthError(OAuthErrorCode.INVALID_REQUEST, f"Parameter {name} is too long")
     return form
 
 

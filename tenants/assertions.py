@@ -4,19 +4,21 @@ The assertion is a JWT the client signs with a key it registered (ApiClient.jwks
 We accept RS384 and ES384 only, look the key up by `kid` among the registered
 keys (never a key the token itself carries or points at), and check
 iss = sub = client_id, aud = our token endpoint, exp at most five minutes ahead,
-and a `jti` never seen before. Replay protection lives in Redis; when Redis cannot
-answer we refuse (TokenServiceUnavailable) rather than accept a possible replay.
+and a `jti` never seen before. Replay protection is recorded in PostgreSQL (it
+survives a Redis restart) behind a fast Redis check; when Redis cannot answer we
+refuse (TokenServiceUnavailable) rather than accept a possible replay.
 """
 
-import hashlib
 import logging
 import time
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
 import jwt
 import redis
 from django.conf import settings
+from django.utils import timezone
 
 from fhirplatform.redis_clients import redis_client
 from tenants.models import ApiClient, ClientStatus
@@ -25,8 +27,10 @@ from tenants.oauth import (
     OAuthError,
     OAuthErrorCode,
     TokenServiceUnavailable,
+    oauth_text_check,
 )
 from tenants.selectors import token_endpoint_url
+from tenants.services import jti_hash, jti_spend
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +76,9 @@ def assertion_client_id(assertion: str) -> str:
     issuer = claims.get("iss")
     if not isinstance(issuer, str) or not issuer:
         raise _rejected("client_assertion has no iss claim")
-    return issuer
+    return oauth_text_check(
+        issuer, what="client_assertion iss", error=OAuthErrorCode.INVALID_CLIENT
+    )
 
 
 def _header(assertion: str) -> tuple[AssertionAlgorithm, str]:
@@ -138,22 +144,28 @@ def _claims(
     jti = claims["jti"]
     if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
         raise _rejected(f"client_assertion jti must be a string of 1-{MAX_JTI_LENGTH} characters")
+    oauth_text_check(jti, what="client_assertion jti", error=OAuthErrorCode.INVALID_CLIENT)
     return claims
 
 
-def jti_remember(*, client_id: str, jti: str, expires_at: float) -> bool:
-    """Record a jti until its assertion expires; False when it was already seen.
+def jti_remember(*, client: ApiClient, jti: str, expires_at: float) -> bool:
+    """Spend a jti until its assertion expires; False when it was already used.
 
-    Raises TokenServiceUnavailable when Redis cannot answer (fail closed).
+    Redis answers the common replay fast; PostgreSQL (services.jti_spend) is the record
+    that survives a Redis restart. Raises TokenServiceUnavailable when Redis cannot
+    answer (fail closed, like the endpoint's rate limits that need it too).
     """
-    digest = hashlib.sha256(jti.encode()).hexdigest()
-    # Keep the jti for as long as the assertion could still pass the exp check.
+    # Kept for as long as the assertion could still pass the exp check.
     ttl = max(int(expires_at - time.time()) + CLOCK_SKEW_SECONDS + 1, 1)
+    key = f"{JTI_KEY_PREFIX}:{client.client_id}:{jti_hash(jti)}"
     try:
-        return bool(_redis().set(f"{JTI_KEY_PREFIX}:{client_id}:{digest}", "1", nx=True, ex=ttl))
+        fresh = bool(_redis().set(key, "1", nx=True, ex=ttl))
     except redis.RedisError as exc:
-        logger.error("jti store unreachable", extra={"client": client_id, "error": str(exc)})
+        logger.error("jti store unreachable", extra={"client": client.client_id, "error": str(exc)})
         raise TokenServiceUnavailable("replay protection store is unreachable") from exc
+    return fresh and jti_spend(
+        client=client, jti=jti, expires_at=timezone.now() + timedelta(seconds=ttl)
+    )
 
 
 def assertion_verify(*, assertion: str) -> ApiClient:
@@ -168,6 +180,6 @@ def assertion_verify(*, assertion: str) -> ApiClient:
     if client.status != ClientStatus.ACTIVE:
         raise _rejected("Client authentication failed")
     # The jti is spent only after the signature verified: a forger cannot burn real ones.
-    if not jti_remember(client_id=client.client_id, jti=claims["jti"], expires_at=claims["exp"]):
+    if not jti_remember(client=client, jti=claims["jti"], expires_at=claims["exp"]):
         raise _rejected("client_assertion jti has already been used")
     return client

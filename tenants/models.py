@@ -6,6 +6,9 @@ from django.conf import settings
 from django.db import models
 from django_tenants.models import DomainMixin, TenantMixin
 
+# Never cleared: a token issued before it stays dead after the row is re-activated.
+DEACTIVATED_HELP = "Latest revocation or suspension; tokens issued before it are refused."
+
 
 class RatePlan(models.Model):
     """A named tier of limits. Rates are requests (weighted cost units) per minute."""
@@ -67,6 +70,7 @@ class Tenant(TenantMixin):
     )
     plan = models.ForeignKey(RatePlan, on_delete=models.PROTECT, related_name="tenants")
     created = models.DateTimeField(auto_now_add=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True, help_text=DEACTIVATED_HELP)
 
     # The provisioning service creates and migrates the schema explicitly.
     auto_create_schema = False
@@ -125,6 +129,7 @@ class ApiClient(models.Model):
     )
     created = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True, help_text=DEACTIVATED_HELP)
 
     class Meta:
         ordering = ["partner__name", "name"]
@@ -169,6 +174,7 @@ class Grant(models.Model):
         max_length=20, choices=GrantStatus.choices, default=GrantStatus.ACTIVE
     )
     created = models.DateTimeField(auto_now_add=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True, help_text=DEACTIVATED_HELP)
 
     class Meta:
         constraints = [
@@ -199,3 +205,23 @@ class AccessToken(models.Model):
 
     def __str__(self) -> str:
         return f"token {self.id} ({self.client.client_id} → {self.tenant.slug})"
+
+
+class UsedJti(models.Model):
+    """A private_key_jwt assertion id already spent, kept until the assertion expires.
+
+    The durable record of replay protection: Redis only answers the common case
+    faster, and forgets everything when it restarts."""
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="used_jtis")
+    jti_hash = models.CharField(max_length=64, help_text="sha256 of the jti.")
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["client", "jti_hash"], name="one_use_per_client_jti")
+        ]
+        verbose_name = "used assertion id"
+
+    def __str__(self) -> str:
+        return f"jti {self.jti_hash[:12]}… ({self.client_id})"

@@ -9,6 +9,7 @@ import base64
 import binascii
 import hmac
 import logging
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import unquote_plus
@@ -95,6 +96,22 @@ class ClientCredentials:
     assertion: str = field(default="", repr=False)
 
 
+# RFC 6749 Appendix A: client ids, secrets, scopes and the other parameters are VSCHAR.
+_VSCHAR = re.compile(r"[\x20-\x7e]*")
+
+
+def oauth_text_check(
+    value: str, *, what: str, error: OAuthErrorCode = OAuthErrorCode.INVALID_REQUEST
+) -> str:
+    """The one rule for text the token endpoint reads: printable ASCII only.
+
+    NUL, control characters, non-ASCII and undecodable bytes (decoded as U+FFFD) are
+    refused here, before they reach a query or a hash that cannot take them."""
+    if not _VSCHAR.fullmatch(value):
+        raise OAuthError(error, f"{what} must be printable ASCII")
+    return value
+
+
 def _invalid_client() -> OAuthError:
     # One answer for unknown client, wrong secret and revoked client: no client id probing.
     return OAuthError(OAuthErrorCode.INVALID_CLIENT, "Client authentication failed")
@@ -107,7 +124,7 @@ def basic_credentials_parse(authorization: str) -> tuple[str, str]:
         raise OAuthError(OAuthErrorCode.INVALID_REQUEST, "Authorization header must be HTTP Basic")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII header, undecodable bytes
         raise OAuthError(
             OAuthErrorCode.INVALID_REQUEST, "Authorization header is not valid base64"
         ) from None
@@ -116,7 +133,10 @@ def basic_credentials_parse(authorization: str) -> tuple[str, str]:
         raise OAuthError(
             OAuthErrorCode.INVALID_REQUEST, "Basic credentials must be client_id:client_secret"
         )
-    return unquote_plus(client_id), unquote_plus(secret)
+    return (
+        oauth_text_check(unquote_plus(client_id), what="The Basic client_id"),
+        oauth_text_check(unquote_plus(secret), what="The Basic client_secret"),
+    )
 
 
 def client_authenticate_secret(*, client_id: str, secret: str) -> ApiClient:
@@ -197,9 +217,12 @@ def token_request_issue(
     *, client: ApiClient, auth_method: AuthMethod, resource: str, scope: str
 ) -> IssuedToken:
     """Issue an access token for an authenticated client: pick the grant, narrow the scopes."""
+    # Stamped before the status checks below: a revocation that lands while they run
+    # is later than the token, so the token dies with it (tokens.token_authenticate).
+    issued_at = timezone.now()
     grant = grant_for_token_request(client=client, resource=resource)
     scopes = token_scopes_for_request(grant=grant, scope=scope)
-    issued = token_issue(grant=grant, scopes=scopes, auth_method=auth_method)
+    issued = token_issue(grant=grant, scopes=scopes, auth_method=auth_method, issued_at=issued_at)
     logger.info(
         "token issued",
         extra={

@@ -110,7 +110,11 @@ def scopes_intersect(requested: list[Scope], granted: list[Scope]) -> list[Scope
     result: list[Scope] = []
     for want in requested:
         for have in granted:
-            if have.resource_type not in (WILDCARD, want.resource_type):
+            # A wildcard on either side meets the other side's type.
+            if want.resource_type != WILDCARD and have.resource_type not in (
+                WILDCARD,
+                want.resource_type,
+            ):
                 continue
             letters = "".join(
                 p for p in _V2_ORDER if p in want.permissions and p in have.permissions

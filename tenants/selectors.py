@@ -2,7 +2,7 @@
 
 from django.conf import settings
 
-from fhirplatform.errors import FhirError, IssueCode, not_found
+from fhirplatform.errors import not_found
 from tenants.models import Tenant, TenantStatus
 
 
@@ -15,10 +15,12 @@ def token_endpoint_url() -> str:
 
 
 def tenant_for_url(slug: str) -> Tenant:
-    """The tenant a public (unauthenticated) FHIR URL names, or the shared 404."""
+    """The active tenant a public (unauthenticated) FHIR URL names, or the shared 404.
+
+    A suspended tenant gets that same 404, body and headers: an anonymous caller must not
+    learn which tenants exist but are suspended (a 403 here told it).
+    """
     tenant = Tenant.objects.select_related("plan").filter(slug=slug).first()
-    if tenant is None:
+    if tenant is None or tenant.status != TenantStatus.ACTIVE:
         raise not_found()
-    if tenant.status != TenantStatus.ACTIVE:
-        raise FhirError(403, IssueCode.SUSPENDED, "The tenant is suspended")
     return tenant

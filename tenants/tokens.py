@@ -3,8 +3,9 @@
 Tokens are opaque random strings; only their hash is stored (see
 services.credential_hash), so a database leak yields no usable token. Every
 request re-reads the token with its client, grant and tenant, so a revocation
-takes effect on the next request. Issuing lives in services.token_issue and the
-token endpoint in oauth.py.
+takes effect on the next request, a re-activation never revives a token issued
+before the revocation, and a narrowed grant narrows its live tokens at once.
+Issuing lives in services.token_issue and the token endpoint in oauth.py.
 """
 
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from tenants.models import (
     Tenant,
     TenantStatus,
 )
-from tenants.scopes import Scope, scopes_parse
+from tenants.scopes import Scope, scopes_intersect, scopes_parse
 from tenants.services import credential_hash
 
 MAX_BEARER_LENGTH = 512
@@ -70,11 +71,14 @@ class TenantMismatch(NotFound):
 
 
 def _caller(record: AccessToken) -> Caller:
+    # What the token was issued with, narrowed to what the grant holds now: narrowing a
+    # grant cuts its live tokens at once, widening it never widens them.
+    scopes = scopes_intersect(scopes_parse(record.scopes), scopes_parse(record.grant.scopes))
     return Caller(
         tenant=record.tenant,
         client=record.client,
         grant=record.grant,
-        scopes=scopes_parse(record.scopes),
+        scopes=scopes,
         token_id=str(record.id),
     )
 
@@ -90,12 +94,26 @@ def _inactive(record: AccessToken) -> FhirError | None:
     return None
 
 
+def _outlived(record: AccessToken) -> FhirError | None:
+    """A token issued before its client, grant or tenant was last deactivated: re-activating
+    them serves new tokens, never the ones the deactivation cut off."""
+    deactivations = (
+        record.client.deactivated_at,
+        record.grant.deactivated_at,
+        record.tenant.deactivated_at,
+    )
+    if any(when is not None and record.issued_at <= when for when in deactivations):
+        return _unauthorized("The access token was issued before a revocation: get a new one")
+    return None
+
+
 def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Caller:
     """Resolve the bearer token and bind it to the URL's tenant.
 
-    401 for a missing, unknown, expired or revoked token; 403 for a suspended
-    tenant or revoked client or grant; the shared 404 when the token's tenant is
-    not the tenant in the URL.
+    401 for a missing, unknown, expired or revoked token, or one issued before its
+    client, grant or tenant was last revoked/suspended; 403 for a suspended tenant or
+    revoked client or grant; the shared 404 when the token's tenant is not the tenant
+    in the URL. One query reads the token with its client, grant and tenant.
     """
     token = bearer_from_header(authorization)
     record = (
@@ -111,7 +129,8 @@ def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Ca
         raise _unauthorized("The access token has been revoked")
     if record.expires_at <= timezone.now():
         raise _unauthorized("The access token has expired", IssueCode.EXPIRED)
-    refusal = _inactive(record)
+    # A switched-off client, grant or tenant answers 403 first: it names the cause.
+    refusal = _inactive(record) or _outlived(record)
     if record.tenant.slug != url_tenant_slug:
         # Never a 403 here: that would tell the caller the URL's tenant matters.
         raise NotFound() if refusal else TenantMismatch(_caller(record))

@@ -9,6 +9,7 @@ create uniquely named objects through `committed`.
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,6 +142,19 @@ def live_server_url(django_db_setup: Cast) -> Iterator[str]:
         yield base
 
 
+def _wait_for_a_worker(process: subprocess.Popen[bytes], seconds: float = 90) -> None:
+    """Until the worker answers a ping: a probe asked earlier would find no worker."""
+    from fhirplatform.celery import app
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Celery worker exited with {process.returncode}")
+        if app.control.ping(timeout=1.0, limit=1):
+            return
+    raise RuntimeError("the Celery worker did not answer a ping")
+
+
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup: Cast) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker consuming from the test Redis database."""
@@ -159,11 +173,15 @@ def celery_worker_process(django_db_setup: Cast) -> Iterator[subprocess.Popen[by
             "warning",
             "--without-gossip",
             "--without-mingle",
+            # A probe task the envelope tests send (tests/celery_probe.py).
+            "--include",
+            "tests.celery_probe",
         ],
         cwd=ROOT,
         env=test_environment(),
     )
     try:
+        _wait_for_a_worker(process)
         yield process
     finally:
         process.terminate()

@@ -14,6 +14,7 @@ from django.utils import timezone
 from fhirplatform.celery import TenantMissing, app
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.tasks import resource_counts
+from fhirplatform.health import WORKERS
 from fhirplatform.schemas import schema_activate, schema_public, tenant_schema
 from tenants.models import Tenant
 
@@ -27,13 +28,17 @@ def test_healthz():
 
 
 @db
-def test_readyz_checks_postgres_redis_and_every_schemas_migrations(cast):
+def test_readyz_checks_postgres_redis_every_schemas_migrations_and_workers(
+    cast, celery_worker_process
+):
+    WORKERS.forget()
     response = Client().get("/readyz")
     body = response.json()
     assert response.status_code == 200, body
     assert body["status"] == "ready"
     assert body["checks"]["postgres"]["ok"] and body["checks"]["redis"]["ok"]
     assert body["checks"]["migrations"]["tenants"] == Tenant.objects.count()
+    assert body["checks"]["workers"]["ok"] and body["checks"]["workers"]["workers"]
 
 
 @db
@@ -71,6 +76,27 @@ def test_every_log_line_is_json_with_the_request_id(caplog):
     line = json.loads(handler.format(record))
     assert line["request_id"] == "trace-abcdef12"
     assert line["status"] == 200 and line["path"] == "/healthz"
+
+
+@db
+def test_a_fhir_requests_log_line_names_its_tenant_and_client(cast, caplog):
+    handler = logging.getLogger().handlers[0]
+    with caplog.at_level(logging.INFO, logger="fhirplatform.request"):
+        Client().get(
+            "/fhir/provider-a/Patient?_id=nobody",
+            HTTP_AUTHORIZATION=f"Bearer {cast.client_a.token()}",
+            HTTP_X_REQUEST_ID="trace-tenant-0001",
+        )
+    record = next(r for r in caplog.records if r.name == "fhirplatform.request")
+    for log_filter in handler.filters:
+        log_filter.filter(record)  # type: ignore[union-attr]
+    line = json.loads(handler.format(record))
+    assert (line["request_id"], line["tenant"], line["client"]) == (
+        "trace-tenant-0001",
+        cast.tenant_a.slug,
+        cast.client_a.client.client_id,
+    )
+    assert "?" not in line["path"]  # search values (PHI) stay out of the logs
 
 
 @db

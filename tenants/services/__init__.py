@@ -34,6 +34,7 @@ from tenants.services.grants import (
     grant_scopes_clean,
     grant_update,
 )
+from tenants.services.jtis import jti_hash, jti_spend, jtis_purge_expired
 from tenants.services.plans import (
     rate_plan_count_only,
     rate_plan_create,
@@ -72,6 +73,9 @@ __all__ = [
     "grant_revoke",
     "grant_scopes_clean",
     "grant_update",
+    "jti_hash",
+    "jti_spend",
+    "jtis_purge_expired",
     "jwks_validate",
     "partner_create",
     "partner_get_or_create",

@@ -4,7 +4,7 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -29,12 +29,20 @@ def credential_hash(credential: str) -> str:
     return hashlib.sha256(credential.encode()).hexdigest()
 
 
-def token_issue(*, grant: Grant, scopes: list[Scope], auth_method: str) -> IssuedToken:
+def token_issue(
+    *,
+    grant: Grant,
+    scopes: list[Scope],
+    auth_method: str,
+    issued_at: datetime | None = None,
+) -> IssuedToken:
     """Issue an opaque access token on a grant and return it once, in clear.
 
-    The caller has already narrowed `scopes` to the grant (oauth.token_scopes_for_request).
+    The caller has already narrowed `scopes` to the grant (oauth.token_scopes_for_request)
+    and may pass the time it began checking the grant as `issued_at`: a token is valid
+    only if its client, grant and tenant were not deactivated after that.
     """
-    now = timezone.now()
+    now = issued_at or timezone.now()
     lifetime = settings.ACCESS_TOKEN_LIFETIME_SECONDS
     token = secrets.token_urlsafe(32)
     AccessToken.objects.create(

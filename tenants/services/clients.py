@@ -169,15 +169,19 @@ def client_create(
 
 
 def client_revoke(*, client: ApiClient) -> ApiClient:
-    """Revoke a client; every token it holds stops working on the next request."""
+    """Revoke a client; every token it holds stops working on the next request, and
+    stays refused after a re-activation (tokens issued before `deactivated_at`)."""
+    now = timezone.now()
     client.status = ClientStatus.REVOKED
-    client.revoked_at = timezone.now()
-    client.save(update_fields=["status", "revoked_at"])
+    client.revoked_at = now
+    client.deactivated_at = now
+    client.save(update_fields=["status", "revoked_at", "deactivated_at"])
     logger.info("client revoked", extra={"client": client.client_id})
     return client
 
 
 def client_activate(*, client: ApiClient) -> ApiClient:
+    """Re-activate a client for tokens issued from now on; `deactivated_at` is kept."""
     client.status = ClientStatus.ACTIVE
     client.revoked_at = None
     client.save(update_fields=["status", "revoked_at"])

@@ -3,6 +3,7 @@
 import logging
 
 from django.db import transaction
+from django.utils import timezone
 
 from tenants.models import ApiClient, Grant, GrantStatus, RatePlan, Tenant
 from tenants.scopes import ScopeError, scopes_parse, scopes_text
@@ -52,9 +53,11 @@ def grant_create(
 
 
 def grant_revoke(*, grant: Grant) -> Grant:
-    """Revoke a grant; tokens issued on it are refused (403) from the next request on."""
+    """Revoke a grant; tokens issued on it are refused (403) from the next request on,
+    and stay refused after a re-activation (tokens issued before `deactivated_at`)."""
     grant.status = GrantStatus.REVOKED
-    grant.save(update_fields=["status"])
+    grant.deactivated_at = timezone.now()
+    grant.save(update_fields=["status", "deactivated_at"])
     logger.info(
         "grant revoked", extra={"client": grant.client.client_id, "tenant": grant.tenant.slug}
     )
@@ -62,6 +65,7 @@ def grant_revoke(*, grant: Grant) -> Grant:
 
 
 def grant_activate(*, grant: Grant) -> Grant:
+    """Re-activate a grant for tokens issued from now on; `deactivated_at` is kept."""
     grant.status = GrantStatus.ACTIVE
     grant.save(update_fields=["status"])
     logger.info(
@@ -82,7 +86,8 @@ def grant_update(
     """Change a grant's scopes, purposes, plan or status (through grant_revoke/grant_activate).
 
     Its client and tenant never change: revoke it and create another. Narrowed scopes
-    apply to tokens issued from now on; a token keeps the scopes it was issued with.
+    apply at once: a token's scopes are those it was issued with, intersected on every
+    request with what the grant holds now (tokens.token_authenticate).
     """
     if scopes is not UNCHANGED:
         scopes = grant_scopes_clean(scopes)

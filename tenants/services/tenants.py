@@ -5,6 +5,7 @@ import re
 import time
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from tenants.models import DataRegion, Domain, IsolationTier, RatePlan, Tenant, TenantStatus
 from tenants.services.base import (
@@ -91,9 +92,14 @@ def _tenant_drop(tenant: Tenant) -> None:
 
 def tenant_set_status(*, tenant: Tenant, status: TenantStatus) -> Tenant:
     """Suspend or re-activate a tenant; its callers' tokens are refused (403) from the
-    next request on while it is suspended."""
+    next request on while it is suspended, and tokens issued before a suspension stay
+    refused after the re-activation (`deactivated_at` is kept)."""
     tenant.status = status
-    tenant.save(update_fields=["status"])
+    fields = ["status"]
+    if status != TenantStatus.ACTIVE:
+        tenant.deactivated_at = timezone.now()
+        fields.append("deactivated_at")
+    tenant.save(update_fields=fields)
     logger.info("tenant status changed", extra={"tenant": tenant.slug, "status": status})
     return tenant
 

@@ -112,7 +112,9 @@ def test_client_revoked_in_the_change_form_is_revoked_like_client_revoke(cast):
 
     browser.post(url, data | {"status": ClientStatus.ACTIVE})
     assert ApiClient.objects.get(pk=issued.client.pk).revoked_at is None
-    assert _search(token).status_code == 200
+    # Re-activation serves new tokens; the one the revocation cut off stays dead.
+    assert _search(token).status_code == 401
+    assert _search(_token(issued.grants[0])).status_code == 200
 
 
 def test_tenant_status_change_in_the_form_goes_through_tenant_set_status(cast):

@@ -75,8 +75,9 @@ def test_forged_tenant_headers_do_not_change_the_answer(client, cast):
 
 
 def test_suspended_tenant_is_not_advertised(client, cast):
+    """Issue 9: a suspended tenant answers like an unknown one (no status probing)."""
     tenant = Tenant.objects.get(pk=cast.tenant_b.pk)
     tenant_set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
     response = client.get(PATH.format("payer-b"))
-    assert response.status_code == 403
-    assert response.json()["issue"][0]["code"] == "suspended"
+    assert response.status_code == 404
+    assert response.content == client.get(PATH.format("no-such-tenant")).content
