@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 WITH_SERVICES := set -a && . .data/services.env && set +a &&
 
-.PHONY: run test install services lint
+.PHONY: run test install services lint pgbouncer
 
 install: $(STAMP)
 
@@ -26,7 +26,15 @@ lint: services
 	$(BIN)/ruff format --check .
 	$(WITH_SERVICES) $(BIN)/mypy .
 
-test: services lint
+# tests/test_pooler.py starts a PgBouncer of its own: install Debian's package when missing
+# (as root, or through sudo without a password; with no stdin, as in CI).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer </dev/null
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+		$(APT_INSTALL) || { $(SUDO) apt-get update -q </dev/null && $(APT_INSTALL); }
+
+test: services pgbouncer lint
 	$(WITH_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
 	@# Tests use their own Redis database (15) and PostgreSQL database (test_<name>), so
 	@# they never touch the data of a running `make run`.

@@ -5,6 +5,9 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 
 from fhirplatform.context import context_begin, context_end, request_id_from_header
+from fhirplatform.db.faults import database_fault
+from fhirplatform.errors import fhir_error_json
+from fhirplatform.fhir.http import wants_outcome
 from fhirplatform.metrics import LATENCY, REQUESTS, route_class
 from fhirplatform.schemas import schema_public
 
@@ -61,3 +64,35 @@ class PublicSchemaMiddleware:
             return self.get_response(request)
         finally:
             schema_public()
+
+
+class DatabaseFaultMiddleware:
+    """A view that fails because the database is down answers 503 with Retry-After.
+
+    The token endpoint, the probes' callers and the admin meet the outage here; FHIR
+    views answer it in their own pipeline (it renders every error they raise). The API
+    gets an OperationOutcome (`transient`), the admin a plain page.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        fault = database_fault(exception)
+        if fault is None:
+            return None
+        logger.error(
+            "database unavailable",
+            extra={"path": request.path, "error": f"{type(exception).__name__}: {exception}"},
+        )
+        if wants_outcome(request):
+            return fhir_error_json(fault)
+        return HttpResponse(
+            "<!doctype html><title>Service unavailable</title>"
+            "<h1>Service unavailable</h1><p>The database cannot be reached. Try again shortly.</p>",
+            status=503,
+            headers=fault.headers,
+        )

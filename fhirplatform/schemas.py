@@ -1,10 +1,16 @@
-"""The one place that moves the database connection between tenant schemas."""
+"""The one place that moves the database connection between tenant schemas.
+
+Choosing a schema changes no server state: the backend (fhirplatform/db/backend) sets the
+search_path with `SET LOCAL` inside the transaction that uses it, so a pooled server
+connection never carries one tenant's path into another client's transaction. Tenant
+work therefore runs in a transaction: `tenant_schema()` opens one.
+"""
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from django.db import connection
+from django.db import connection, transaction
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
@@ -26,10 +32,17 @@ def schema_current() -> str:
 
 
 @contextmanager
-def tenant_schema(tenant: "Tenant") -> Iterator[None]:
-    """Run a block in the tenant's schema; always back to public afterwards."""
-    schema_activate(tenant)
-    try:
-        yield
-    finally:
-        schema_public()
+def tenant_schema(tenant: "Tenant", *, atomic: bool = True) -> Iterator[None]:
+    """Run a block in the tenant's schema, as one transaction; back to public afterwards.
+
+    `atomic=False`: the block opens no transaction of its own, because its caller holds
+    one (the FHIR pipeline's re-runnable one) or commits step by step (a bulk load: each
+    `transaction.atomic()` inside is its own transaction in the schema, and a statement
+    outside any runs in a transaction of its own).
+    """
+    with transaction.atomic() if atomic else nullcontext():
+        schema_activate(tenant)
+        try:
+            yield
+        finally:
+            schema_public()

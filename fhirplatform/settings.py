@@ -44,6 +44,7 @@ DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
 MIDDLEWARE = [
     "fhirplatform.middleware.RequestContextMiddleware",
     "fhirplatform.middleware.PublicSchemaMiddleware",
+    "fhirplatform.middleware.DatabaseFaultMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -78,8 +79,28 @@ _database = dj_database_url.parse(
 )
 if not _database["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL")
-_database["ENGINE"] = "django_tenants.postgresql_backend"
+# django-tenants' backend with the schema set per transaction (SET LOCAL), never per
+# session: safe behind a pooler in transaction mode (README "Operations").
+_database["ENGINE"] = "fhirplatform.db.backend"
+# A pooler between the platform and PostgreSQL: "none", "session" or "transaction"
+# (PgBouncer's pool_mode). "statement" pooling cannot hold a transaction, and every
+# write and every tenant read is one: refused.
+DATABASE_POOLER = env_str("DATABASE_POOLER", "none").strip().lower()
+if DATABASE_POOLER not in {"none", "session", "transaction"}:
+    raise ImproperlyConfigured(
+        f"DATABASE_POOLER={DATABASE_POOLER!r}: use none, session or transaction "
+        "(statement pooling is not supported)"
+    )
+# No server-side prepared statements: a pooler hands a statement prepared on one server
+# connection to another. (Django's default since 5.0; stated so nobody turns it on.)
+_database["OPTIONS"] = {**_database.get("OPTIONS", {}), "prepare_threshold": None}
+# A server-side cursor (QuerySet.iterator()) opened outside a transaction is held across
+# transactions, which a transaction pooler does not keep on one server connection.
+_database["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_POOLER == "transaction"
 DATABASES = {"default": _database}
+# Runs of a transaction PostgreSQL aborts as a deadlock victim or serialization failure
+# before the request is answered 503 (fhirplatform/db/transactions.py).
+DATABASE_TRANSACTION_ATTEMPTS = env_int("DATABASE_TRANSACTION_ATTEMPTS", 3, minimum=1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -216,7 +216,7 @@ def fhir_load_path(*, tenant: Tenant, path: Path | str) -> LoadReport:
     """
     started = time.perf_counter()
     report = LoadReport()
-    with tenant_schema(tenant):
+    with tenant_schema(tenant, atomic=False):
         for file in _files(Path(path)):
             try:
                 report.add(_load_file(file))
@@ -242,7 +242,7 @@ def fhir_load_resources(*, tenant: Tenant, resources: Iterable[dict[str, Any]]) 
             report.by_type.update(_store(_validated(chunk, "generated")))
         chunk.clear()
 
-    with tenant_schema(tenant):
+    with tenant_schema(tenant, atomic=False):
         for resource in resources:
             chunk.append(PendingResource(resource["resourceType"], resource["id"], resource))
             if len(chunk) >= NDJSON_CHUNK:

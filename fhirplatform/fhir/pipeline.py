@@ -7,14 +7,18 @@ DESIGN.md fixes, and every answer leaves through one exit:
     scope               scope_require, for what the view's describe() says the request is
     rate limit          limit_admit: every bucket that applies, in one Redis round trip ...
     concurrency slot    ... and the in-flight slot, held in the admission
-    [consent decision]  (to come: after the slot, before the handler)
-    [cache lookup]      (to come)
-    handler             the view's get/post/put/patch/delete
+    tenant part         one transaction in the caller's tenant schema (tenant_schema),
+                        re-run whole after a deadlock (transaction_run):
+      [consent decision]  (to come: after the slot, before the handler)
+      [cache lookup]      (to come)
+      handler             the view's get/post/put/patch/delete
     exit                pipeline_finish: [cache fill] → [audit event] → idempotency
                         completion → headers → admission release
 
 An Idempotency-Key is claimed once the request is admitted (a throttled retry claims
-nothing). Answers, refusals and crashes alike leave through the exit with their headers.
+nothing). Answers, refusals and crashes alike leave through the exit with their headers;
+the tenant part has committed (or rolled back) by then. A database outage, or a conflict
+still lost after the re-runs, is a 503 (fhirplatform/db/faults.py), never a 500.
 """
 
 from dataclasses import dataclass, field
@@ -29,6 +33,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fhirplatform.context import context_update
+from fhirplatform.db.faults import database_fault
+from fhirplatform.db.transactions import transaction_run
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir.http import fhir_error_response
 from fhirplatform.fhir.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
@@ -36,7 +42,7 @@ from fhirplatform.limits.codes import EndpointClass
 from fhirplatform.limits.costs import request_cost
 from fhirplatform.limits.engine import Admission, limit_admit
 from fhirplatform.limits.refusals import refusal_charge
-from fhirplatform.schemas import schema_activate
+from fhirplatform.schemas import tenant_schema
 from tenants.scopes import Interaction, scope_require
 from tenants.selectors import tenant_for_url
 from tenants.tokens import Caller, TenantMismatch, token_authenticate
@@ -62,6 +68,9 @@ class PipelineState:
     # A request refused before admission is charged to its address's refusal budget,
     # whose headers it then carries instead of the caller's own.
     refusal_headers: dict[str, str] = field(default_factory=dict)
+    # A stored outcome replayed for an Idempotency-Key: whatever its status, serving it
+    # cost the platform nothing, so it must not count as a server error or a slow answer.
+    replayed: bool = False
 
 
 class FhirView(APIView):
@@ -105,8 +114,48 @@ class FhirView(APIView):
         if mismatch is not None:
             raise mismatch
         self.state.idempotency = idempotency_begin(request=request, caller=caller)
-        schema_activate(caller.tenant)
-        # The consent decision and the cache lookup will come here, in the tenant's schema.
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        """DRF's dispatch, with the handler run as the request's tenant part."""
+        self.args, self.kwargs = args, kwargs
+        drf_request = self.initialize_request(request, *args, **kwargs)
+        self.request = drf_request
+        self.headers = self.default_response_headers
+        try:
+            self.initial(drf_request, *args, **kwargs)
+            response = self._tenant_part(drf_request, *args, **kwargs)
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(drf_request, response, *args, **kwargs)
+        return self.response
+
+    def _tenant_part(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Everything that reads or writes the tenant's data, as one transaction in its
+        schema: what a write changed is committed before the exit stores its answer for
+        replays, and a deadlock victim is re-run whole.
+
+        A re-run describes the request anew: describe() is repeatable, and what the
+        first attempt consumed of it (a Bundle's plan, rewritten as it ran) is fresh.
+        """
+        method = (request.method or "").lower()
+        handler = (
+            getattr(self, method, self.http_method_not_allowed)
+            if method in self.http_method_names
+            else self.http_method_not_allowed
+        )
+        runs = 0
+
+        def run() -> Response:
+            nonlocal runs
+            runs += 1
+            if runs > 1:
+                self.describe(request, **kwargs)
+            with tenant_schema(self.caller.tenant, atomic=False):  # in transaction_run's
+                # The consent decision and the cache lookup will come here.
+                response: Response = handler(request, *args, **kwargs)
+                return response
+
+        return transaction_run(work=run)
 
     def _authenticate(
         self, request: Request, *, url_tenant_slug: str
@@ -151,11 +200,14 @@ class FhirView(APIView):
     def handle_exception(self, exc: Exception) -> Response:
         """Every failure becomes a response, so that it too leaves through finalize_response."""
         if isinstance(exc, IdempotentReplay):
+            self.state.replayed = True
             return exc.response()  # type: ignore[return-value]
         if isinstance(exc, FhirError):
             return fhir_error_response(exc)
         if isinstance(exc, APIException):
             return super().handle_exception(exc)  # rendered as an OperationOutcome
+        if (fault := database_fault(exc)) is not None:
+            return fhir_error_response(fault)
         # Unhandled (or Django's Http404 / PermissionDenied): answered here exactly as
         # Django would answer it (logged, got_request_exception sent, handler500), so the
         # slot, the idempotency key and the headers are still settled by the exit.
@@ -173,11 +225,11 @@ def pipeline_finish(*, state: PipelineState, response: HttpResponseBase) -> Http
        anything below touches the response;
     2. audit event — written here (to come), for refusals too: DESIGN says every step
        that denies still writes one;
-    3. idempotency completion — the response is stored for replays, or the key freed
-       after a server error so the client may retry;
+    3. idempotency completion — the response is stored for replays (a 503, where nothing
+       was applied, frees the key instead);
     4. headers — the admission's rate-limit headers, or a refusal's budget headers;
     5. admission release — the concurrency slot is freed and the outcome fed to the
-       adaptive limit, whatever happened above.
+       adaptive limit (a replay as a success), whatever happened above.
     """
     admission, state.admission = state.admission, None
     try:
@@ -189,7 +241,7 @@ def pipeline_finish(*, state: PipelineState, response: HttpResponseBase) -> Http
             response[name] = value
     finally:
         if admission is not None:
-            admission.release(status=response.status_code)
+            admission.release(status=200 if state.replayed else response.status_code)
     return response
 
 
@@ -207,4 +259,6 @@ class PublicFhirView(APIView):
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, FhirError):
             return fhir_error_response(exc)
+        if (fault := database_fault(exc)) is not None:
+            return fhir_error_response(fault)
         return super().handle_exception(exc)

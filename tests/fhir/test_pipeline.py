@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 
 from fhirplatform.fhir import pipeline
+from fhirplatform.limits import engine
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, token_issue
 from tests.fhir.pipeline_urls import GatedCreate
@@ -89,8 +90,22 @@ def _nothing_in_flight(limiter_redis: Any) -> None:
     assert not [key for key in limiter_redis.keys("fp:rl:*inflight*") if limiter_redis.zcard(key)]
 
 
-def test_a_crash_in_the_handler_frees_the_slot_and_the_key_and_keeps_the_headers(
-    cast, limiter_redis, gated, exits
+@pytest.fixture
+def released(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The status every admission was released with (what the adaptive limit was fed)."""
+    seen: list[int] = []
+    release = engine.limit_release
+
+    def spy(*, admission: Any, status: int) -> None:
+        seen.append(status)
+        release(admission=admission, status=status)
+
+    monkeypatch.setattr(engine, "limit_release", spy)
+    return seen
+
+
+def test_a_crash_in_the_handler_frees_the_slot_and_keeps_the_headers(
+    cast, limiter_redis, gated, exits, released
 ):
     token, key = _token("provider-a"), str(uuid.uuid4())
     client = Client(raise_request_exception=False)
@@ -107,8 +122,10 @@ def test_a_crash_in_the_handler_frees_the_slot_and_the_key_and_keeps_the_headers
         assert outcome["issue"][0]["code"] == "exception"
         assert len(exits) == attempt
     _nothing_in_flight(limiter_redis)
-    assert not limiter_redis.keys("fp:idem:*")  # freed: the retry ran the handler again
-    assert gated.calls == ["provider-a", "provider-a"]
+    assert limiter_redis.keys("fp:idem:*")  # kept: the retry replayed the first answer
+    assert gated.calls == ["provider-a"]
+    # The replayed 500 cost nothing: the adaptive limit is not told of a second error.
+    assert released == [500, 200]
 
 
 def test_django_http404_in_a_handler_leaves_through_the_exit(cast, limiter_redis, gated, exits):

@@ -1,0 +1,1 @@
+"""The platform's database ENGINE: `fhirplatform.db.backend` (see base.py)."""
