@@ -28,6 +28,7 @@ class IssueCode(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     TOO_COSTLY = "too-costly"
+    TOO_LONG = "too-long"
     THROTTLED = "throttled"
     TRANSIENT = "transient"
     EXCEPTION = "exception"

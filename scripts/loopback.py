@@ -43,12 +43,19 @@ def gunicorn(
     `root` is the checkout whose code it runs (benchmarks compare against an older one)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # gunicorn's own errors as OperationOutcomes; a checkout older than that module has none.
+    config = (
+        ["--config", "python:fhirplatform.gunicorn_conf"]
+        if (root / "fhirplatform" / "gunicorn_conf.py").exists()
+        else []
+    )
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "gunicorn",
             "fhirplatform.wsgi:application",
+            *config,
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",

@@ -1,6 +1,8 @@
 """FHIR JSON over HTTP: media types, parsing, and OperationOutcome error responses."""
 
 import json
+import math
+import re
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -40,16 +42,92 @@ class PlainJSONRenderer(FhirJSONRenderer):
     media_type = "application/json"
 
 
+# Deeper than any resource's structure goes; refused before anything recursive (the
+# validators, the JSON encoders, jsonb) meets the value.
+MAX_JSON_DEPTH = 100
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _not_json(diagnostics: str) -> FhirError:
+    return FhirError(400, IssueCode.STRUCTURE, f"Request body is not valid JSON: {diagnostics}")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last of duplicate keys: {"resourceType": "Observation",
+    # "resourceType": "Patient"} would be checked as one thing and stored as another.
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            # Checked before the surrogate check, so the key is shown escaped where it must be.
+            shown = key[:100].encode("utf-8", "backslashreplace").decode()
+            raise _not_json(f"the key '{shown}' appears twice in one object")
+        found[key] = value
+    return found
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _not_json(f"the number {text[:100]} is out of range")
+    return number
+
+
+def _constant(name: str) -> None:
+    raise _not_json(f"{name} is not a JSON value")
+
+
+def _shape_check(value: Any) -> None:
+    """Depth within MAX_JSON_DEPTH, and no lone UTF-16 surrogate in a key or string
+    (`"\\ud800"` parses, but is no character: it can be neither stored nor sent back)."""
+    stack = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, str):
+            if _SURROGATE.search(current):
+                raise _not_json("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
+            continue
+        if not isinstance(current, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _not_json(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(current, dict):
+            stack.extend((key, depth) for key in current)
+            stack.extend((child, depth + 1) for child in current.values())
+        else:
+            stack.extend((child, depth + 1) for child in current)
+
+
+def json_parse(raw: bytes | str) -> Any:
+    """Every JSON document the FHIR API reads (bodies, and the JSON Patch inside a Bundle):
+    UTF-8, no duplicate keys, no NaN/Infinity, at most MAX_JSON_DEPTH deep, no lone
+    surrogates; anything else is a 400."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(
+            text, object_pairs_hook=_object, parse_float=_finite, parse_constant=_constant
+        )
+    except RecursionError:
+        # The C decoder stops at the interpreter's recursion limit (~1,000 levels).
+        raise _not_json(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise _not_json(str(exc)) from exc
+    _shape_check(value)
+    return value
+
+
+def digits_parse(text: str) -> int | None:
+    """The number 1-18 ASCII digits spell, else None. Every integer a request carries
+    (_count, version ids, ETags, Content-Length) is read here: str.isdigit() and int()
+    also take '١٢' and '²' (and int('²') then fails); 18 digits is above any limit here."""
+    return int(text) if _DIGITS.fullmatch(text) else None
+
+
 class FhirJSONParser(BaseParser):
     media_type = FHIR_JSON
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        try:
-            return json.loads(stream.read().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FhirError(
-                400, IssueCode.STRUCTURE, f"Request body is not valid JSON: {exc}"
-            ) from exc
+        return json_parse(stream.read())
 
 
 class PlainJSONParser(FhirJSONParser):
@@ -93,26 +171,26 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return None
 
 
-def _wants_outcome(request: HttpRequest) -> bool:
+def wants_outcome(request: HttpRequest) -> bool:
     # The admin and the portal are HTML; every other error body is an OperationOutcome.
     return not request.path.startswith(("/admin/", "/portal/"))
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """Requests Django refuses before routing (e.g. a Host outside ALLOWED_HOSTS)."""
-    if not _wants_outcome(request):
+    if not wants_outcome(request):
         return defaults.bad_request(request, exception or Exception())
     return fhir_error_json(FhirError(400, IssueCode.INVALID, "Bad request"))
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if not _wants_outcome(request):
+    if not wants_outcome(request):
         return defaults.page_not_found(request, exception or Exception())
     return fhir_error_json(not_found())
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    if not _wants_outcome(request):
+    if not wants_outcome(request):
         return defaults.server_error(request)
     return fhir_error_json(
         FhirError(

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core import signing
 
 from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.http import digits_parse
 from tenants.tokens import Caller
 
 DEFAULT_COUNT = 50
@@ -32,14 +33,14 @@ def count_parse(raw: str | None, *, default: int = DEFAULT_COUNT) -> int:
     """
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()):
+    count = digits_parse(raw)
+    if count is None:
         raise FhirError(
             400,
             IssueCode.VALUE,
-            f"_count must be a non-negative integer, got '{raw}'",
+            f"_count must be a non-negative integer, got '{raw[:100]}'",
             expression=["_count"],
         )
-    count = int(raw)
     cap = settings.FHIR_MAX_COUNT
     if count > cap:
         raise FhirError(

@@ -10,6 +10,7 @@ from django.utils import timezone
 from django.utils.http import http_date
 
 from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.http import digits_parse
 from fhirplatform.fhir.models import Method, Resource, ResourceVersion
 
 _METHOD_STATUS = {
@@ -47,11 +48,12 @@ def resource_gone(row: Resource | ResourceVersion) -> FhirError:
 
 
 def etag_version(header: str | None) -> int | None:
-    """The version in an If-Match / If-None-Match value (W/"3", "3" or 3), else None."""
+    """The version in an If-Match / If-None-Match value (W/"3", "3" or 3); None without a
+    header, -1 (a version that never matches) for anything else."""
     if not header:
         return None
-    value = header.strip().removeprefix("W/").strip('"')
-    return int(value) if value.isdigit() else -1
+    version = digits_parse(header.strip().removeprefix("W/").strip('"'))
+    return -1 if version is None else version
 
 
 def last_modified(value: datetime) -> str:

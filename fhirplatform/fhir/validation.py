@@ -5,7 +5,8 @@ Three layers, all of which must pass before anything is stored:
 1. the fhir.resources R4B model of the type (structure, cardinality, primitive formats);
 2. checks the model skips: required-binding codes of the core types (the models type
    them as plain strings; the tables are in required_bindings.py), resource id length,
-   reference format;
+   reference format, NUL characters (PostgreSQL cannot store them), contained resources
+   without an id or with resources of their own;
 3. agreement with the request: resourceType and id against the URL, payload size.
 
 R4 types that R4B dropped (MedicinalProduct*, *EvidenceSynthesis, Substance* details)
@@ -21,6 +22,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhirplatform.errors import FhirError, Issue, IssueCode
+from fhirplatform.fhir.http import digits_parse
 from fhirplatform.fhir.models import ID_CHARS, RELATIVE_REFERENCE, id_valid
 from fhirplatform.fhir.required_bindings import NARRATIVE_STATUS, REQUIRED_CODES, REQUIRED_CONCEPTS
 from fhirplatform.resource_types import R4_RESOURCE_TYPES, TYPE_CHARS
@@ -40,6 +42,7 @@ def _has_r4b_model(resource_type: str) -> bool:
 
 # Types of R4 that R4B removed: no R4B model exists, so they get the DomainResource checks.
 R4_ONLY_TYPES: frozenset[str] = frozenset(t for t in R4_RESOURCE_TYPES if not _has_r4b_model(t))
+_MODEL_TYPES = R4_RESOURCE_TYPES - R4_ONLY_TYPES
 
 
 def _invalid(diagnostics: str, expression: str, code: IssueCode = IssueCode.VALUE) -> Issue:
@@ -55,7 +58,9 @@ def payload_check(meta: Mapping[str, Any]) -> None:
             IssueCode.STRUCTURE,
             "Send the body with a Content-Length header; chunked transfer encoding is not accepted",
         )
-    size = int(meta.get("CONTENT_LENGTH") or 0)
+    size = digits_parse(meta.get("CONTENT_LENGTH") or "0")
+    if size is None:
+        raise FhirError(400, IssueCode.STRUCTURE, "Content-Length must be a number of bytes")
     limit = settings.FHIR_MAX_PAYLOAD_BYTES
     if size > limit:
         raise FhirError(
@@ -160,7 +165,8 @@ def _binding_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
         concept = content.get(element)
         if not isinstance(concept, dict):
             continue
-        for index, coding in enumerate(concept.get("coding") or []):
+        codings = concept.get("coding")
+        for index, coding in enumerate(codings if isinstance(codings, list) else []):
             if (
                 isinstance(coding, dict)
                 and coding.get("system") == system
@@ -178,6 +184,69 @@ def _binding_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
                 f"{resource_type}.text.status",
             )
         )
+    return issues
+
+
+def text_storable(text: str) -> bool:
+    """Whether PostgreSQL can hold `text`: neither jsonb nor a text column takes NUL
+    (U+0000), escaped or not. Resources and search values are both checked with this."""
+    return "\x00" not in text
+
+
+def _walk_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
+    """What must hold everywhere inside a resource, named by its path: no NUL in a key or
+    string, and every resource within (contained, Bundle.entry.resource, ...) of a type
+    with a model (the models fail with a crash, not an error, on any other). Iterative:
+    the loader's resources have not been through the HTTP parser's depth limit."""
+    issues: list[Issue] = []
+    stack: list[tuple[Any, str]] = [(content, resource_type)]
+    while stack and len(issues) < 20:
+        value, path = stack.pop()
+        if isinstance(value, str) and not text_storable(value):
+            issues.append(_invalid(f"{path} holds a NUL character (U+0000)", path))
+        elif isinstance(value, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(value))
+        elif isinstance(value, dict):
+            inner = value.get("resourceType")
+            known = isinstance(inner, str) and inner in _MODEL_TYPES
+            if value is not content and "resourceType" in value and not known:
+                issues.append(
+                    _invalid(
+                        f"{path}.resourceType '{str(inner)[:64]}' is not an R4 resource type "
+                        "this server can validate inside another resource",
+                        f"{path}.resourceType",
+                    )
+                )
+            for key, child in value.items():
+                if not text_storable(key):
+                    issues.append(_invalid(f"{path}.{key} is named with a NUL", f"{path}.{key}"))
+                stack.append((child, f"{path}.{key}"))
+    return issues
+
+
+def _contained_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
+    # A contained resource is only reachable as "#id", and FHIR forbids nesting (dom-2);
+    # the R4B models accept both omissions.
+    contained = content.get("contained")
+    issues = []
+    for index, item in enumerate(contained if isinstance(contained, list) else []):
+        path = f"{resource_type}.contained[{index}]"
+        if not isinstance(item, dict):
+            continue
+        if not item.get("id"):
+            issues.append(
+                _invalid(
+                    f"{path}.id: a contained resource needs an id", f"{path}.id", IssueCode.REQUIRED
+                )
+            )
+        if "contained" in item:
+            issues.append(
+                _invalid(
+                    f"{path}.contained: a contained resource cannot contain resources",
+                    f"{path}.contained",
+                    IssueCode.STRUCTURE,
+                )
+            )
     return issues
 
 
@@ -257,10 +326,12 @@ def resource_validate(
             "id must be 1-64 of A-Z a-z 0-9 - .",
             expression=[f"{resource_type}.id"],
         )
-    if resource_type in R4_ONLY_TYPES:
-        issues = _r4_only_issues(resource_type, content)
-    else:
-        issues = _model_issues(resource_type, content)
+    issues = _walk_issues(resource_type, content) + _contained_issues(resource_type, content)
+    if not issues:  # only then the models: an unknown inner resourceType crashes them
+        if resource_type in R4_ONLY_TYPES:
+            issues = _r4_only_issues(resource_type, content)
+        else:
+            issues = _model_issues(resource_type, content)
     issues += _binding_issues(resource_type, content)
     issues += _reference_issues(resource_type, content, resource_type)
     if issues:

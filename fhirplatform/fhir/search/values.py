@@ -21,11 +21,17 @@ from fhirplatform.fhir.search.registry import ParamType
 MIN_INSTANT = datetime(1, 1, 1, tzinfo=UTC)
 MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 MAX_TEXT = 255
+# re.ASCII: FHIR dates are written in ASCII digits; \d alone also matches '١٢٣٤'.
 _DATE = re.compile(
     r"^(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
     r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?P<fraction>\.\d+)?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$",
+    re.ASCII,
 )
+# A number a search compares: stored numbers are numeric(38,12), and a literal much past
+# that (1e999999) is more than PostgreSQL's numeric type, or Decimal's arithmetic, takes.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+MAX_SEARCH_DIGITS = 50
 
 
 @dataclass(frozen=True)
@@ -99,12 +105,14 @@ def date_range(text: str) -> DateValue | None:
         month = int(parts["month"])
         if parts["day"] is None:
             low = datetime(year, month, 1, tzinfo=UTC)
+            if (year, month) == (9999, 12):
+                return DateValue(low, MAX_INSTANT)
             high = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
             return DateValue(low, high)
         day = int(parts["day"])
         if parts["hour"] is None:
             low = datetime(year, month, day, tzinfo=UTC)
-            return DateValue(low, low + timedelta(days=1))
+            return DateValue(low, instant_shift(low, timedelta(days=1)))
         zone: timezone = UTC
         if parts["tz"] and parts["tz"] != "Z":
             sign = 1 if parts["tz"][0] == "+" else -1
@@ -128,9 +136,40 @@ def date_range(text: str) -> DateValue | None:
             step = timedelta(microseconds=10 ** max(0, 6 - (len(fraction) - 1)))
         else:
             step = timedelta(seconds=1)
-        return DateValue(low, low + step)
+        return DateValue(low, instant_shift(low, step))
     except (ValueError, OverflowError):
         return None
+
+
+def instant_parse(text: str) -> datetime | None:
+    """An instant a request names (`_since`): a dateTime with its zone, or a date (from
+    its start, UTC); None when it is neither or falls outside years 0001-9999 in UTC."""
+    match = _DATE.match(text.strip())
+    if not match or (match["hour"] is not None and match["tz"] is None):
+        return None
+    parsed = date_range(text)
+    return parsed.low if parsed else None
+
+
+def instant_shift(value: datetime, delta: timedelta) -> datetime:
+    """`value + delta`, held within [MIN_INSTANT, MAX_INSTANT] instead of overflowing (the
+    slack of an `ap` search around a date at either end of the calendar)."""
+    try:
+        return min(max(value + delta, MIN_INSTANT), MAX_INSTANT)
+    except OverflowError:
+        return MIN_INSTANT if delta < timedelta(0) else MAX_INSTANT
+
+
+def number_parse(text: str) -> Decimal | None:
+    """A search number in ASCII digits (Decimal also takes '١٢'), at most
+    MAX_SEARCH_DIGITS digits either side of the point; else None."""
+    if not _NUMBER.fullmatch(text):
+        return None
+    number = Decimal(text)
+    exponent = number.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent < -MAX_SEARCH_DIGITS:
+        return None
+    return number if number.is_zero() or abs(number.adjusted()) <= MAX_SEARCH_DIGITS else None
 
 
 def decimal_value(value: Any) -> Decimal | None:
