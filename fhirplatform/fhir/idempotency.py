@@ -4,8 +4,13 @@ IETF httpapi idempotency-key draft semantics, keys scoped to tenant + client:
 the first request claims the key; a replay of the same request gets the stored
 response (status, headers, body) back; a duplicate that arrives while the first
 is still running gets 409; the same key with a different request gets 422.
-Keys live in Redis for IDEMPOTENCY_TTL_SECONDS. A server error frees the key so
-the client can retry.
+Keys live in Redis for IDEMPOTENCY_TTL_SECONDS.
+
+The first outcome is stored whatever it was, a 4xx or a 5xx included: a server error may
+come after some writes were made (a batch's earlier entries, a write whose answer then
+failed), so running the request again under the same key could write twice. Only a
+request that never finished (its worker died) frees its key, when the in-flight claim
+expires.
 """
 
 import hashlib
@@ -67,6 +72,8 @@ class IdempotentReplay(Exception):
         for name, value in self.record["headers"].items():
             response[name] = value
         response[REPLAYED_HEADER] = "?1"
+        # The first answer was logged when it was made; a replayed 5xx is not a new error.
+        response._has_been_logged = True  # type: ignore[attr-defined]
         return response
 
 
@@ -76,10 +83,13 @@ class IdempotencyClaim:
     fingerprint: str
 
     def complete(self, response: Any) -> None:
-        """Store the response for replays, or free the key after a server error."""
+        """Store the response, whatever its status, for every replay of the request; but a
+        503 frees the key. The platform answers 503 only when nothing was applied (the
+        transaction was rolled back, or the database was out of reach) and tells the client
+        to send the request again: a replayed 503 would refuse that retry for a day."""
         client, _ = _redis()
         try:
-            if response.status_code >= 500:
+            if response.status_code == 503:
                 client.delete(self.redis_key)
                 return
             if hasattr(response, "render") and not getattr(response, "is_rendered", True):

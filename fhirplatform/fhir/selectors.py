@@ -6,14 +6,14 @@ never OFFSET, in the signed-cursor scheme of paging.py that search uses too.
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
 from django.db.models import Q
-from django.utils import dateparse, timezone
 
 from fhirplatform.errors import FhirError, IssueCode, not_found
+from fhirplatform.fhir.http import digits_parse
 from fhirplatform.fhir.models import Method, Resource, ResourceVersion, id_valid
 from fhirplatform.fhir.paging import (
     DEFAULT_COUNT,
@@ -26,7 +26,9 @@ from fhirplatform.fhir.paging import (
 from fhirplatform.fhir.representation import resource_gone
 from fhirplatform.fhir.search.parsing import Control
 from fhirplatform.fhir.search.selectors import search_bundle
+from fhirplatform.fhir.search.values import instant_parse
 from fhirplatform.fhir.validation import resource_type_check
+from tenants.scopes import Interaction, scopes_allow
 from tenants.tokens import Caller
 
 
@@ -46,10 +48,11 @@ def resource_read(*, resource_type: str, logical_id: str) -> Resource:
 def resource_vread(*, resource_type: str, logical_id: str, version_id: str) -> ResourceVersion:
     """One version; the shared 404 if there is none, 410 if it is a delete."""
     resource_type_check(resource_type)
-    if not version_id.isdigit() or not id_valid(logical_id):
+    number = digits_parse(version_id)
+    if number is None or not id_valid(logical_id):
         raise not_found()
     version = ResourceVersion.objects.filter(
-        resource_type=resource_type, logical_id=logical_id, version_id=int(version_id)
+        resource_type=resource_type, logical_id=logical_id, version_id=number
     ).first()
     if version is None:
         raise not_found()
@@ -93,21 +96,16 @@ def history_parse(
 ) -> HistoryQuery:
     """Validate _since and _count (400 with the parameter named; paging.count_parse)."""
     since = None
-    if params.get("_since"):
-        text = params["_since"]
-        since = dateparse.parse_datetime(text)
-        if since is None and (day := dateparse.parse_date(text)) is not None:
-            since = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    if text := params.get("_since"):
+        # The search side's date grammar: ASCII digits, and within years 0001-9999 in UTC.
+        since = instant_parse(text)
         if since is None:
             raise FhirError(
                 400,
                 IssueCode.VALUE,
-                f"_since '{text}' is not a FHIR instant",
+                f"_since '{text[:100]}' is not a FHIR instant with a time zone (or a date) "
+                "between the years 0001 and 9999",
                 expression=["_since"],
-            )
-        if timezone.is_naive(since):
-            raise FhirError(
-                400, IssueCode.VALUE, "_since must carry a time zone", expression=["_since"]
             )
     count = count_parse(params.get("_count"))
     if resource_type is not None:
@@ -151,15 +149,11 @@ def history_page(*, caller: Caller, query: HistoryQuery, cursor: str | None) -> 
     return HistoryPage(versions=rows, next_cursor=next_cursor)
 
 
-def resource_match(*, caller: Caller, resource_type: str, query: str) -> list[Resource]:
-    """Current resources matching a search query string (conditional create)."""
-    params = [
-        (name, value)
-        for name, value in parse_qsl(query, keep_blank_values=True)
-        if name != Control.COUNT
-    ]
-    if not params:
-        raise FhirError(400, IssueCode.INVALID, "If-None-Exist needs search criteria")
+def resource_match(*, caller: Caller, resource_type: str, criteria: str) -> list[Resource]:
+    """Current resources matching conditional-create criteria, already made canonical by
+    `criteria_canonical`. The match is a search for `caller`, so it needs the caller's
+    search scope on the type like any search: criteria are no way round it."""
+    params = parse_qsl(criteria, keep_blank_values=True)
     bundle = search_bundle(
         caller=caller,
         resource_type=resource_type,
@@ -177,8 +171,18 @@ def resource_match(*, caller: Caller, resource_type: str, query: str) -> list[Re
     more = any(link.get("relation") == "next" for link in bundle.get("link", []))
     if len(ids) > 1 or more or bundle.get("total", len(ids)) > len(ids):
         raise FhirError(
-            412, IssueCode.DUPLICATE, f"If-None-Exist '{query}' matches more than one resource"
+            412, IssueCode.DUPLICATE, f"If-None-Exist '{criteria}' matches more than one resource"
         )
     return list(
         Resource.objects.filter(resource_type=resource_type, logical_id__in=ids, deleted=False)
     )
+
+
+def match_disclosable(*, caller: Caller, resource_type: str) -> bool:
+    """Whether the answer to a conditional create that matched may show the match.
+
+    Only to a caller with read scope on the type: a create-and-search caller learns that
+    a match exists (its search scope tells it as much), never the resource, its id or
+    its version.
+    """
+    return scopes_allow(caller.scopes, resource_type, Interaction.READ)

@@ -9,6 +9,7 @@ updates never lose a write and If-Match is checked against the version really cu
 """
 
 import copy
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from psycopg.types.json import Jsonb
 from fhirplatform.errors import FhirError, IssueCode, not_found
 from fhirplatform.fhir.models import Method, Resource, ResourceVersion
 from fhirplatform.fhir.representation import instant_text, now_instant, resource_gone
+from fhirplatform.fhir.search.parsing import criteria_canonical
 from fhirplatform.fhir.search.services import (
     index_remove,
     index_resource,
@@ -30,8 +32,9 @@ from fhirplatform.fhir.search.services import (
     rows_copy,
 )
 from fhirplatform.fhir.validation import resource_type_check, resource_validate
+from fhirplatform.schemas import schema_current
 
-# (resource_type, query) -> the current resources matching that search query.
+# (resource_type, canonical criteria) -> the current resources matching them.
 MatchFunction = Callable[[str, str], list[Resource]]
 
 
@@ -131,6 +134,41 @@ def resource_create(
     return resource
 
 
+def _criteria_lock(*, resource_type: str, criteria: str) -> None:
+    """A transaction-scoped advisory lock on (tenant, type, canonical criteria).
+
+    Advisory locks are database-wide, so the key names the tenant's schema: another
+    tenant's identical criteria never wait on this one. The key is hashed here rather than
+    by PostgreSQL so that no criteria text, whatever it holds, reaches the lock call.
+    """
+    key = f"{schema_current()}\n{resource_type}?{criteria}".encode()
+    number = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [number])
+
+
+def resource_match_locked(
+    *, resource_type: str, query: str, matches: MatchFunction
+) -> list[Resource]:
+    """The resources If-None-Exist criteria match, the criteria locked until the end of the
+    surrounding transaction (which must then do the create, or not).
+
+    The criteria are made canonical once (`criteria_canonical`), before locking and
+    matching, so that two spellings of one condition take the same lock and two
+    concurrent conditional creates with them make one resource. Several matches: 412.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("a conditional-create lock only holds inside a transaction")
+    criteria = criteria_canonical(resource_type=resource_type, query=query)
+    _criteria_lock(resource_type=resource_type, criteria=criteria)
+    found = matches(resource_type, criteria)
+    if len(found) > 1:
+        raise FhirError(
+            412, IssueCode.DUPLICATE, f"If-None-Exist '{criteria}' matches {len(found)} resources"
+        )
+    return found
+
+
 @transaction.atomic
 def resource_create_conditional(
     *,
@@ -141,20 +179,10 @@ def resource_create_conditional(
     query: str,
     logical_id: str | None = None,
 ) -> WriteResult:
-    """If-None-Exist: create unless `query` matches. One match returns it, several give 412.
-
-    A transaction-scoped advisory lock on (type, query) makes two concurrent conditional
-    creates with the same criteria produce one resource, not two.
-    """
+    """If-None-Exist: create unless `query` matches; one match is returned, not created."""
     resource_type_check(resource_type)
     resource_validate(content=content, resource_type=resource_type)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{resource_type}?{query}"])
-    found = matches(resource_type, query)
-    if len(found) > 1:
-        raise FhirError(
-            412, IssueCode.DUPLICATE, f"If-None-Exist '{query}' matches {len(found)} resources"
-        )
+    found = resource_match_locked(resource_type=resource_type, query=query, matches=matches)
     if found:
         return WriteResult(resource=found[0], created=False)
     resource = resource_create(

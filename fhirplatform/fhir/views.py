@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fhirplatform.errors import FHIR_JSON, FhirError, Issue, IssueCode, Severity, operation_outcome
-from fhirplatform.fhir import bundles, selectors, services
+from fhirplatform.fhir import bundle_processing, bundles, selectors, services
 from fhirplatform.fhir.capability import capability_statement
 from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser
 from fhirplatform.fhir.models import Resource
@@ -134,13 +134,17 @@ class TypeView(BaseFhirView):
                 resource_type=resource_type,
                 content=content,
                 source=self.source(),
-                query=if_none_exist.lstrip("?"),
-                matches=lambda t, q: selectors.resource_match(
-                    caller=self.caller, resource_type=t, query=q
+                query=if_none_exist,
+                matches=lambda t, criteria: selectors.resource_match(
+                    caller=self.caller, resource_type=t, criteria=criteria
                 ),
             )
-            status = 201 if result.created else 200
-            return self.written(request, result.resource, status, location=result.created)
+            if result.created:
+                return self.written(request, result.resource, 201, location=True)
+            if selectors.match_disclosable(caller=self.caller, resource_type=resource_type):
+                return self.written(request, result.resource, 200)
+            # Matched, nothing created; no body, ETag or Last-Modified name the match.
+            return Response(None, status=200)
         resource = services.resource_create(
             resource_type=resource_type, content=content, source=self.source()
         )
@@ -316,7 +320,7 @@ class SystemView(BaseFhirView):
 
     def post(self, request: Request, tenant: str) -> Response:
         representation = _prefer(request).get("return") == "representation"
-        bundle = bundles.bundle_process(
+        bundle = bundle_processing.bundle_process(
             caller=self.caller,
             planned=self.planned,
             base_url=self.base_url,

@@ -5,11 +5,20 @@ import json
 import uuid
 
 import pytest
+from django.db import connection
 
 from fhirplatform.fhir import bundles
 from fhirplatform.fhir.models import Resource
 from fhirplatform.schemas import tenant_schema
-from tests.fhir.rest_support import FhirClient, fhir_valid, generous_limits, observation, patient
+from tests.fhir.rest_support import (
+    FhirClient,
+    fhir_valid,
+    generous_limits,
+    observation,
+    patient,
+    stored_tagged,
+    tagged,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -284,3 +293,76 @@ def test_an_oversized_bundle_is_413_before_its_entries_are_looked_at(api, cast, 
     assert issue["code"] == "too-costly" and "3 entries" in issue["diagnostics"]
     assert api.post("", _transaction([_post_entry(patient("Fits"))] * 2)).status_code == 200
     assert _count(cast.tenant_a) == before + 2
+
+
+@pytest.fixture
+def failing_writes(cast):
+    """A real server-side fault: a trigger in tenant A's store that makes PostgreSQL refuse
+    any resource carrying the returned marker (undone with the test's transaction)."""
+    marker = "explode-" + uuid.uuid4().hex
+    with tenant_schema(cast.tenant_a), connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            CREATE FUNCTION fault_{marker[8:]}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.content::text LIKE '%{marker}%' THEN
+                    RAISE EXCEPTION 'injected fault';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER fault_{marker[8:]} BEFORE INSERT OR UPDATE ON fhir_resource
+                FOR EACH ROW EXECUTE FUNCTION fault_{marker[8:]}();
+            """
+        )
+    return marker
+
+
+def test_a_batch_entry_failing_on_the_server_fails_alone_and_is_never_run_twice(
+    api, cast, failing_writes
+):
+    run = uuid.uuid4().hex
+    bundle = _transaction(
+        [
+            _post_entry(tagged(patient("Kept"), run)),
+            _post_entry(tagged(observation("Patient/kept"), run)),
+            _post_entry(tagged(patient(failing_writes), run)),
+        ],
+        kind="batch",
+    )
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = api.post("", bundle, headers=key)
+    assert first.status_code == 200, first.content
+    entries = fhir_valid(first.json())["entry"]
+    assert [e["response"]["status"] for e in entries] == ["201 Created", "201 Created", "500"]
+    issue = entries[2]["response"]["outcome"]["issue"][0]
+    assert issue["code"] == "exception"
+    assert issue["expression"] == ["Bundle.entry[2]"]
+    assert "injected" not in first.content.decode()  # the database's words stay inside
+    for _ in range(2):
+        retried = api.post("", bundle, headers=key)
+        assert retried.status_code == 200
+        assert retried.headers["Idempotent-Replayed"] == "?1"
+        assert retried.json() == first.json()
+    assert len(stored_tagged(cast.tenant_a, run)) == 2  # not 6: the retries ran nothing
+
+
+def test_a_transaction_failing_on_the_server_stores_nothing_and_replays_its_500(
+    api, cast, failing_writes
+):
+    run = uuid.uuid4().hex
+    bundle = _transaction(
+        [
+            _post_entry(tagged(patient("Undone"), run)),
+            _post_entry(tagged(patient(failing_writes), run)),
+        ]
+    )
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    client = FhirClient(cast.tenant_a.slug, api.token)
+    client.client.raise_request_exception = False
+    first = client.post("", bundle, headers=key)
+    assert first.status_code == 500
+    assert first.json()["resourceType"] == "OperationOutcome"
+    retried = client.post("", bundle, headers=key)
+    assert (retried.status_code, retried.json()) == (500, first.json())
+    assert retried.headers["Idempotent-Replayed"] == "?1"
+    assert stored_tagged(cast.tenant_a, run) == []

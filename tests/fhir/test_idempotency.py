@@ -1,5 +1,5 @@
 """Idempotency-Key: replay, 409 while in flight, 422 for a different body, tenant scoping,
-and a key freed by a server error or a crash."""
+and the first outcome replayed whatever it was, a server error or a crash included."""
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -133,45 +133,61 @@ def test_a_duplicate_while_the_first_is_in_flight_is_409(committed, cast, limite
     assert GatedCreate.calls == ["provider-a"]  # the handler ran once
 
 
-def test_a_server_error_frees_the_key(committed, cast, limiter_redis, settings):
+def _post_gated(client: Client, body: dict[str, Any], key: str, token: str) -> Any:
+    return client.post(
+        "/fhir/provider-a/Gated",
+        data=body,
+        content_type="application/fhir+json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
+
+
+def test_a_server_error_is_replayed_not_run_again(committed, cast, limiter_redis, settings):
+    # A 5xx may come after writes were made: running the request again could write twice.
     settings.ROOT_URLCONF = "tests.fhir.pipeline_urls"
     token, key = new_token("provider-a"), str(uuid.uuid4())
     GatedCreate.gate.set()
     GatedCreate.calls.clear()
-    headers: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_IDEMPOTENCY_KEY": key}
-    failed = Client().post(
-        "/fhir/provider-a/Gated",
-        data={"resourceType": "Patient", "fail": 1},
-        content_type="application/fhir+json",
-        **headers,
-    )
+    body = {"resourceType": "Patient", "fail": 1}
+    failed = _post_gated(Client(), body, key, token)
     assert failed.status_code == 500
-    retried = Client().post(
-        "/fhir/provider-a/Gated",
-        data={"resourceType": "Patient", "fail": 1},
-        content_type="application/fhir+json",
-        **headers,
-    )
-    assert retried.status_code == 500
-    assert len(GatedCreate.calls) == 2  # not replayed: the client may retry after a 5xx
+    for _ in range(2):
+        retried = _post_gated(Client(), body, key, token)
+        assert retried.status_code == 500
+        assert retried.json() == failed.json()
+        assert retried.headers["Idempotent-Replayed"] == "?1"
+    assert len(GatedCreate.calls) == 1
 
 
-def test_an_unhandled_error_frees_the_key_and_the_slot(committed, cast, limiter_redis, settings):
+def test_an_unhandled_error_is_replayed_and_frees_the_slot(
+    committed, cast, limiter_redis, settings
+):
     settings.ROOT_URLCONF = "tests.fhir.pipeline_urls"
     token, key = new_token("provider-a"), str(uuid.uuid4())
     GatedCreate.gate.set()
     GatedCreate.calls.clear()
     client = Client(raise_request_exception=False)
-    headers: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_IDEMPOTENCY_KEY": key}
     body = {"resourceType": "Patient", "crash": 1}
     for _ in range(2):
-        response = client.post(
-            "/fhir/provider-a/Gated", data=body, content_type="application/fhir+json", **headers
-        )
+        response = _post_gated(client, body, key, token)
         assert response.status_code == 500
-    assert len(GatedCreate.calls) == 2
+        assert response.json()["issue"][0]["code"] == "exception"
+    assert len(GatedCreate.calls) == 1
     assert limiter_redis.zcard("fp:rl:provider-a:inflight") == 0
     assert limiter_redis.zcard("fp:rl:global:inflight") == 0
+
+
+def test_a_client_error_is_replayed(server, committed, cast, limiter_redis):
+    token, key = new_token("provider-a"), str(uuid.uuid4())
+    invalid = {"resourceType": "Patient", "gender": "not-a-gender"}
+    headers = bearer(token) | JSON | {"Idempotency-Key": key}
+    url = f"{server}/fhir/provider-a/Patient"
+    first = requests.post(url, json=invalid, headers=headers, timeout=10)
+    again = requests.post(url, json=invalid, headers=headers, timeout=10)
+    assert first.status_code == again.status_code == 422
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "?1"
 
 
 @pytest.mark.django_db

@@ -8,11 +8,14 @@ parameter; unknown parameters fail in strict handling and are reported otherwise
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import parse_qsl, urlencode
 
 from fhirplatform.errors import FhirError, Issue, IssueCode
 from fhirplatform.fhir.paging import CURSOR_PARAM, DEFAULT_COUNT, count_parse
-from fhirplatform.fhir.search.query import Chain, Criterion, split_values
+from fhirplatform.fhir.search.query import Chain, Criterion, Modifier, split_values
 from fhirplatform.fhir.search.registry import Column, ParamType, SearchParameter, search_parameter
+from fhirplatform.fhir.search.values import text_normalise
+from fhirplatform.fhir.validation import text_storable
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 # Parameters that shape the result rather than filter it; _format/_pretty are the renderer's.
@@ -57,6 +60,8 @@ class SearchRequest:
     cursor: str | None = None
     used: list[tuple[str, str]] = field(default_factory=list)  # canonical, for links
     unknown: list[str] = field(default_factory=list)
+    # The filtering parameters alone, each in one spelling (see criteria_canonical).
+    filters: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _invalid(name: str, diagnostics: str, code: IssueCode = IssueCode.INVALID) -> FhirError:
@@ -145,6 +150,8 @@ def search_parse(
     if system_level and types:
         request.used.append((Control.TYPE, ",".join(types)))
     for name, value in params:
+        if not (text_storable(name) and text_storable(value)):
+            raise _invalid(name, "holds a NUL character (U+0000)", IssueCode.VALUE)
         if name in IGNORED_CONTROL or name == Control.TYPE:
             continue
         if name == CURSOR_PARAM:
@@ -209,6 +216,7 @@ def _parse_criterion(request: SearchRequest, name: str, value: str, types: list[
     if code in (Column.ID, Column.LAST_UPDATED):
         request.criteria.append((criterion, None))
         request.used.append((name, value))
+        request.filters.append((name, _filter_values(criterion, None)))
         return
     if "." in name:
         chain = _parse_chain(name, split_values(value), types)
@@ -217,6 +225,7 @@ def _parse_criterion(request: SearchRequest, name: str, value: str, types: list[
         else:
             request.chains.append(chain)
             request.used.append((name, value))
+            request.filters.append((name, _filter_values(chain.criterion, chain.parameter)))
         return
     parameter = _parameter_for(types, code)
     if parameter is None:
@@ -224,6 +233,37 @@ def _parse_criterion(request: SearchRequest, name: str, value: str, types: list[
         return
     request.criteria.append((criterion, parameter))
     request.used.append((name, value))
+    request.filters.append((name, _filter_values(criterion, parameter)))
+
+
+def _filter_values(criterion: Criterion, parameter: SearchParameter | None) -> str:
+    """A criterion's OR-values in one spelling: deduplicated and sorted, and string values
+    folded as string search folds them (`Müller` and `muller` find the same resources)."""
+    values = set(criterion.values)
+    folded = parameter is not None and parameter.type is ParamType.STRING
+    if folded and criterion.modifier != Modifier.EXACT:
+        values = {text_normalise(value) for value in values}
+    return ",".join(value.replace(",", "\\,") for value in sorted(values))
+
+
+def criteria_canonical(*, resource_type: str, query: object) -> str:
+    """Conditional-create criteria (If-None-Exist) in one canonical spelling.
+
+    Equivalent criteria must lock and match alike, or two spellings of one condition
+    create two resources: the query is percent-decoded, parsed by the search parser
+    (unknown parameters and bad values are a 400, as in strict search), its result
+    parameters (_count, _sort, _summary, _elements, _include, ...) and empty parameters
+    dropped, and the filters left are sorted, values included. The result is a query
+    string again, which is what the store locks on and the search matches with.
+    """
+    if not isinstance(query, str):
+        raise FhirError(400, IssueCode.INVALID, "If-None-Exist criteria must be a query string")
+    decoded = parse_qsl(query.strip().lstrip("?"), keep_blank_values=True)
+    params = [(name, value) for name, value in decoded if name and value]
+    request = search_parse(resource_type=resource_type, params=params, strict=True)
+    if not request.filters:
+        raise FhirError(400, IssueCode.INVALID, "If-None-Exist needs search criteria")
+    return urlencode(sorted(set(request.filters)))
 
 
 def _parse_chain(name: str, values: tuple[str, ...], types: list[str]) -> Chain | None:

@@ -8,7 +8,7 @@ EXISTS clauses. Every bad value raises a 400 naming the parameter.
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 
 from django.db.models import Exists, OuterRef, Q
@@ -17,7 +17,14 @@ from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir.models import Resource, id_valid
 from fhirplatform.fhir.search.models import INDEX_MODEL, ReferenceIndex
 from fhirplatform.fhir.search.registry import Column, ParamType, SearchParameter
-from fhirplatform.fhir.search.values import date_range, reference_parse, text_normalise
+from fhirplatform.fhir.search.values import (
+    MAX_SEARCH_DIGITS,
+    date_range,
+    instant_shift,
+    number_parse,
+    reference_parse,
+    text_normalise,
+)
 from fhirplatform.resource_types import TYPE_CHARS
 
 
@@ -123,7 +130,8 @@ def range_q(prefix: Prefix, low: datetime, high: datetime, lo: str, hi: str) -> 
             return Q(**{f"{hi}__lte": low})
         case Prefix.AP:
             slack = max((high - low) / 10, timedelta(days=1))
-            return Q(**{f"{lo}__lt": high + slack, f"{hi}__gt": low - slack})
+            low, high = instant_shift(low, -slack), instant_shift(high, slack)
+            return Q(**{f"{lo}__lt": high, f"{hi}__gt": low})
 
 
 def instant_q(prefix: Prefix, low: datetime, high: datetime, field: str) -> Q:
@@ -144,16 +152,16 @@ def instant_q(prefix: Prefix, low: datetime, high: datetime, field: str) -> Q:
             return Q(**{f"{field}__lt": high})
         case Prefix.AP:
             slack = max((high - low) / 10, timedelta(days=1))
-            return Q(**{f"{field}__gte": low - slack, f"{field}__lt": high + slack})
+            low, high = instant_shift(low, -slack), instant_shift(high, slack)
+            return Q(**{f"{field}__gte": low, f"{field}__lt": high})
 
 
 def _decimal(criterion: Criterion, text: str) -> Decimal:
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        raise bad_value(criterion, f"'{text}' is not a number") from None
-    if not number.is_finite():
-        raise bad_value(criterion, f"'{text}' is not a number")
+    number = number_parse(text)
+    if number is None:
+        raise bad_value(
+            criterion, f"'{text}' is not a number of at most {MAX_SEARCH_DIGITS} digits"
+        )
     return number
 
 

@@ -17,7 +17,7 @@ from fhirplatform.fhir.search.query import chain_filter, column_filter, index_fi
 from fhirplatform.fhir.search.registry import Column
 from fhirplatform.fhir.search.searchset import searchset_entries, searchset_link
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
-from tenants.scopes import Interaction, scopes_allow
+from tenants.scopes import Interaction, scope_require, scopes_allow
 from tenants.tokens import Caller
 
 
@@ -33,6 +33,30 @@ def _system_scope_check(caller: Caller, request: SearchRequest) -> None:
             "System-level search needs _type naming types the client may search",
             expression=["_type"],
         )
+
+
+def _hops_scope_check(caller: Caller, request: SearchRequest) -> None:
+    """Every type a search reaches needs the caller's search scope on it: the searched type
+    (also when the search is a conditional create's match), and each chain's targets.
+
+    A chain filters by what the target holds, so without this an Observation-only client
+    could learn Patients' birthdates through `subject:Patient.birthdate`. A chain that may
+    reach several types needs all of them; naming the type (`subject:Patient.x`) narrows it.
+    _include/_revinclude are not refused: what they would add is left out instead
+    (searchset._included).
+    """
+    if request.system_level:
+        _system_scope_check(caller, request)
+    else:
+        for resource_type in request.resource_types:
+            scope_require(
+                scopes=caller.scopes, resource_type=resource_type, interaction=Interaction.SEARCH
+            )
+    for chain in request.chains:
+        for target in chain.targets:
+            scope_require(
+                scopes=caller.scopes, resource_type=target, interaction=Interaction.SEARCH
+            )
 
 
 def _matching(request: SearchRequest, base_url: str) -> QuerySet[Resource]:
@@ -71,8 +95,7 @@ def search_bundle(
     """Run a search for `caller` and render the searchset Bundle (one page of it)."""
     base = base_url.rstrip("/")
     request = search_parse(resource_type=resource_type, params=params, strict=strict)
-    if request.system_level:
-        _system_scope_check(caller, request)
+    _hops_scope_check(caller, request)
     path = resource_type or ""
     queryset = _matching(request, base)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}

@@ -1,0 +1,295 @@
+"""Running a planned batch or transaction Bundle (bundles.py plans it).
+
+A transaction is all or nothing: one database transaction, entries processed in the order
+FHIR fixes (DELETE, POST, PUT/PATCH, GET), `urn:uuid:` fullUrls of created resources
+assigned their server ids before any entry is written so references between entries
+resolve. A batch runs each entry in its own savepoint and reports each entry's outcome,
+a server error in one entry included. Every entry is checked against the caller's scopes
+like a request of its own.
+"""
+
+import base64
+import logging
+from typing import Any
+
+from django.db import transaction
+
+from fhirplatform.db.faults import database_fault
+from fhirplatform.errors import FhirError, IssueCode, operation_outcome
+from fhirplatform.fhir import selectors, services
+from fhirplatform.fhir.bundles import (
+    METHOD_ORDER,
+    BundleKind,
+    BundlePlan,
+    EntryPlan,
+    references_rewrite,
+)
+from fhirplatform.fhir.http import json_parse
+from fhirplatform.fhir.representation import (
+    etag,
+    instant_text,
+    now_instant,
+    resource_url,
+    version_url,
+)
+from fhirplatform.fhir.search.selectors import search_bundle
+from tenants.scopes import Interaction, scope_require
+from tenants.tokens import Caller
+
+logger = logging.getLogger(__name__)
+
+_JSON_PATCH = "application/json-patch+json"
+
+
+def _entry_error(index: int, error: FhirError) -> FhirError:
+    """Name the entry in every issue, so a client knows which one failed."""
+    for issue in error.issues:
+        issue.diagnostics = f"Bundle.entry[{index}]: {issue.diagnostics}"
+        issue.expression = [
+            f"Bundle.entry[{index}].resource.{e.split('.', 1)[-1]}"
+            if "." in e
+            else f"Bundle.entry[{index}].{e}"
+            for e in issue.expression
+        ]
+    return error
+
+
+def _check_scope(caller: Caller, plan: EntryPlan) -> None:
+    scope_require(
+        scopes=caller.scopes, resource_type=plan.resource_type, interaction=plan.interaction
+    )
+
+
+def _patch_operations(resource: dict[str, Any]) -> Any:
+    """A PATCH entry carries its JSON Patch as a Binary (FHIR R4 3.1.0.10). Errors are
+    named for their entry by the caller (_entry_error)."""
+    if resource.get("resourceType") != "Binary" or resource.get("contentType") != _JSON_PATCH:
+        raise FhirError(
+            400,
+            IssueCode.INVALID,
+            f"a PATCH entry's resource is a Binary of {_JSON_PATCH}",
+            expression=["resource"],
+        )
+    try:
+        return json_parse(base64.b64decode(resource.get("data", ""), validate=True))
+    except (ValueError, TypeError, FhirError) as exc:
+        raise FhirError(
+            400,
+            IssueCode.INVALID,
+            f"the Binary does not hold a JSON Patch: {exc}",
+            expression=["resource"],
+        ) from exc
+
+
+def _written(
+    resource: Any, status: str, base_url: str, representation: bool, location: bool = True
+) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "status": status,
+        "etag": etag(resource.version_id),
+        "lastModified": instant_text(resource.last_updated),
+    }
+    if location:
+        response["location"] = version_url(base_url, resource)
+    entry: dict[str, Any] = {
+        "fullUrl": resource_url(base_url, resource.resource_type, resource.logical_id),
+        "response": response,
+    }
+    if representation and not resource.deleted:
+        entry["resource"] = resource.content
+    return entry
+
+
+def _matcher(caller: Caller) -> services.MatchFunction:
+    def matches(resource_type: str, criteria: str) -> list[Any]:
+        return selectors.resource_match(
+            caller=caller, resource_type=resource_type, criteria=criteria
+        )
+
+    return matches
+
+
+def _execute(
+    caller: Caller, plan: EntryPlan, *, base_url: str, source: str, representation: bool
+) -> dict[str, Any]:
+    _check_scope(caller, plan)
+    kind = plan.interaction
+    if kind == Interaction.CREATE:
+        if plan.if_none_exist:
+            result = services.resource_create_conditional(
+                resource_type=plan.resource_type,
+                content=plan.resource,
+                source=source,
+                query=plan.if_none_exist,
+                logical_id=plan.assigned_id,
+                matches=_matcher(caller),
+            )
+            if result.created:
+                return _written(result.resource, "201 Created", base_url, representation)
+            if selectors.match_disclosable(caller=caller, resource_type=plan.resource_type):
+                return _written(result.resource, "200 OK", base_url, representation)
+            # Matched, nothing created; nothing in the entry names the match.
+            return {"response": {"status": "200 OK"}}
+        created = services.resource_create(
+            resource_type=plan.resource_type,
+            content=plan.resource,
+            source=source,
+            logical_id=plan.assigned_id,
+        )
+        return _written(created, "201 Created", base_url, representation)
+    assert plan.logical_id is not None
+    if kind == Interaction.UPDATE:
+        updated = services.resource_update(
+            resource_type=plan.resource_type,
+            logical_id=plan.logical_id,
+            content=plan.resource,
+            source=source,
+            if_match=plan.if_match,
+        )
+        return _written(updated, "200 OK", base_url, representation)
+    if kind == Interaction.PATCH:
+        patched = services.resource_patch(
+            resource_type=plan.resource_type,
+            logical_id=plan.logical_id,
+            patch=_patch_operations(plan.resource),
+            source=source,
+            if_match=plan.if_match,
+        )
+        return _written(patched, "200 OK", base_url, representation)
+    if kind == Interaction.DELETE:
+        services.resource_delete(
+            resource_type=plan.resource_type, logical_id=plan.logical_id, if_match=plan.if_match
+        )
+        return {"response": {"status": "204 No Content"}}
+    if kind == Interaction.VREAD:
+        assert plan.version_id is not None
+        version = selectors.resource_vread(
+            resource_type=plan.resource_type, logical_id=plan.logical_id, version_id=plan.version_id
+        )
+        return _written(version, "200 OK", base_url, False, location=False) | {
+            "resource": version.content
+        }
+    read = selectors.resource_read(resource_type=plan.resource_type, logical_id=plan.logical_id)
+    if plan.if_none_match is not None and plan.if_none_match == read.version_id:
+        return {"response": {"status": "304 Not Modified", "etag": etag(read.version_id)}}
+    return _written(read, "200 OK", base_url, True, location=False)
+
+
+def _search_entry(caller: Caller, plan: EntryPlan, base_url: str) -> dict[str, Any]:
+    # search_bundle checks the scopes of every type the search reaches, this one included.
+    bundle = search_bundle(
+        caller=caller,
+        resource_type=plan.resource_type,
+        params=plan.query,
+        base_url=base_url,
+        strict=False,
+    )
+    return {"resource": bundle, "response": {"status": "200 OK"}}
+
+
+def _run(
+    caller: Caller, plan: EntryPlan, *, base_url: str, source: str, representation: bool
+) -> dict[str, Any]:
+    if plan.interaction == Interaction.SEARCH:
+        return _search_entry(caller, plan, base_url)
+    return _execute(caller, plan, base_url=base_url, source=source, representation=representation)
+
+
+# Ids are assigned before anything runs so that every entry, whatever its position, can
+# refer to any other; the whole run is one atomic block, and the first FhirError unwinds it.
+def _transaction(
+    caller: Caller, plans: list[EntryPlan], *, base_url: str, source: str, representation: bool
+) -> list[dict[str, Any]]:
+    id_map: dict[str, str] = {}
+    for plan in plans:
+        if plan.interaction == Interaction.CREATE:
+            plan.assigned_id = services.new_logical_id()
+            if plan.full_url:
+                id_map[plan.full_url] = f"{plan.resource_type}/{plan.assigned_id}"
+        elif plan.logical_id and plan.full_url:
+            id_map[plan.full_url] = f"{plan.resource_type}/{plan.logical_id}"
+    results: dict[int, dict[str, Any]] = {}
+    with transaction.atomic():
+        # Conditional creates that match an existing resource point their fullUrl at it.
+        # Their criteria stay locked until the commit, so what was matched here is still
+        # what the entry finds when it runs.
+        for plan in plans:
+            if plan.interaction == Interaction.CREATE and plan.if_none_exist:
+                try:
+                    _check_scope(caller, plan)
+                    found = services.resource_match_locked(
+                        resource_type=plan.resource_type,
+                        query=plan.if_none_exist,
+                        matches=_matcher(caller),
+                    )
+                except FhirError as error:
+                    raise _entry_error(plan.index, error) from None
+                if found and plan.full_url:
+                    id_map[plan.full_url] = f"{plan.resource_type}/{found[0].logical_id}"
+        for plan in sorted(plans, key=lambda p: (METHOD_ORDER[p.method], p.index)):
+            if id_map and plan.resource is not None:
+                plan.resource = references_rewrite(plan.resource, id_map)
+            try:
+                results[plan.index] = _run(
+                    caller, plan, base_url=base_url, source=source, representation=representation
+                )
+            except FhirError as error:
+                raise _entry_error(plan.index, error) from None
+    return [results[plan.index] for plan in plans]
+
+
+def _batch(
+    caller: Caller, plans: list[EntryPlan], *, base_url: str, source: str, representation: bool
+) -> list[dict[str, Any]]:
+    results: dict[int, dict[str, Any]] = {}
+    for plan in sorted(plans, key=lambda p: (METHOD_ORDER[p.method], p.index)):
+        try:
+            # A savepoint per entry: a failing entry undoes only its own partial writes.
+            with transaction.atomic():
+                results[plan.index] = _run(
+                    caller, plan, base_url=base_url, source=source, representation=representation
+                )
+        except FhirError as error:
+            results[plan.index] = _failed(_entry_error(plan.index, error))
+        except Exception as error:
+            if database_fault(error) is not None:
+                raise  # a lost conflict or outage: the request's transaction, undone whole
+            # An entry the server could not process fails alone, like any other failing
+            # entry: its savepoint is undone, the others keep their outcomes, and the
+            # batch still answers 200 (so an Idempotency-Key replays it, never re-runs it).
+            logger.exception("Bundle.entry[%d] failed on the server", plan.index)
+            results[plan.index] = _failed(
+                FhirError(
+                    500,
+                    IssueCode.EXCEPTION,
+                    f"Bundle.entry[{plan.index}]: the server could not process this entry; "
+                    "nothing of it was stored",
+                    expression=[f"Bundle.entry[{plan.index}]"],
+                )
+            )
+    return [results[plan.index] for plan in plans]
+
+
+def _failed(error: FhirError) -> dict[str, Any]:
+    return {"response": {"status": str(error.status), "outcome": operation_outcome(*error.issues)}}
+
+
+def bundle_process(
+    *,
+    caller: Caller,
+    planned: BundlePlan,
+    base_url: str,
+    source: str,
+    representation: bool = False,
+) -> dict[str, Any]:
+    """Run a Bundle planned by `bundle_plan` and return its response Bundle."""
+    runner = _transaction if planned.kind == BundleKind.TRANSACTION else _batch
+    entries = runner(
+        caller, planned.entries, base_url=base_url, source=source, representation=representation
+    )
+    return {
+        "resourceType": "Bundle",
+        "type": f"{planned.kind}-response",
+        "meta": {"lastUpdated": instant_text(now_instant())},
+        "entry": entries,
+    }
