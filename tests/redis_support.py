@@ -50,5 +50,11 @@ class PrivateRedis:
             self.process.wait(timeout=10)
             self.process = None
 
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=1)

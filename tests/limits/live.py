@@ -1,16 +1,13 @@
-"""Real processes for the limit tests: a gunicorn of our own and a redis-server of our own."""
+"""Real processes for the limit tests: a gunicorn of our own (the redis-server of their own is
+tests/redis_support.py)."""
 
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import redis
 import requests
 
 from scripts import loopback
-from scripts.loopback import free_port
 from tenants.models import ApiClient
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, token_issue
@@ -24,50 +21,6 @@ def gunicorn(*, workers: int, threads: int, env: dict[str, str] | None = None) -
         env=test_environment() | (env or {}), workers=workers, threads=threads
     ) as base:
         yield base
-
-
-class RedisServer:
-    """A throwaway redis-server on its own port, so stopping it never touches the shared one."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 def new_client(

@@ -16,7 +16,8 @@ from fhirplatform.limits.deciders import limiter_in_fallback
 from fhirplatform.limits.engine import limit_admit
 from scripts.loopback import free_port
 from tests.limits.conftest import plan_make, ratelimit_policies
-from tests.limits.live import RedisServer, bearer, gunicorn, new_client, patient_create
+from tests.limits.live import bearer, gunicorn, new_client, patient_create
+from tests.redis_support import PrivateRedis
 
 pytestmark = [pytest.mark.live]
 
@@ -60,8 +61,8 @@ def test_local_fallback_in_process_and_resume(cast, new_caller, limiter_redis, s
     assert ratelimit_policies(admission.headers)["endpoint-read"]["q"] == 120
 
 
-def test_redis_stopped_mid_run_and_restarted(committed, cast):
-    own = RedisServer()
+def test_redis_stopped_mid_run_and_restarted(committed, cast, tmp_path):
+    own = PrivateRedis(tmp_path)
     own.start()
     _, token = new_client(cast.tenant_a.slug, read_per_minute=120)
     metrics_dir = tempfile.mkdtemp(prefix="fp-limits-metrics-")
