@@ -12,7 +12,6 @@ store that reference each other by id), and an id already present becomes a new 
 """
 
 import gzip
-import json
 import logging
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from django.db import connection, transaction
 from fhirplatform.errors import FhirError
 from fhirplatform.fhir import services
 from fhirplatform.fhir.bundles import references_rewrite
+from fhirplatform.fhir.http import json_parse
 from fhirplatform.fhir.services import PendingResource
 from fhirplatform.fhir.validation import resource_type_check, resource_validate
 from fhirplatform.schemas import tenant_schema
@@ -156,9 +156,9 @@ def _ndjson_chunks(path: Path) -> Iterator[list[PendingResource]]:
             if not line.strip():
                 continue
             try:
-                resource = json.loads(line)
-            except ValueError as exc:
-                raise LoadError(f"{path.name} line {number}: not JSON ({exc})") from None
+                resource = json_parse(line)
+            except FhirError as error:
+                raise LoadError(f"{path.name} line {number}: {error}") from None
             if not isinstance(resource, dict) or not resource.get("resourceType"):
                 raise LoadError(f"{path.name} line {number}: not a resource")
             logical_id = resource.get("id") or services.new_logical_id()
@@ -180,9 +180,9 @@ def _load_file(path: Path) -> LoadReport:
     else:
         with _open(path) as stream:
             try:
-                bundle = json.load(stream)
-            except ValueError as exc:
-                raise LoadError(f"{path.name}: not JSON ({exc})") from None
+                bundle = json_parse(stream.read())
+            except (FhirError, ValueError) as error:  # ValueError: not UTF-8
+                raise LoadError(f"{path.name}: {error}") from None
         items = _validated(bundle_pending(bundle), path.name)
         with transaction.atomic():
             report.by_type.update(_store(items))

@@ -109,6 +109,32 @@ def test_a_bad_file_loads_nothing_and_is_reported(cast, tmp_path):
         call_command("load_fhir", str(tmp_path), tenant="no-such-tenant")
 
 
+def test_a_file_the_api_would_refuse_as_json_is_refused_by_the_loader(cast, tmp_path):
+    # The loader reads JSON with the API's own parser: a duplicate key would otherwise be
+    # validated as one resource and stored as another.
+    run = uuid.uuid4().hex
+    text = json.dumps(_transaction_bundle(run))
+    (tmp_path / "duplicate.json").write_text(
+        text.replace(
+            '{"resourceType": "Bundle"', '{"resourceType": "Bundle", "resourceType": "Bundle"', 1
+        )
+    )
+    patient = json.dumps(tagged({"resourceType": "Patient"}, run))
+    (tmp_path / "deep.ndjson").write_text(
+        patient[:-1] + ', "extension": ' + "[" * 150 + "]" * 150 + "}\n"
+    )
+    report = fhir_load_path(tenant=cast.tenant_a, path=tmp_path)
+    deep, duplicate = sorted(report.failures)
+    assert deep.endswith(
+        "deep.ndjson line 1: Request body is not valid JSON: nested deeper than 100 levels"
+    )
+    assert duplicate.endswith(
+        "duplicate.json: Request body is not valid JSON: the key 'resourceType' appears twice "
+        "in one object"
+    )
+    assert stored_tagged(cast.tenant_a, run) == []
+
+
 def test_load_command_reports_rate(cast, tmp_path, capsys):
     (tmp_path / "one.json").write_text(json.dumps(_transaction_bundle(uuid.uuid4().hex)))
     call_command("load_fhir", str(tmp_path / "one.json"), tenant=cast.tenant_a.slug, json=True)
