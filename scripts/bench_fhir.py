@@ -1,34 +1,62 @@
 #!/usr/bin/env python
-"""FHIR core benchmark, through real HTTP with a real token against gunicorn on loopback.
+"""FHIR hot-path benchmark: the platform next to the floors it is measured against, loaded
+with wrk over real HTTP on loopback, interleaved in rounds, and what each interaction
+sends to PostgreSQL and Redis, counted on the wire.
 
     .venv/bin/python scripts/bench_fhir.py                  # quick: 100 patients, 5,000 obs
     .venv/bin/python scripts/bench_fhir.py --full           # 1,000 patients, 100,000 obs
-    .venv/bin/python scripts/bench_fhir.py --baseline REV --rounds 5   # this code vs REV's
+    .venv/bin/python scripts/bench_fhir.py --baseline REV   # also REV's code, interleaved
 
-Creates (or reuses) a benchmark tenant, fills it with the synthetic generator, starts
-gunicorn with scripts/bench_fhir_settings.py (the platform plus one bare baseline view),
-then measures for --seconds each: read, the bare view returning the same JSON,
-Observation?patient=&code=&date=ge search, and create. Prints p50/p99 and requests/s.
-Uses DATABASE_URL / REDIS_URL like the platform.
+Creates (or reuses) a benchmark tenant on a count-only plan (the limiter's work is paid,
+nothing is refused), fills it with the synthetic generator, and starts one gunicorn per
+server, side by side, all with the same --workers and --threads (default 2 x 8, as
+`make run`; no access log, LOG_LEVEL from --log-level, default WARNING):
 
-With --baseline REV a second gunicorn runs REV's code (a git worktree under .data/) on the
-same database, and every round reads through both servers one after the other, so a change
-is compared with its parent in one run on the same machine load. With several --rounds the
-summary is the median of the rounds.
+- platform: `GET /fhir/<tenant>/Patient/<id>` with a bearer token, the full pipeline;
+- bare: a plain Django view returning the same stored JSON (scripts/bench_fhir_settings.py);
+- minimal: a WSGI function and psycopg reading the same row (scripts/bench_minimal_wsgi.py);
+- with --baseline REV: the platform at REV's code (a git worktree under .data/).
+
+Each of --rounds rounds (default 3) runs wrk (scripts/bench_load.py: --connections,
+default 8; a Lua script picks a random patient per request) for --seconds (default 6)
+against every server in turn: bare, platform read, minimal, [REV read], then on the
+platform a search (Observation?patient&code&date=ge), a create (POST Observation) and a
+refused read: a second client of the tenant whose plan allows 1 read a minute, so nearly
+every request is a 429. Each measurement gets a fresh token, after a 2 s warm-up of every
+row. Per measurement: requests/s, p50 and p99 (wrk), and the server's CPU time (its
+gunicorn master and workers, from /proc/<pid>/stat before and after) per request and as
+requests per CPU-second.
+
+Then one more platform gunicorn (1 worker, 1 thread) runs with every connection through
+the counting proxies of scripts/wire_count.py (scripts/bench_counts.py), and --count
+requests (default 20) of each interaction are sent one at a time after a warm-up request:
+read (with a token already used once), search, create, refused read. SQL statements,
+PostgreSQL round trips and Redis commands per request are counted, not estimated;
+--sql also prints what the first of them sent.
+
+Prints each round, then (scripts/bench_report.py) the medians of the rounds, the ratios
+of the platform's read to the bare view and to the minimal reader, a 429's server CPU
+against a served read's, the load average before and after, the counts, and each goal
+of the hot path against its measured value. Servers' output goes to .data/bench-fhir/.
+The default run takes about 3-4 minutes. Uses DATABASE_URL and REDIS_URL like the
+platform; --json ends with a summary on one line.
 """
 
 import argparse
 import json
 import os
-import random
+import shutil
 import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import django
 import requests
@@ -42,295 +70,307 @@ from fhirplatform.fhir.loading import fhir_generate  # noqa: E402
 from fhirplatform.fhir.models import Resource  # noqa: E402
 from fhirplatform.fhir.synthetic import OBSERVATION_KINDS  # noqa: E402
 from fhirplatform.schemas import tenant_schema  # noqa: E402
-from scripts.loopback import gunicorn  # noqa: E402
+from scripts.bench_counts import Callers, interactions_count  # noqa: E402
+from scripts.bench_load import CREATE_BODY, Bench, Load, measure  # noqa: E402
+from scripts.bench_minimal_wsgi import RESOURCE_TABLE  # noqa: E402
+from scripts.bench_report import load_text, measured_text, report  # noqa: E402
+from scripts.loopback import Server, gunicorn_server  # noqa: E402
 from tenants.models import Grant, RatePlan, Tenant  # noqa: E402
 from tenants.scopes import scopes_parse  # noqa: E402
 from tenants.services import (  # noqa: E402
     client_create,
     rate_plan_count_only,
+    rate_plan_create,
     tenant_create,
     token_issue,
 )
 
 BENCH_PLAN = "bench-unthrottled"
+REFUSED_PLAN = "bench-one-read-a-minute"
+CLIENT_NAME = "fhir benchmark"
+REFUSED_CLIENT_NAME = "fhir benchmark, refused"
+SCOPES = "system/*.cruds"
+LOGS = ROOT / ".data" / "bench-fhir"
 
 
-def _plan() -> RatePlan:
-    # Count-only limits: the benchmark measures the pipeline, including the limiter's
-    # Redis round trip, without being refused by it.
-    return rate_plan_count_only(name=BENCH_PLAN, description="Benchmarks: count, never refuse")
+# -- The data and the callers ------------------------------------------------------------
 
 
-def _tenant(slug: str, patients: int, observations: int, seed: int) -> tuple[Tenant, Grant]:
-    plan = _plan()
+def _tenant(slug: str, patients: int, observations: int, seed: int) -> Tenant:
+    # Count-only limits: the limiter's Redis round trip is paid, nothing is refused.
+    plan = rate_plan_count_only(name=BENCH_PLAN, description="Benchmarks: count, never refuse")
     tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(
         slug=slug, name="FHIR benchmark", plan_name=BENCH_PLAN
     )
     tenant.plan = plan
     tenant.save(update_fields=["plan"])
-    grant = Grant.objects.filter(tenant=tenant, client__name="fhir benchmark").first()
-    if grant is None:
-        grant = client_create(
-            partner_name="Benchmark",
-            tenant_slugs=[slug],
-            scopes="system/*.cruds",
-            plan_name=BENCH_PLAN,
-            name="fhir benchmark",
-        ).grants[0]
     with tenant_schema(tenant):
         have = Resource.objects.filter(resource_type="Observation").count()
     if have < observations:
-        print(
-            f"generating {patients} patients / {observations} observations into {slug} ...",
-            flush=True,
-        )
+        print(f"generating {patients} patients / {observations} observations into {slug} ...")
         report = fhir_generate(
             tenant=tenant,
             patients=patients,
             observations_per_patient=max(1, observations // patients),
             seed=seed,
         )
-        print(
-            f"  {report.resources} resources in {report.seconds:.1f}s "
-            f"({report.resources_per_second:.0f} resources/s)",
-            flush=True,
-        )
+        print(f"  {report.resources} resources in {report.seconds:.1f}s", flush=True)
     else:
         print(f"reusing {slug}: {have} observations already loaded", flush=True)
-    return tenant, grant
+    return tenant
 
 
-def _measure(
-    name: str,
-    seconds: float,
-    concurrency: int,
-    call: Callable[[requests.Session, random.Random], requests.Response],
-    headers: dict[str, str],
-) -> dict[str, float]:
-    latencies: list[float] = []
-    errors: list[int] = []
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def worker(number: int) -> None:
-        session = requests.Session()
-        session.headers.update(headers)
-        rng = random.Random(number)
-        mine, bad = [], []
-        while time.monotonic() < stop:
-            started = time.perf_counter()
-            response = call(session, rng)
-            mine.append(time.perf_counter() - started)
-            if response.status_code >= 300:
-                bad.append(response.status_code)
-        with lock:
-            latencies.extend(mine)
-            errors.extend(bad)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(concurrency)]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    latencies.sort()
-    result = {
-        "requests": len(latencies),
-        "errors": len(errors),
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "rps": len(latencies) / elapsed,
-    }
-    print(
-        f"{name:<44} n={result['requests']:<6} err={result['errors']:<4} "
-        f"p50={result['p50_ms']:7.2f} ms  p99={result['p99_ms']:7.2f} ms  "
-        f"{result['rps']:8.1f} req/s",
-        flush=True,
+def _refused_plan() -> RatePlan:
+    """One read a minute (a bucket one request deep): a flood is nearly all 429s."""
+    existing = RatePlan.objects.filter(name=REFUSED_PLAN).first()
+    return existing or rate_plan_create(
+        name=REFUSED_PLAN,
+        description="Benchmarks: refuses nearly every read",
+        read_per_minute=1,
+        search_per_minute=1,
+        write_per_minute=1,
+        history_per_minute=1,
+        batch_per_minute=1,
+        export_per_hour=1,
+        export_poll_per_minute=1,
+        concurrency=1000,
+        daily_quota=2_000_000_000,
     )
-    if errors:
-        print(f"   first error statuses: {sorted(set(errors))[:5]}", flush=True)
-    return result
 
 
-def main() -> None:
+def _grant(tenant: Tenant, name: str, plan: RatePlan) -> Grant:
+    grant = Grant.objects.filter(tenant=tenant, client__name=name).first()
+    if grant is None:
+        grant = client_create(
+            partner_name="Benchmark",
+            tenant_slugs=[tenant.slug],
+            scopes=SCOPES,
+            plan_name=plan.name,
+            name=name,
+        ).grants[0]
+    return grant
+
+
+def _token(grant: Grant) -> str:
+    # Tokens live at most 300 s: every measurement gets a fresh one.
+    issued = token_issue(grant=grant, scopes=scopes_parse(SCOPES), auth_method="benchmark")
+    return issued.access_token
+
+
+# -- The run ------------------------------------------------------------------------------
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--full",
-        action="store_true",
-        help="the issue's size: 1,000 patients and 100,000 observations",
-    )
+    parser.add_argument("--full", action="store_true", help="1,000 patients, 100,000 obs")
     parser.add_argument("--patients", type=int, default=100)
     parser.add_argument("--observations", type=int, default=5_000)
-    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seconds", type=int, default=6, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measure every server N times")
+    parser.add_argument("--connections", "--concurrency", type=int, default=8, help="wrk's")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    # `make run`'s gunicorn (scripts/run.py): 2 workers (WEB_WORKERS) of 8 threads.
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of Django servers")
+    parser.add_argument("--count", type=int, default=20, help="requests counted per interaction")
+    parser.add_argument("--sql", action="store_true", help="print what one request sent")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tenant", default=None)
+    parser.add_argument("--baseline", metavar="REV", help="also read through REV's code")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument(
-        "--baseline", metavar="REV", help="also read through REV's code, interleaved"
-    )
-    parser.add_argument("--rounds", type=int, default=1, help="measure every path N times")
     args = parser.parse_args()
     if args.full:
         args.patients, args.observations = 1_000, 100_000
-    slug = args.tenant or f"bench-{args.patients}p-{args.observations}o"
-    tenant, grant = _tenant(slug, args.patients, args.observations, args.seed)
+    return args
 
+
+OK = frozenset({200})
+ADMITTED_OR_REFUSED = frozenset({200, 429})
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the table: what wrk sends to which server."""
+
+    key: str
+    label: str
+    server: Server
+    prefix: str
+    headers: Callable[[], dict[str, str]]  # called per measurement: a fresh token each time
+    kind: str = "read"  # or search, create
+    expected: frozenset[int] = OK  # what one request answers before anything is timed
+
+    def load(self) -> Load:
+        return Load(self.kind, self.prefix, self.headers())
+
+    def check(self, patient_id: str, code: str) -> None:
+        base = self.server.url + self.prefix
+        if self.kind == "create":
+            body = CREATE_BODY % (patient_id, 70)
+            response = requests.post(
+                f"{base}/Observation", data=body, headers=self.headers(), timeout=30
+            )
+        else:
+            path = f"Patient/{patient_id}"
+            if self.kind == "search":
+                path = f"Observation?patient={patient_id}&code=http://loinc.org|{code}"
+            response = requests.get(f"{base}/{path}", headers=self.headers(), timeout=30)
+        if response.status_code not in self.expected:
+            raise SystemExit(f"{self.label}: {response.status_code} {response.text[:300]}")
+
+
+def _headers(grant: Grant | None, *, write: bool = False) -> Callable[[], dict[str, str]]:
+    def headers() -> dict[str, str]:
+        made = {"Accept": "application/fhir+json"}
+        if grant is not None:
+            made["Authorization"] = f"Bearer {_token(grant)}"
+        if write:
+            made |= {"Content-Type": "application/fhir+json", "Prefer": "return=minimal"}
+        return made
+
+    return headers
+
+
+def _servers(
+    stack: ExitStack, args: argparse.Namespace, env: dict[str, str]
+) -> tuple[Server, Server, Server, Server | None]:
+    """The platform, the bare view, the minimal reader and REV's platform if asked for,
+    started side by side with the same gunicorn settings."""
+    # Servers importing Django side by side on a busy machine may take minutes to answer.
+    size = {"workers": args.workers, "threads": args.threads, "startup_seconds": 240}
+    bare_env = env | {"DJANGO_SETTINGS_MODULE": "scripts.bench_fhir_settings"}
+    minimal_app = "scripts.bench_minimal_wsgi:application"
+    servers = [
+        gunicorn_server(env=env, log=LOGS / "platform.log", **size),
+        gunicorn_server(env=bare_env, log=LOGS / "bare.log", **size),
+        gunicorn_server(env=env, app=minimal_app, log=LOGS / "minimal.log", **size),
+    ]
+    if args.baseline:
+        root = _baseline_checkout(args.baseline)
+        servers.append(gunicorn_server(env=env, root=root, log=LOGS / "baseline.log", **size))
+    platform, bare, minimal, *baseline = _start_together(stack, servers)
+    return platform, bare, minimal, (baseline[0] if baseline else None)
+
+
+def _targets(
+    stack: ExitStack, args: argparse.Namespace, tenant: Tenant, served: Grant, refused: Grant
+) -> list[Target]:
+    """Every row of the table, in the order each round measures them."""
+    platform, bare, minimal, baseline = _servers(
+        stack, args, dict(os.environ, LOG_LEVEL=args.log_level)
+    )
+    fhir, reader, anonymous = f"/fhir/{tenant.slug}", _headers(served), _headers(None)
+    targets = [
+        Target("bare", "bare Django view", bare, f"/bench-bare/{tenant.slug}", anonymous),
+        Target("read", "platform read", platform, fhir, reader),
+        Target("minimal", "minimal WSGI", minimal, f"/minimal/{tenant.schema_name}", anonymous),
+    ]
+    if baseline is not None:
+        label = f"platform read at {args.baseline}"
+        targets.append(Target("read_baseline", label, baseline, fhir, reader))
+    writer, refused_reader = _headers(served, write=True), _headers(refused)
+    return [
+        *targets,
+        Target("search", "search", platform, fhir, reader, "search"),
+        Target("create", "create", platform, fhir, writer, "create", frozenset({201})),
+        # The first request of a minute is admitted, the others refused.
+        Target(
+            "refused",
+            "refused read (429)",
+            platform,
+            fhir,
+            refused_reader,
+            "read",
+            ADMITTED_OR_REFUSED,
+        ),
+    ]
+
+
+def _rounds(args: argparse.Namespace, targets: list[Target], bench: Bench) -> dict[str, list]:
+    """Every target measured once per round, after a short warm-up of each."""
+    warm = Bench(2, bench.connections, bench.wrk_threads, bench.ids, bench.codes, bench.scratch)
+    for target in targets:
+        measure(warm, target.server, target.load())
+    rounds: dict[str, list[dict[str, float]]] = {}
+    for number in range(1, args.rounds + 1):
+        print(f"-- round {number}, load average {load_text(os.getloadavg())}", flush=True)
+        for target in targets:
+            result = measure(bench, target.server, target.load())
+            rounds.setdefault(target.key, []).append(result)
+            print(f"  {target.label:<24} {measured_text(result)}", flush=True)
+    return rounds
+
+
+def main() -> None:
+    args = _arguments()
+    if Resource._meta.db_table != RESOURCE_TABLE:
+        raise SystemExit(f"the minimal reader reads {RESOURCE_TABLE}, not the store table")
+    slug = args.tenant or f"bench-{args.patients}p-{args.observations}o"
+    tenant = _tenant(slug, args.patients, args.observations, args.seed)
+    grant = _grant(tenant, CLIENT_NAME, tenant.plan)
+    refused_grant = _grant(tenant, REFUSED_CLIENT_NAME, _refused_plan())
     with tenant_schema(tenant):
-        patient_ids = list(
+        ids = list(
             Resource.objects.filter(resource_type="Patient", deleted=False).values_list(
                 "logical_id", flat=True
             )[:500]
         )
     codes = [kind[0] for kind in OBSERVATION_KINDS]
-
-    rounds: dict[str, list[dict[str, float]]] = {}
-    # The benchmark's own settings add the bare comparison view; production never has it.
-    server_env = dict(
-        os.environ, DJANGO_SETTINGS_MODULE="scripts.bench_fhir_settings", LOG_LEVEL="WARNING"
-    )
-    load_before = os.getloadavg()
-    with ExitStack() as servers:
-        server_url = servers.enter_context(
-            gunicorn(env=server_env, workers=args.workers, threads=args.threads)
-        )
-        base = f"{server_url}/fhir/{slug}"
-        bare = f"{server_url}/bench-bare/{slug}"
-        baseline = None
-        if args.baseline:
-            baseline_url = servers.enter_context(
-                gunicorn(
-                    env=server_env,
-                    workers=args.workers,
-                    threads=args.threads,
-                    root=_baseline_checkout(args.baseline),
-                )
-            )
-            baseline = f"{baseline_url}/fhir/{slug}"
-
-        def token() -> dict[str, str]:
-            # Tokens live at most 300 s, so each measurement gets a fresh one.
-            issued = token_issue(
-                grant=grant, scopes=scopes_parse("system/*.cruds"), auth_method="benchmark"
-            )
-            return {
-                "Authorization": f"Bearer {issued.access_token}",
-                "Accept": "application/fhir+json",
-                "Content-Type": "application/fhir+json",
-            }
-
-        def reader(root: str) -> Callable[[requests.Session, random.Random], requests.Response]:
-            def read(session: requests.Session, rng: random.Random) -> requests.Response:
-                return session.get(f"{root}/Patient/{rng.choice(patient_ids)}")
-
-            return read
-
-        read, bare_read = reader(base), reader(bare)
-
-        def search(session: requests.Session, rng: random.Random) -> requests.Response:
-            return session.get(
-                f"{base}/Observation",
-                params={
-                    "patient": rng.choice(patient_ids),
-                    "code": f"http://loinc.org|{rng.choice(codes)}",
-                    "date": "ge2018-01-01",
-                },
-            )
-
-        def create(session: requests.Session, rng: random.Random) -> requests.Response:
-            body = {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                "subject": {"reference": f"Patient/{rng.choice(patient_ids)}"},
-                "effectiveDateTime": "2024-05-01T10:00:00Z",
-                "valueQuantity": {
-                    "value": rng.randint(50, 110),
-                    "unit": "/min",
-                    "system": "http://unitsofmeasure.org",
-                    "code": "/min",
-                },
-            }
-            return session.post(
-                f"{base}/Observation", data=json.dumps(body), headers={"Prefer": "return=minimal"}
-            )
-
-        # Warm every path (connections, caches) before measuring.
-        _measure("warm-up", 1.5, args.concurrency, read, token())
-        _measure("warm-up (bare)", 1.0, args.concurrency, bare_read, {})
-        if baseline:
-            _measure("warm-up (baseline)", 1.5, args.concurrency, reader(baseline), token())
+    load_before, started = os.getloadavg(), time.monotonic()
+    shutil.rmtree(LOGS, ignore_errors=True)
+    LOGS.mkdir(parents=True)
+    print(f"server output in {LOGS.relative_to(ROOT)}/", flush=True)
+    with ExitStack() as stack:
+        targets = _targets(stack, args, tenant, grant, refused_grant)
+        for target in targets:
+            target.check(ids[0], codes[0])
         print(
-            f"\n{slug}: {len(patient_ids)} patients sampled, {args.concurrency} client "
-            f"threads, gunicorn {args.workers}x{args.threads}, {args.seconds:.0f}s each, "
-            f"{args.rounds} round(s)"
+            f"\n{slug}: {len(ids)} patients, wrk {args.connections} connections, gunicorn "
+            f"{args.workers} workers x {args.threads} threads, {args.seconds} s per "
+            f"measurement, {args.rounds} round(s)",
+            flush=True,
         )
-        plan: list[tuple[str, str, Callable[..., requests.Response], bool]] = [
-            ("bare", "bare Django view (same JSON)", bare_read, False),
-            ("read", "read  GET Patient/{id}", read, True),
-        ]
-        if baseline:
-            plan.append(
-                (
-                    "read_baseline",
-                    f"read  GET Patient/{{id}} at {args.baseline}",
-                    reader(baseline),
-                    True,
-                )
-            )
-        plan += [
-            ("search", "search Observation?patient&code&date=ge", search, True),
-            ("create", "create POST Observation", create, True),
-        ]
-        for number in range(1, args.rounds + 1):
-            if args.rounds > 1:
-                print(f"-- round {number}")
-            for key, label, call, authorised in plan:
-                measured = _measure(
-                    label, args.seconds, args.concurrency, call, token() if authorised else {}
-                )
-                rounds.setdefault(key, []).append(measured)
-    results = {key: _median_of(measured) for key, measured in rounds.items()}
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fhir-")))
+        bench = Bench(args.seconds, args.connections, args.wrk_threads, ids, codes, scratch)
+        rounds = _rounds(args, targets, bench)
+    counts: dict[str, dict[str, Any]] = {}
+    if args.count > 0:
+        callers = Callers(
+            _headers(grant)(), _headers(grant, write=True)(), _headers(refused_grant)()
+        )
+        env = dict(os.environ, LOG_LEVEL=args.log_level)
+        counts = interactions_count(
+            env, f"/fhir/{slug}", callers, ids, codes[0], args.count, LOGS / "counting.log"
+        )
     load_after = os.getloadavg()
-    if args.rounds > 1:
-        print(f"\nmedian of {args.rounds} rounds")
-        for key, label, _, _ in plan:
-            row = results[key]
-            print(
-                f"{label:<44} p50={row['p50_ms']:7.2f} ms  p99={row['p99_ms']:7.2f} ms  "
-                f"{row['rps']:8.1f} req/s"
-            )
-    ratio_p50 = results["read"]["p50_ms"] / results["bare"]["p50_ms"]
-    ratio_rps = results["bare"]["rps"] / results["read"]["rps"]
-    print(f"\nfull-pipeline read / bare view: p50 x{ratio_p50:.2f}, throughput x{ratio_rps:.2f}")
-    summary: dict[str, object] = {
-        "tenant": slug,
-        "results": results,
-        "ratio_p50": ratio_p50,
-        "ratio_rps": ratio_rps,
-        "load_average": {"before": load_before, "after": load_after},
-    }
-    if baseline:
-        against = results["read_baseline"]
-        summary["read_vs_baseline_p50"] = results["read"]["p50_ms"] / against["p50_ms"]
-        summary["read_vs_baseline_rps"] = results["read"]["rps"] / against["rps"]
-        print(
-            f"read, this code / {args.baseline}: p50 x{summary['read_vs_baseline_p50']:.2f}, "
-            f"throughput x{summary['read_vs_baseline_rps']:.2f}"
-        )
-    print(
-        "load average (1/5/15 min) before "
-        + " / ".join(f"{v:.2f}" for v in load_before)
-        + ", after "
-        + " / ".join(f"{v:.2f}" for v in load_after)
-    )
+    medians = {key: _median_of(measured) for key, measured in rounds.items()}
+    labels = {target.key: target.label for target in targets}
+    summary = report(args, medians, labels, counts, (load_before, load_after))
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary | {"tenant": slug, "rounds": rounds}))
+
+
+def _start_together(
+    stack: ExitStack, servers: Sequence[AbstractContextManager[Server, Any]]
+) -> list[Server]:
+    """Start servers side by side (each takes seconds to import Django); every one that
+    started is stopped with `stack`, also when another failed to start."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        starting = [pool.submit(server.__enter__) for server in servers]
+    started, failures = [], []
+    for server, future in zip(servers, starting, strict=True):
+        try:
+            started.append(future.result())
+            stack.push(server.__exit__)
+        except Exception as failure:
+            failures.append(str(failure))
+    if failures:
+        raise SystemExit(f"{'; '.join(failures)} (server output in {LOGS})")
+    return started
 
 
 def _median_of(measured: list[dict[str, float]]) -> dict[str, float]:

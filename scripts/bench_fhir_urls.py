@@ -1,6 +1,8 @@
 """The platform's URLs plus the benchmark's baseline: a bare Django view that returns the
 same stored JSON as a FHIR read, with no token, scope, rate limit or DRF in between."""
 
+import json
+
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
@@ -19,8 +21,6 @@ def bare_read(
         .values_list("content", flat=True)
         .first()
     )
-    import json
-
     return HttpResponse(
         json.dumps(content, separators=(",", ":")), content_type="application/fhir+json"
     )

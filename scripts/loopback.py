@@ -5,7 +5,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -34,6 +35,15 @@ def wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -
     raise RuntimeError(f"{url} did not come up")
 
 
+PLATFORM_APP = "fhirplatform.wsgi:application"
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int  # gunicorn's master; its workers are its children
+
+
 @contextmanager
 def gunicorn(
     *, env: dict[str, str], workers: int, threads: int, root: Path = ROOT
@@ -41,36 +51,63 @@ def gunicorn(
     """The platform under gunicorn on a free loopback port; yields its base URL.
 
     `root` is the checkout whose code it runs (benchmarks compare against an older one)."""
+    with gunicorn_server(env=env, workers=workers, threads=threads, root=root) as server:
+        yield server.url
+
+
+@contextmanager
+def gunicorn_server(
+    *,
+    env: dict[str, str],
+    workers: int,
+    threads: int,
+    root: Path = ROOT,
+    app: str = PLATFORM_APP,
+    log: Path | None = None,
+    startup_seconds: float = 60,
+) -> Iterator[Server]:
+    """A WSGI app (the platform unless `app` says otherwise) under gunicorn on a free
+    loopback port, which must answer /healthz; yields its URL and master's pid.
+    Its output goes to `log` if given, else to ours."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    # gunicorn's own errors as OperationOutcomes; a checkout older than that module has none.
+    # The platform's own errors as OperationOutcomes; a checkout older than that module,
+    # or another app, has none.
     config = (
         ["--config", "python:fhirplatform.gunicorn_conf"]
-        if (root / "fhirplatform" / "gunicorn_conf.py").exists()
+        if app == PLATFORM_APP and (root / "fhirplatform" / "gunicorn_conf.py").exists()
         else []
     )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "fhirplatform.wsgi:application",
-            *config,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--log-level",
-            "warning",
-        ],
-        cwd=root,
-        env=env | {"PUBLIC_BASE_URL": base, "PYTHONPATH": str(root)},
-    )
-    try:
-        wait_http(f"{base}/healthz", process)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    with ExitStack() as files:
+        output = files.enter_context(log.open("ab")) if log is not None else None
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                app,
+                *config,
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--log-level",
+                "warning",
+            ],
+            cwd=root,
+            env=env | {"PUBLIC_BASE_URL": base, "PYTHONPATH": str(root)},
+            stdout=output,
+            stderr=output,
+        )
+        try:
+            wait_http(f"{base}/healthz", process, seconds=startup_seconds)
+            yield Server(base, process.pid)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # a master still booting its workers
+                process.kill()
+                process.wait()
