@@ -36,7 +36,8 @@ def tenant_schema(tenant: "Tenant", *, atomic: bool = True) -> Iterator[None]:
     """Run a block in the tenant's schema, as one transaction; back to public afterwards.
 
     `atomic=False`: the block opens no transaction of its own, because its caller holds
-    one (the FHIR pipeline's re-runnable one) or commits step by step (a bulk load: each
+    one (the FHIR pipeline's re-runnable one), runs one statement that names its schema
+    (a FHIR read, fhirplatform/db/named.py), or commits step by step (a bulk load: each
     `transaction.atomic()` inside is its own transaction in the schema, and a statement
     outside any runs in a transaction of its own).
     """

@@ -5,7 +5,8 @@
   `transient` with Retry-After; the data stays consistent (a trigger raising the deadlock
   SQLSTATE makes the re-run and the lost case exact);
 - with PostgreSQL unreachable, FHIR, token and metadata requests answer 503 `transient`
-  with Retry-After and an OperationOutcome, the admin a plain 503 page, /readyz not ready.
+  with Retry-After and an OperationOutcome, the admin a plain 503 page, /readyz not ready;
+  a read (one statement, outside any transaction) whose connection is lost too.
 """
 
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 import requests
+from django.db import close_old_connections, connection
 from django.test import Client
 
 from fhirplatform.fhir.models import Resource
@@ -250,3 +252,33 @@ def test_unreachable_database_answers_503_transient_everywhere(cast):
         ready = requests.get(f"{base}/readyz", timeout=30)
         assert ready.status_code == 503
         assert ready.json()["checks"]["postgres"]["ok"] is False
+
+
+@pytest.mark.usefixtures("committed")
+def test_a_read_whose_connection_was_lost_answers_503_and_the_next_one_reconnects(cast):
+    # A read runs outside any transaction (one statement naming its schema): a fault on
+    # its statement is answered like any other, and the next request reconnects.
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {cast.client_a.token()}")
+    created = client.post(
+        f"/fhir/{cast.tenant_a.slug}/Patient", {"resourceType": "Patient"}, content_type=FHIR_JSON
+    )
+    assert created.status_code == 201, created.content
+    path = f"/fhir/{cast.tenant_a.slug}/Patient/{created.json()['id']}"
+    assert client.get(path).status_code == 200  # the token and the connection are warm
+    backend = connection.connection.info.backend_pid
+    with psycopg.connect(subprocess_environment()["DATABASE_URL"], autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    try:
+        lost = client.get(path)
+        # What the server does when a request ends (the test client leaves it out): a
+        # connection that failed is closed, and the next request opens a new one.
+        close_old_connections()
+        again = client.get(path)
+    finally:
+        connection.close()
+
+    assert lost.status_code == 503, lost.content
+    assert int(lost["Retry-After"]) > 0
+    assert lost.json()["issue"][0]["details"]["coding"][0]["code"] == "database-unavailable"
+    assert again.status_code == 200

@@ -1,9 +1,10 @@
 """Schema switching behind a connection pooler in transaction mode (issue 9, item 1).
 
 The schema is set with SET LOCAL inside the transaction that uses it, never for the
-session (fhirplatform/db/backend): checked statement by statement on one connection,
-then under concurrent two-tenant load through a real PgBouncer with 4 shared server
-connections.
+session, and a read names its schema in its one statement (fhirplatform/db/backend):
+checked statement by statement on one connection, through a real PgBouncer whose one
+server connection carries another tenant's path, then under concurrent two-tenant load
+through a real PgBouncer with 4 shared server connections.
 """
 
 import json
@@ -13,16 +14,20 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
 import pytest
 import requests
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from psycopg.conninfo import conninfo_to_dict
 
+from fhirplatform.fhir import services
 from fhirplatform.fhir.models import Resource
 from fhirplatform.schemas import schema_activate, schema_public, tenant_schema
 from scripts.loopback import gunicorn
@@ -49,33 +54,46 @@ def _session_default_path(url: str) -> str:
     return str(row[0])
 
 
-@pytest.mark.usefixtures("committed")
-def test_a_read_sets_its_schema_once_inside_its_transaction(cast):
-    token = cast.client_a.token()
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT=FHIR_JSON)
+def _created(client: Client, family: str) -> str:
     created = client.post(
         "/fhir/provider-a/Patient",
-        json.dumps({"resourceType": "Patient", "active": True}),
+        json.dumps({"resourceType": "Patient", "name": [{"family": family}]}),
         content_type=FHIR_JSON,
     )
-    assert created.status_code == 201
-    path = f"/fhir/provider-a/Patient/{created.json()['id']}"
+    assert created.status_code == 201, created.content
+    return str(created.json()["id"])
+
+
+@pytest.mark.usefixtures("committed")
+def test_a_read_is_one_statement_that_names_its_schema(cast):
+    token = cast.client_a.token()
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT=FHIR_JSON)
+    path = f"/fhir/provider-a/Patient/{_created(client, 'Read')}"
     client.get(path)  # warm the per-process caches (limits config, token)
 
     with CaptureQueriesContext(connection) as captured:
         assert client.get(path).status_code == 200
 
-    statements = _statements(captured)
-    # The token's lookup in public needs no path; the tenant part is one transaction
-    # whose first statement sets the schema. Nothing else: no session-level SET.
-    assert [sql.split(" ")[0] for sql in statements] == [
-        "SELECT",
-        "BEGIN",
-        "SET",
-        "SELECT",
-        "COMMIT",
-    ]
-    assert statements[2] == 'SET LOCAL search_path = "t_provider_a","public"'
+    # No transaction and no path: the statement says whose table it reads.
+    store = [sql for sql in _statements(captured) if "tenants_" not in sql]
+    assert len(store) == 1
+    assert 'FROM "t_provider_a"."fhir_resource"' in store[0]
+
+
+@pytest.mark.usefixtures("committed")
+def test_a_write_sets_its_schema_once_with_its_begin(cast):
+    token = cast.client_a.token()
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT=FHIR_JSON)
+    _created(client, "Warm")
+
+    with CaptureQueriesContext(connection) as captured:
+        _created(client, "Write")
+
+    store = [sql for sql in _statements(captured) if "tenants_" not in sql]
+    # BEGIN and the SET LOCAL travel as one message (the backend's connection class);
+    # the log lists them as the two statements they are. Nothing else sets a path.
+    assert [sql.split(" ")[0] for sql in store] == ["BEGIN", "SET", "WITH", "COMMIT"]
+    assert store[1] == 'SET LOCAL search_path = "t_provider_a","public"'
 
 
 @pytest.mark.usefixtures("committed")
@@ -106,6 +124,23 @@ def test_tenant_work_never_leaves_a_search_path_on_the_session(cast):
     assert connection.connection.prepare_threshold is None
 
 
+@pytest.mark.usefixtures("committed")
+def test_a_transaction_whose_first_statement_fails_leaves_no_path_behind(cast):
+    default = _session_default_path(subprocess_environment()["DATABASE_URL"])
+    with (
+        pytest.raises(DatabaseError),
+        tenant_schema(cast.tenant_a),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT * FROM no_such_table")  # sent with BEGIN; SET LOCAL
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SHOW search_path")
+        assert cursor.fetchone() == (default,)
+    with tenant_schema(cast.tenant_b), connection.cursor() as cursor:
+        cursor.execute("SELECT current_schema()")
+        assert cursor.fetchone() == ("t_payer_b",)
+
+
 class _Rollback(Exception):
     pass
 
@@ -134,6 +169,68 @@ def test_a_savepoint_rolled_back_takes_its_schema_with_it(cast):
         # ROLLBACK TO SAVEPOINT undid the SET LOCAL of the tenant: it is set again.
         assert Resource.objects.filter(logical_id=marker).exists()
         schema_public()
+
+
+@contextmanager
+def _connected_to(url: str) -> Iterator[None]:
+    """This process's database connection made to `url` (the same database) for a while."""
+    saved = dict(connection.settings_dict)
+    params = conninfo_to_dict(url)
+    connection.close()
+    connection.settings_dict.update(HOST=params["host"], PORT=str(params["port"]))
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(saved)
+
+
+def _pooled_schema(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as client:
+        row = client.execute("SELECT current_schema()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+@pytest.mark.usefixtures("committed")
+def test_a_read_through_pgbouncer_ignores_a_path_left_on_the_server_connection(cast):
+    """A read sets no path: it must not depend on the one its server connection has.
+
+    One pooled server connection; another client leaves `SET search_path` to tenant B's
+    schema on it (session-level, which transaction pooling hands on), and tenant B has a
+    Patient with the same id as tenant A's. Reads, searches and writes of tenant A still
+    see tenant A's rows only."""
+    shared_id = str(uuid.uuid4())
+    for tenant, family in ((cast.tenant_a, "Tenant-A"), (cast.tenant_b, "Tenant-B")):
+        with tenant_schema(tenant):
+            services.resource_create(
+                resource_type="Patient",
+                content={"resourceType": "Patient", "name": [{"family": family}]},
+                source="pooler-test",
+                logical_id=shared_id,
+            )
+    token = cast.client_a.token()
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT=FHIR_JSON)
+    upstream = subprocess_environment()["DATABASE_URL"]
+    with pgbouncer(upstream=upstream, pool_size=1) as pooled_url:
+        with psycopg.connect(pooled_url, autocommit=True) as other_client:
+            other_client.execute('SET search_path = "t_payer_b", public')
+        # The path is really there for the next client of the server connection.
+        assert _pooled_schema(pooled_url) == "t_payer_b"
+        with _connected_to(pooled_url):
+            read = client.get(f"/fhir/provider-a/Patient/{shared_id}")
+            vread = client.get(f"/fhir/provider-a/Patient/{shared_id}/_history/1")
+            search = client.get("/fhir/provider-a/Patient", {"_id": shared_id})
+            written = _created(client, "Written-A")
+        assert _pooled_schema(pooled_url) == "t_payer_b"
+    assert read.status_code == 200 and read.json()["name"][0]["family"] == "Tenant-A"
+    assert vread.status_code == 200 and vread.json()["name"][0]["family"] == "Tenant-A"
+    assert [e["resource"]["name"][0]["family"] for e in search.json()["entry"]] == ["Tenant-A"]
+    with tenant_schema(cast.tenant_a):
+        assert Resource.objects.filter(logical_id=written).exists()
+    with tenant_schema(cast.tenant_b):
+        assert not Resource.objects.filter(logical_id=written).exists()
 
 
 @pytest.mark.parametrize(

@@ -167,12 +167,14 @@ def _execute(
             resource_type=plan.resource_type, logical_id=plan.logical_id, version_id=plan.version_id
         )
         return _written(version, "200 OK", base_url, False, location=False) | {
-            "resource": version.content
+            "resource": version.content.parsed()
         }
     read = selectors.resource_read(resource_type=plan.resource_type, logical_id=plan.logical_id)
     if plan.if_none_match is not None and plan.if_none_match == read.version_id:
         return {"response": {"status": "304 Not Modified", "etag": etag(read.version_id)}}
-    return _written(read, "200 OK", base_url, True, location=False)
+    return _written(read, "200 OK", base_url, False, location=False) | {
+        "resource": read.content.parsed()
+    }
 
 
 def _search_entry(caller: Caller, plan: EntryPlan, base_url: str) -> dict[str, Any]:
@@ -183,6 +185,7 @@ def _search_entry(caller: Caller, plan: EntryPlan, base_url: str) -> dict[str, A
         params=plan.query,
         base_url=base_url,
         strict=False,
+        as_stored=True,
     )
     return {"resource": bundle, "response": {"status": "200 OK"}}
 
@@ -196,7 +199,8 @@ def _run(
 
 
 # Ids are assigned before anything runs so that every entry, whatever its position, can
-# refer to any other; the whole run is one atomic block, and the first FhirError unwinds it.
+# refer to any other; the whole run is one atomic block, and the first FhirError unwinds it
+# (the request's transaction when there is one: a savepoint would add two round trips).
 def _transaction(
     caller: Caller, plans: list[EntryPlan], *, base_url: str, source: str, representation: bool
 ) -> list[dict[str, Any]]:
@@ -209,7 +213,7 @@ def _transaction(
         elif plan.logical_id and plan.full_url:
             id_map[plan.full_url] = f"{plan.resource_type}/{plan.logical_id}"
     results: dict[int, dict[str, Any]] = {}
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         # Conditional creates that match an existing resource point their fullUrl at it.
         # Their criteria stay locked until the commit, so what was matched here is still
         # what the entry finds when it runs.

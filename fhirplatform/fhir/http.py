@@ -5,6 +5,7 @@ import math
 import re
 from typing import Any
 
+import orjson
 from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -23,6 +24,59 @@ from fhirplatform.errors import (
 )
 
 
+class JsonText:
+    """A JSON value already serialised: a stored resource as PostgreSQL returns it
+    (`content::text`). Rendered as it is, alone or inside a Bundle, neither parsed nor
+    dumped again, so its numbers go out exactly as they were stored.
+
+    Not a dataclass: orjson would serialise one as an object of its fields."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"JsonText({self.text[:60]!r})"
+
+    def parsed(self) -> Any:
+        """The value, for a caller that must look inside it."""
+        return json.loads(self.text)
+
+
+# orjson serialises only what the standard library would; anything else is left to it.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _fragment(value: Any) -> orjson.Fragment:
+    if isinstance(value, JsonText):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _parsed(value: Any) -> Any:
+    if isinstance(value, JsonText):
+        return value.parsed()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_render(data: Any) -> bytes:
+    """Every JSON document the FHIR API sends, compact and in UTF-8.
+
+    orjson renders a 50-entry searchset about ten times faster than the standard library,
+    and embeds stored JSON (JsonText) without parsing it. What orjson refuses, an integer
+    past 64 bits (stored exactly from a client's JSON) or nesting past 254 levels, is
+    rendered by the standard library instead, never rounded or cut.
+    """
+    if isinstance(data, JsonText):
+        return data.text.encode()
+    try:
+        return orjson.dumps(data, default=_fragment, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_parsed)
+        return text.encode()
+
+
 class FhirJSONRenderer(BaseRenderer):
     media_type = FHIR_JSON
     format = "json"
@@ -33,7 +87,7 @@ class FhirJSONRenderer(BaseRenderer):
     ) -> bytes:
         if data is None:
             return b""
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return json_render(data)
 
 
 class PlainJSONRenderer(FhirJSONRenderer):

@@ -4,14 +4,14 @@ Below the services and selectors of the FHIR store (they import it, never the re
 """
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.utils import timezone
 from django.utils.http import http_date
 
 from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir.http import digits_parse
-from fhirplatform.fhir.models import Method, Resource, ResourceVersion
+from fhirplatform.fhir.models import Method, ResourceVersion
 
 _METHOD_STATUS = {
     Method.POST: "201 Created",
@@ -19,6 +19,22 @@ _METHOD_STATUS = {
     Method.PATCH: "200 OK",
     Method.DELETE: "204 No Content",
 }
+
+
+class VersionNamed(Protocol):
+    """What names one version: a Resource or ResourceVersion row, or a read's result."""
+
+    @property
+    def resource_type(self) -> str: ...
+    @property
+    def logical_id(self) -> str: ...
+    @property
+    def version_id(self) -> int: ...
+
+
+class Versioned(VersionNamed, Protocol):
+    @property
+    def last_updated(self) -> datetime: ...
 
 
 def now_instant() -> datetime:
@@ -36,7 +52,7 @@ def etag(version_id: int) -> str:
     return f'W/"{version_id}"'
 
 
-def resource_gone(row: Resource | ResourceVersion) -> FhirError:
+def resource_gone(row: VersionNamed) -> FhirError:
     """The 410 for a deleted resource (read, patch) and for a delete version (vread): one
     answer, whose ETag names the delete version."""
     return FhirError(
@@ -60,7 +76,7 @@ def last_modified(value: datetime) -> str:
     return http_date(value.timestamp())
 
 
-def version_headers(resource: Resource | ResourceVersion) -> dict[str, str]:
+def version_headers(resource: Versioned) -> dict[str, str]:
     return {
         "ETag": etag(resource.version_id),
         "Last-Modified": last_modified(resource.last_updated),
@@ -71,7 +87,7 @@ def resource_url(base_url: str, resource_type: str, logical_id: str) -> str:
     return f"{base_url}/{resource_type}/{logical_id}"
 
 
-def version_url(base_url: str, resource: Resource | ResourceVersion) -> str:
+def version_url(base_url: str, resource: VersionNamed) -> str:
     return (
         f"{resource_url(base_url, resource.resource_type, resource.logical_id)}"
         f"/_history/{resource.version_id}"

@@ -1,7 +1,8 @@
 """Reads of the FHIR store of the current tenant schema: read, vread, history, matching.
 
 The pipeline has already bound the connection to the caller's tenant schema, so every
-query here sees that tenant only. History is paged by keyset cursors (last_updated, id),
+query here sees that tenant only: read and vread name it in their one statement, the
+others get it from the backend's search_path. History is paged by keyset cursors (last_updated, id),
 never OFFSET, in the signed-cursor scheme of paging.py that search uses too.
 """
 
@@ -12,8 +13,9 @@ from urllib.parse import parse_qsl
 
 from django.db.models import Q
 
+from fhirplatform.db.named import schema_named_cursor, schema_table
 from fhirplatform.errors import FhirError, IssueCode, not_found
-from fhirplatform.fhir.http import digits_parse
+from fhirplatform.fhir.http import JsonText, digits_parse
 from fhirplatform.fhir.models import Method, Resource, ResourceVersion, id_valid
 from fhirplatform.fhir.paging import (
     DEFAULT_COUNT,
@@ -32,33 +34,72 @@ from tenants.scopes import Interaction, scopes_allow
 from tenants.tokens import Caller
 
 
-def resource_read(*, resource_type: str, logical_id: str) -> Resource:
+@dataclass(frozen=True)
+class StoredVersion:
+    """One version as a read answers it: its headers' values and its JSON, as stored."""
+
+    resource_type: str
+    logical_id: str
+    version_id: int
+    last_updated: datetime
+    content: JsonText
+
+
+@dataclass(frozen=True)
+class _Deleted:
+    resource_type: str
+    logical_id: str
+    version_id: int
+
+
+# One statement each, naming its schema: a read needs no search_path and no transaction.
+# A deleted resource's content stays in its row; the 410 does not need it sent.
+_READ = (
+    "SELECT version_id, last_updated, deleted, "
+    "CASE WHEN deleted THEN NULL ELSE content::text END FROM {table} "
+    "WHERE resource_type = %s AND logical_id = %s"
+)
+_VREAD = (
+    "SELECT last_updated, method, content::text FROM {table} "
+    "WHERE resource_type = %s AND logical_id = %s AND version_id = %s"
+)
+
+
+def _row(statement: str, params: list[Any]) -> Any:
+    with schema_named_cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchone()
+
+
+def resource_read(*, resource_type: str, logical_id: str) -> StoredVersion:
     """The current version; the shared 404 if it never existed, 410 if deleted."""
     resource_type_check(resource_type)
     if not id_valid(logical_id):
         raise not_found()
-    resource = Resource.objects.filter(resource_type=resource_type, logical_id=logical_id).first()
-    if resource is None:
+    row = _row(_READ.format(table=schema_table(Resource)), [resource_type, logical_id])
+    if row is None:
         raise not_found()
-    if resource.deleted:
-        raise resource_gone(resource)
-    return resource
+    version_id, last_updated, deleted, text = row
+    if deleted:
+        raise resource_gone(_Deleted(resource_type, logical_id, version_id))
+    return StoredVersion(resource_type, logical_id, version_id, last_updated, JsonText(text))
 
 
-def resource_vread(*, resource_type: str, logical_id: str, version_id: str) -> ResourceVersion:
+def resource_vread(*, resource_type: str, logical_id: str, version_id: str) -> StoredVersion:
     """One version; the shared 404 if there is none, 410 if it is a delete."""
     resource_type_check(resource_type)
     number = digits_parse(version_id)
     if number is None or not id_valid(logical_id):
         raise not_found()
-    version = ResourceVersion.objects.filter(
-        resource_type=resource_type, logical_id=logical_id, version_id=number
-    ).first()
-    if version is None:
+    row = _row(
+        _VREAD.format(table=schema_table(ResourceVersion)), [resource_type, logical_id, number]
+    )
+    if row is None:
         raise not_found()
-    if version.method == Method.DELETE:
-        raise resource_gone(version)
-    return version
+    last_updated, method, text = row
+    if method == Method.DELETE:
+        raise resource_gone(_Deleted(resource_type, logical_id, number))
+    return StoredVersion(resource_type, logical_id, number, last_updated, JsonText(text))
 
 
 @dataclass(frozen=True)

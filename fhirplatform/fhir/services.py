@@ -1,11 +1,16 @@
 """Writes to the versioned FHIR store of the current tenant schema: the FHIR app's one
 write door (REST, Bundles, the bulk loader and the generator all write through here).
 
-Every write runs in one transaction that changes the current Resource row, appends a
+Every write is one statement that changes the current Resource row, appends a
 ResourceVersion row and rebuilds the resource's search index rows, so a reader never sees
 a version without its index. Writers to one resource serialise on its row lock
 (select_for_update): the version number is read and bumped under the lock, so concurrent
 updates never lose a write and If-Match is checked against the version really current.
+
+A service runs in its caller's transaction (the request's, a Bundle's, a loader chunk's)
+and opens one only when there is none: no savepoint of its own, whose SAVEPOINT and
+RELEASE would cost two round trips a write. A failing write fails that transaction; a
+caller that goes on after a failure (a batch Bundle's entry) holds a savepoint for it.
 """
 
 import copy
@@ -26,9 +31,8 @@ from fhirplatform.fhir.models import Method, Resource, ResourceVersion
 from fhirplatform.fhir.representation import instant_text, now_instant, resource_gone
 from fhirplatform.fhir.search.parsing import criteria_canonical
 from fhirplatform.fhir.search.services import (
-    index_remove,
-    index_resource,
     index_resources,
+    index_write_clauses,
     rows_copy,
 )
 from fhirplatform.fhir.validation import resource_type_check, resource_validate
@@ -36,6 +40,9 @@ from fhirplatform.schemas import schema_current
 
 # (resource_type, canonical criteria) -> the current resources matching them.
 MatchFunction = Callable[[str, str], list[Resource]]
+
+# The caller's transaction, or one of its own when there is none (see the module docstring).
+_joins_the_transaction = transaction.atomic(savepoint=False)
 
 
 @dataclass(frozen=True)
@@ -76,16 +83,60 @@ def stamp(
     return stamped
 
 
-def _append_version(resource: Resource, method: Method, content: dict[str, Any] | None) -> None:
-    ResourceVersion.objects.create(
-        resource=resource,
-        resource_type=resource.resource_type,
-        logical_id=resource.logical_id,
-        version_id=resource.version_id,
-        last_updated=resource.last_updated,
-        method=method,
-        content=content,
+def _table(model: type[Resource] | type[ResourceVersion]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _version_write(resource: Resource, method: Method) -> None:
+    """Write `resource` as it now is in one statement: its current row (inserted for a
+    create, updated otherwise), its history row, and its search index rows.
+
+    One statement is one round trip, and it is atomic by itself; each write service
+    runs it after its checks, holding the row lock the checks took (update, patch,
+    delete), so nothing it writes can disagree with what they read.
+    """
+    columns = "resource_type, logical_id, version_id, last_updated"
+    if method == Method.POST:
+        current = (
+            f"INSERT INTO {_table(Resource)} ({columns}, deleted, content) "
+            "SELECT %s, %s, %s, %s, false, content FROM doc"
+        )
+        current_params = [
+            resource.resource_type,
+            resource.logical_id,
+            resource.version_id,
+            resource.last_updated,
+        ]
+    else:
+        # A delete keeps the last content in the current row; its history row has none.
+        current = (
+            f"UPDATE {_table(Resource)} SET version_id = %s, last_updated = %s, deleted = %s"
+            + ("" if resource.deleted else ", content = doc.content")
+            + " FROM doc WHERE id = %s"
+        )
+        current_params = [resource.version_id, resource.last_updated, resource.deleted, resource.pk]
+    clauses = [
+        "doc AS (SELECT %s::jsonb AS content)",
+        f"current_row AS ({current} RETURNING id, {columns})",
+        f"version_row AS (INSERT INTO {_table(ResourceVersion)} (resource_id, {columns}, "
+        f"method, content) SELECT current_row.id, {columns}, %s, doc.content "
+        "FROM current_row, doc)",
+    ]
+    content = None if resource.deleted else Jsonb(resource.content)
+    params: list[Any] = [content, *current_params, str(method)]
+    index_clauses, index_params = index_write_clauses(
+        resource=resource, source="current_row", replace=method != Method.POST
     )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH {', '.join(clauses + index_clauses)} SELECT id FROM current_row",
+            params + index_params,
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError(f"{resource} was not written")
+    resource.pk = row[0]
+    resource._state.adding = False
 
 
 def _locked(resource_type: str, logical_id: str) -> Resource | None:
@@ -106,7 +157,6 @@ def _check_if_match(resource: Resource, if_match: int | None) -> None:
         )
 
 
-@transaction.atomic
 def resource_create(
     *, resource_type: str, content: Any, source: str, logical_id: str | None = None
 ) -> Resource:
@@ -117,20 +167,20 @@ def resource_create(
     """
     resource_type_check(resource_type)
     resource_validate(content=content, resource_type=resource_type)
+    # One statement, atomic by itself: no transaction of its own is needed.
     logical_id = logical_id or new_logical_id()
     last_updated = now_instant()
     stored = stamp(
         content, logical_id=logical_id, version_id=1, last_updated=last_updated, source=source
     )
-    resource = Resource.objects.create(
+    resource = Resource(
         resource_type=resource_type,
         logical_id=logical_id,
         version_id=1,
         last_updated=last_updated,
         content=stored,
     )
-    _append_version(resource, Method.POST, stored)
-    index_resource(resource=resource)
+    _version_write(resource, Method.POST)
     return resource
 
 
@@ -169,7 +219,7 @@ def resource_match_locked(
     return found
 
 
-@transaction.atomic
+@_joins_the_transaction
 def resource_create_conditional(
     *,
     resource_type: str,
@@ -191,7 +241,7 @@ def resource_create_conditional(
     return WriteResult(resource=resource, created=True)
 
 
-@transaction.atomic
+@_joins_the_transaction
 def resource_update(
     *, resource_type: str, logical_id: str, content: Any, source: str, if_match: int | None = None
 ) -> Resource:
@@ -233,13 +283,11 @@ def _store_new_version(
         source=source,
     )
     resource.deleted = False
-    resource.save(update_fields=["version_id", "last_updated", "content", "deleted"])
-    _append_version(resource, method, resource.content)
-    index_resource(resource=resource)
+    _version_write(resource, method)
     return resource
 
 
-@transaction.atomic
+@_joins_the_transaction
 def resource_patch(
     *, resource_type: str, logical_id: str, patch: Any, source: str, if_match: int | None = None
 ) -> Resource:
@@ -274,7 +322,7 @@ def resource_patch(
     return _store_new_version(resource, patched, Method.PATCH, source)
 
 
-@transaction.atomic
+@_joins_the_transaction
 def resource_delete(
     *, resource_type: str, logical_id: str, if_match: int | None = None
 ) -> Resource:
@@ -289,9 +337,7 @@ def resource_delete(
         return resource
     _version_next(resource)
     resource.deleted = True
-    resource.save(update_fields=["version_id", "last_updated", "deleted"])
-    _append_version(resource, Method.DELETE, None)
-    index_remove(resource=resource)
+    _version_write(resource, Method.DELETE)
     return resource
 
 

@@ -1,1 +1,2 @@
-"""The platform's database ENGINE: `fhirplatform.db.backend` (see base.py)."""
+"""The platform's database ENGINE: `fhirplatform.db.backend` (see base.py; connection.py
+sends a transaction's search_path with its BEGIN)."""

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.db import models
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet, TextField
 
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.paging import cursor_digest, cursor_invalid, cursor_make, cursor_read
@@ -21,6 +21,18 @@ from fhirplatform.fhir.search.parsing import Control, SearchRequest, SortKey
 from fhirplatform.fhir.search.registry import ParamType
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.tokens import Caller
+
+
+def with_stored_text(queryset: QuerySet[Resource]) -> QuerySet[Resource]:
+    """The rows with their JSON as PostgreSQL sends it (`content_text`), not parsed into a
+    dict: a searchset sends it on as it is (searchset.py).
+
+    The column itself, read as text (Django's PostgreSQL backend loads jsonb as a string
+    and leaves parsing to JSONField): a `content::text` cast would be computed for every
+    matching row before the sort and LIMIT, not for the page only."""
+    text = ExpressionWrapper(F("content"), output_field=TextField())
+    return queryset.defer("content").annotate(content_text=text)
+
 
 # Sort kinds answered from a column of the resource row rather than an index table.
 _COLUMN_SORTS = {"pk": "pk", "id": "logical_id", "lastUpdated": "last_updated"}
@@ -172,7 +184,7 @@ def _rows_by_value(
             keys += _value_segment(queryset, request, descending, None, limit - len(keys))
     else:
         keys = _value_segment(queryset, request, descending, after, limit)
-    found = Resource.objects.in_bulk([pk for _, pk in keys])
+    found = with_stored_text(Resource.objects.all()).in_bulk([pk for _, pk in keys])
     rows = []
     for key, pk in keys:
         resource = found[pk]
@@ -190,7 +202,7 @@ def _rows_by_column(
 ) -> list[Resource]:
     """Rows for a sort on a column of the resource row (row id, id, lastUpdated)."""
     sort = request.sort
-    queryset = queryset.annotate(sort_key=F(_COLUMN_SORTS[sort.kind]))
+    queryset = with_stored_text(queryset).annotate(sort_key=F(_COLUMN_SORTS[sort.kind]))
     if position is not None:
         after = "lt" if descending else "gt"
         if sort.kind == "pk":

@@ -1,14 +1,17 @@
 """Building the searchset Bundle: match entries shaped by _elements/_summary, the
 _include/_revinclude entries of the page, the outcome entry, and the page links."""
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
 from django.db.models import Q, Subquery
 
 from fhirplatform.errors import Issue, IssueCode, Severity, operation_outcome
+from fhirplatform.fhir.http import JsonText
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.paging import CURSOR_PARAM
+from fhirplatform.fhir.search.keyset import with_stored_text
 from fhirplatform.fhir.search.models import ReferenceIndex
 from fhirplatform.fhir.search.parsing import SearchRequest
 from tenants.scopes import Interaction, scopes_allow
@@ -33,8 +36,15 @@ def _shape(content: dict[str, Any], request: SearchRequest) -> dict[str, Any]:
     return content
 
 
-def _entry(base: str, resource: Resource, mode: str, request: SearchRequest) -> dict[str, Any]:
-    content = _shape(resource.content, request) if mode == "match" else resource.content
+def _entry(
+    base: str, resource: Resource, mode: str, request: SearchRequest, as_stored: bool
+) -> dict[str, Any]:
+    text: str = resource.content_text  # type: ignore[attr-defined]
+    content: dict[str, Any] | JsonText
+    if mode == "match" and (request.elements or request.summary_data):
+        content = _shape(json.loads(text), request)
+    else:
+        content = JsonText(text) if as_stored else json.loads(text)
     return {
         "fullUrl": f"{base}/{resource.resource_type}/{resource.logical_id}",
         "resource": content,
@@ -71,7 +81,8 @@ def _included(caller: Caller, request: SearchRequest, matches: list[Resource]) -
             wanted |= Q(pk__in=Subquery(sources[:MAX_INCLUDED]))
     seen = {r.pk for r in matches}
     included = []
-    for resource in Resource.objects.filter(wanted, deleted=False).order_by("pk")[:MAX_INCLUDED]:
+    candidates = with_stored_text(Resource.objects.filter(wanted, deleted=False))
+    for resource in candidates.order_by("pk")[:MAX_INCLUDED]:
         if resource.pk in seen or not scopes_allow(
             caller.scopes, resource.resource_type, Interaction.READ
         ):
@@ -82,11 +93,16 @@ def _included(caller: Caller, request: SearchRequest, matches: list[Resource]) -
 
 
 def searchset_entries(
-    *, caller: Caller, request: SearchRequest, rows: list[Resource], base: str
+    *, caller: Caller, request: SearchRequest, rows: list[Resource], base: str, as_stored: bool
 ) -> list[dict[str, Any]]:
-    """The page's matches, what they include, and an outcome naming ignored parameters."""
-    entries = [_entry(base, r, "match", request) for r in rows]
-    entries += [_entry(base, r, "include", request) for r in _included(caller, request, rows)]
+    """The page's matches, what they include, and an outcome naming ignored parameters.
+
+    `as_stored`: each resource as the JsonText PostgreSQL returned, for the response
+    (shaped ones by _elements/_summary aside); else parsed, for a caller that reads it."""
+    entries = [_entry(base, r, "match", request, as_stored) for r in rows]
+    entries += [
+        _entry(base, r, "include", request, as_stored) for r in _included(caller, request, rows)
+    ]
     if request.unknown:
         outcome = operation_outcome(
             Issue(

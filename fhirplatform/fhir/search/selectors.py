@@ -91,8 +91,12 @@ def search_bundle(
     params: list[tuple[str, str]],
     base_url: str,
     strict: bool,
+    as_stored: bool = False,
 ) -> dict[str, Any]:
-    """Run a search for `caller` and render the searchset Bundle (one page of it)."""
+    """Run a search for `caller` and render the searchset Bundle (one page of it).
+
+    `as_stored`: the entries' resources are the JsonText of their stored JSON, which the
+    response renders without parsing it (the REST views); else parsed dicts."""
     base = base_url.rstrip("/")
     request = search_parse(resource_type=resource_type, params=params, strict=strict)
     _hops_scope_check(caller, request)
@@ -114,7 +118,9 @@ def search_bundle(
         bundle["total"] = queryset.count()
     elif request.cursor is None and page.next_cursor is None:
         bundle["total"] = len(page.rows)  # the whole result is on this page: counting is free
-    entries = searchset_entries(caller=caller, request=request, rows=page.rows, base=base)
+    entries = searchset_entries(
+        caller=caller, request=request, rows=page.rows, base=base, as_stored=as_stored
+    )
     if entries:
         bundle["entry"] = entries
     return bundle
