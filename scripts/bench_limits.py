@@ -1,32 +1,45 @@
 """Rate-limit benchmark: what a decision costs, how exact the bound is, noisy neighbours.
 
 Runs in a scratch database (created and dropped here) on the PostgreSQL of DATABASE_URL,
-with the limiter on REDIS_URL:
+with the limiter on a redis-server of its own (so that Redis's own command counts are this
+benchmark's alone; REDIS_URL still serves everything else):
 
     set -a; . .data/services.env; set +a
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/fp_limits \\
-    REDIS_URL=redis://127.0.0.1:6379/5 .venv/bin/python scripts/bench_limits.py [--big]
+    REDIS_URL=redis://127.0.0.1:6379/11 .venv/bin/python scripts/bench_limits.py [--big]
 
 Prints:
   1. limiter decision cost in-process (p50/p99 of limit_admit, and of release) next to a
      Redis PING in the same run; Redis round trips per decision counted by Redis itself
-     (INFO commandstats);
+     (INFO commandstats); a refusal decided by Redis next to one from the refusal memo;
   2. admitted vs bound (burst + rate x elapsed) for one client flooding a gunicorn with
      several workers and threads;
   3. noisy neighbour: tenant B's p50/p95 and 429 count, alone and while tenant A floods
-     at 10x and more of its quota.
-Default runs take seconds; --big runs longer floods and more decisions.
+     at 10x and more of its quota (Python load generator);
+  4. unpaced flood: tenant A floods as fast as it can from 8 connections (wrk, which costs
+     far less CPU than a Python client), ignoring Retry-After. In interleaved rounds: B's
+     p50/p95 alone and under the flood, A's refusals/s, server CPU (gunicorn master and
+     workers, utime+stime from /proc) per refused request and per served read, and Redis
+     commands per admitted request counted by Redis (INFO commandstats).
+The load average is printed at the start and after every section; the server's own log
+(a warning per 429) goes to a file. Section 4 lives in bench_limits_flood.py, what the
+sections share in bench_limits_support.py.
+Default runs take about two minutes; --big runs longer floods and more decisions.
 """
 
 import argparse
+import contextlib
 import os
+import socket
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import psycopg
@@ -35,7 +48,18 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.loopback import gunicorn  # noqa: E402
+from scripts.bench_limits_flood import bench_unpaced  # noqa: E402
+from scripts.bench_limits_support import (  # noqa: E402
+    create_patient,
+    latencies,
+    load_average,
+    make_client,
+    ms,
+    pct,
+    private_redis,
+    redis_counts,
+)
+from scripts.loopback import gunicorn_server  # noqa: E402
 
 
 def scratch_url(base_url: str, name: str) -> str:
@@ -47,17 +71,9 @@ def admin_execute(base_url: str, sql: str) -> None:
         conn.execute(sql)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def ms(value: float) -> str:
-    return f"{value * 1000:.3f} ms"
-
-
-def setup_django(database_url: str) -> None:
+def setup_django(database_url: str, limits_redis_url: str) -> None:
     os.environ["DATABASE_URL"] = database_url
+    os.environ["LIMITS_REDIS_URL"] = limits_redis_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
@@ -68,68 +84,20 @@ def setup_django(database_url: str) -> None:
     call_command("migrate_schemas", shared=True, verbosity=0, interactive=False)
 
 
-PLAN_DEFAULTS = dict(
-    read_per_minute=600,
-    search_per_minute=200,
-    write_per_minute=6000,
-    history_per_minute=60,
-    batch_per_minute=30,
-    export_per_hour=6,
-    export_poll_per_minute=60,
-    concurrency=1000,
-    daily_quota=10_000_000,
-)
-
-
-def plan_named(name: str, **limits: int) -> str:
-    """The benchmark plan `name`, created the first time through the one plan builder."""
-    from tenants.services import ProvisioningError, rate_plan_create, rate_plan_get
-
-    try:
-        rate_plan_get(name=name)
-    except ProvisioningError:
-        rate_plan_create(name=name, description="Rate-limit benchmark", **(PLAN_DEFAULTS | limits))
-    return name
-
-
-def make_client(tenant_slug: str, plan_name: str, **plan: int):
-    from tenants.scopes import scopes_parse
-    from tenants.services import client_create, token_issue
-
-    issued = client_create(
-        partner_name="Bench " + uuid.uuid4().hex[:6],
-        tenant_slugs=[tenant_slug],
-        scopes="system/*.cruds",
-        plan_name=plan_named(plan_name, **plan),
-    )
-    grant = issued.grants[0]
-    token = token_issue(grant=grant, scopes=scopes_parse("system/*.cruds"), auth_method="bench")
-    return grant, token.access_token
-
-
 def bench_decisions(decisions: int) -> None:
     from fhirplatform.limits.codes import EndpointClass
     from fhirplatform.limits.engine import limit_admit
-    from fhirplatform.limits.models import LimitOverride
-    from fhirplatform.limits.services import limit_override_save
     from fhirplatform.limits.store import limiter_redis
-    from tenants.models import Grant, Tenant
+    from tenants.models import Grant
     from tenants.tokens import Caller
 
     # Only the client's and the tenant's buckets are measured here, never refused.
-    bench_a = Tenant.objects.get(slug="bench-a")
-    limit_override_save(override=LimitOverride(tenant=bench_a, per_minute=10**9))
     grant, _ = make_client("bench-a", "bench-generous", read_per_minute=10**9)
     grant = Grant.objects.select_related("client", "tenant__plan", "plan").get(pk=grant.pk)
     caller = Caller(
         tenant=grant.tenant, client=grant.client, grant=grant, scopes=[], token_id=uuid.uuid4().hex
     )
     client = limiter_redis()  # the limiter's own connection pool: PING and EVALSHA alike
-
-    def stats() -> tuple[int, int]:
-        info = client.info("commandstats")
-        calls = sum(v["calls"] for k, v in info.items() if k.startswith("cmdstat_"))
-        return info.get("cmdstat_evalsha", {}).get("calls", 0), calls
 
     for _ in range(200):  # warm: scripts loaded, profile cached, connections open
         limit_admit(
@@ -141,7 +109,8 @@ def bench_decisions(decisions: int) -> None:
         client.ping()
         pings.append(time.perf_counter() - started)
     admits, releases = [], []
-    evalsha_before, calls_before = stats()
+    time.sleep(0.1)  # what the warm-up left queued is sent
+    before = redis_counts(client)
     for _ in range(decisions):
         started = time.perf_counter()
         admission = limit_admit(
@@ -151,13 +120,13 @@ def bench_decisions(decisions: int) -> None:
         admission.release()
         releases.append(time.perf_counter() - middle)
         admits.append(middle - started)
-    evalsha_after, calls_after = stats()
-    evalsha_before_admits = evalsha_after  # decisions only, no releases
+    time.sleep(0.1)  # the last release is sent too
+    after = redis_counts(client)
     held = [
         limit_admit(caller=caller, endpoint_class=EndpointClass.READ, resource_type="Patient")
         for _ in range(50)
     ]
-    evalsha_admits_only = (stats()[0] - evalsha_before_admits) / 50
+    evalsha_admits_only = (redis_counts(client).evalsha - after.evalsha) / 50
     for admission in held:
         admission.release()
 
@@ -175,21 +144,71 @@ def bench_decisions(decisions: int) -> None:
         f"   Redis round trips per decision: {evalsha_admits_only:.2f} (EVALSHA, counted by Redis)"
     )
     print(
-        f"   Redis calls per admit+release : {(calls_after - calls_before) / decisions:.2f}"
-        f" counting commands inside scripts; EVALSHA round trips"
-        f" {(evalsha_after - evalsha_before) / decisions:.2f}"
+        f"   Redis calls per admit+release : {(after.sent - before.sent) / decisions:.2f}"
+        f" sent (EVALSHA {(after.evalsha - before.evalsha) / decisions:.2f}), and"
+        f" {(after.inside - before.inside) / decisions:.1f} commands inside the scripts"
     )
 
 
-def create_patient(base: str, tenant: str, token: str) -> str:
-    response = requests.post(
-        f"{base}/fhir/{tenant}/Patient",
-        json={"resourceType": "Patient", "name": [{"family": "Bench"}]},
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
-        timeout=10,
+def bench_refusal_cost(decisions: int) -> None:
+    """A refusal decided by Redis next to one answered from the refusal memo."""
+    from django.conf import settings
+
+    from fhirplatform.errors import FhirError
+    from fhirplatform.limits import engine
+    from fhirplatform.limits.codes import EndpointClass
+    from fhirplatform.limits.store import limiter_redis
+    from tenants.models import Grant
+    from tenants.tokens import Caller
+
+    grant, _ = make_client("bench-a", "bench-120", read_per_minute=120)
+    grant = Grant.objects.select_related("client", "tenant__plan", "plan").get(pk=grant.pk)
+    caller = Caller(
+        tenant=grant.tenant, client=grant.client, grant=grant, scopes=[], token_id=uuid.uuid4().hex
     )
-    response.raise_for_status()
-    return str(response.json()["id"])
+    request: dict[str, Any] = dict(
+        caller=caller, endpoint_class=EndpointClass.READ, resource_type="Patient"
+    )
+    client = limiter_redis()
+
+    def refusals(label: str, memo_seconds: int) -> None:
+        settings.LIMITS_REFUSAL_MEMO_SECONDS = memo_seconds
+        timings = []
+        before = redis_counts(client).evalsha
+        for _ in range(decisions):
+            started = time.perf_counter()
+            try:
+                engine.limit_admit(**request).release()
+            except FhirError:
+                timings.append(time.perf_counter() - started)
+        calls = (redis_counts(client).evalsha - before) / max(1, len(timings))
+        print(
+            f"   {label:<30}: p50 / p99 {ms(pct(timings, 0.5))} / {ms(pct(timings, 0.99))}"
+            f", EVALSHA per refusal {calls:.3f}"
+        )
+
+    print("   refusals (one client past its 2/s):")
+    refusals("refused by Redis", 0)
+    refusals("refused from the memo", 1)
+    known = getattr(engine, "limit_refusal_known", None)
+    if known is None:
+        print("   limit_refusal_known           : (not in this version)")
+        return
+    timings = []
+    for _ in range(decisions):
+        started = time.perf_counter()
+        refused = known(**request)
+        elapsed = time.perf_counter() - started
+        if refused is not None:
+            timings.append(elapsed)
+            continue
+        # The memo lapsed (it lives a second): Redis refuses, and the memo learns again.
+        with contextlib.suppress(FhirError):
+            engine.limit_admit(**request).release()
+    print(
+        f"   limit_refusal_known (no I/O)  : p50 / p99 {ms(pct(timings, 0.5))} / "
+        f"{ms(pct(timings, 0.99))} ({len(timings)} of {decisions} answered)"
+    )
 
 
 def flood(
@@ -220,6 +239,20 @@ def flood(
     return statuses, time.monotonic() - started
 
 
+def warm_up(base: str, connections: int) -> None:
+    """Every worker's first requests load modules and open connections: not measured."""
+    _, token = make_client("bench-a", "bench-generous", read_per_minute=10**9)
+    url = f"{base}/fhir/bench-a/Patient/{create_patient(base, 'bench-a', token)}"
+
+    def reads() -> None:
+        for _ in range(10):
+            requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    with ThreadPoolExecutor(connections) as pool:
+        for _ in range(connections):
+            pool.submit(reads)
+
+
 def bench_accuracy(
     base: str, seconds: float, threads: int, workers: int, server_threads: int
 ) -> None:
@@ -240,21 +273,6 @@ def bench_accuracy(
         f"   refused (429)                 : {statuses.count(429)}; other: "
         f"{len(statuses) - admitted - statuses.count(429)}"
     )
-
-
-def latencies(url: str, token: str, count: int) -> tuple[list[float], list[int]]:
-    values, statuses = [], []
-    with requests.Session() as session:
-        for _ in range(count):
-            started = time.perf_counter()
-            statuses.append(
-                session.get(
-                    url, headers={"Authorization": f"Bearer {token}"}, timeout=10
-                ).status_code
-            )
-            values.append(time.perf_counter() - started)
-            time.sleep(0.01)
-    return values, statuses
 
 
 def bench_noisy(base: str, seconds: float, threads: int, samples: int) -> None:
@@ -292,29 +310,56 @@ def bench_noisy(base: str, seconds: float, threads: int, samples: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--big", action="store_true", help="longer floods, more decisions")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds of section 4")
     args = parser.parse_args()
-    decisions, seconds, samples = (20_000, 10.0, 300) if args.big else (2_000, 3.0, 60)
+    decisions, seconds, samples, rounds = (
+        (20_000, 10.0, 300, 3) if args.big else (2_000, 3.0, 60, 2)
+    )
+    rounds = args.rounds or rounds
     base_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/fhirplatform")
     scratch = "fp_limits_bench_" + uuid.uuid4().hex[:6]
     admin_execute(base_url, f'CREATE DATABASE "{scratch}"')
+    print(f"   {socket.gethostname()}: {os.cpu_count()} CPUs")
+    load_average("start")
     try:
-        database_url = scratch_url(base_url, scratch)
-        setup_django(database_url)
-        from tenants.services import tenant_create
+        with private_redis() as (limits_redis_url, redis_pid):
+            database_url = scratch_url(base_url, scratch)
+            setup_django(database_url, limits_redis_url)
+            from fhirplatform.limits.models import LimitOverride
+            from fhirplatform.limits.services import limit_override_save
+            from tenants.models import Tenant
+            from tenants.services import tenant_create
 
-        tenant_create(slug="bench-a", name="Bench A", plan_name="enterprise")
-        tenant_create(slug="bench-b", name="Bench B", plan_name="enterprise")
-        bench_decisions(decisions)
-        workers, server_threads = 3, 4
-        server_env = dict(
-            os.environ,
-            DATABASE_URL=database_url,
-            LOG_LEVEL="WARNING",
-            LIMITS_EVENTS_BACKGROUND_FLUSH="true",
-        )
-        with gunicorn(env=server_env, workers=workers, threads=server_threads) as base:
-            bench_accuracy(base, seconds, 16, workers, server_threads)
-            bench_noisy(base, seconds, 4, samples)
+            tenant_create(slug="bench-a", name="Bench A", plan_name="enterprise")
+            tenant_create(slug="bench-b", name="Bench B", plan_name="enterprise")
+            # Tenant A's own bucket never refuses: its clients' buckets are what is measured.
+            bench_a = Tenant.objects.get(slug="bench-a")
+            limit_override_save(override=LimitOverride(tenant=bench_a, per_minute=10**9))
+            bench_decisions(decisions)
+            bench_refusal_cost(decisions)
+            load_average("after 1")
+            workers, server_threads = 3, 4
+            server_env = dict(
+                os.environ,
+                DATABASE_URL=database_url,
+                LIMITS_REDIS_URL=limits_redis_url,
+                LOG_LEVEL="WARNING",
+                LIMITS_EVENTS_BACKGROUND_FLUSH="true",
+            )
+            # Every 429 is a logged warning: kept out of the printed results.
+            server_log = Path(tempfile.gettempdir()) / f"{scratch}-gunicorn.log"
+            print(f"   server log: {server_log}")
+            with gunicorn_server(
+                env=server_env, workers=workers, threads=server_threads, log=server_log
+            ) as server:
+                base = server.url
+                warm_up(base, workers * server_threads)
+                bench_accuracy(base, seconds, 16, workers, server_threads)
+                load_average("after 2")
+                bench_noisy(base, seconds, 4, samples)
+                load_average("after 3")
+                bench_unpaced(server, seconds, samples, rounds, limits_redis_url, redis_pid)
+                load_average("after 4")
     finally:
         from django.db import connections
 

@@ -1,15 +1,18 @@
-"""Who decides a LimitSet: the shared limiter in Redis (one EVALSHA), or, while Redis is
+"""Who decides a LimitSet: the shared limiter in Redis (one EVALSHA, which also carries the
+process's queued releases and reads the caller generation), or, while Redis is
 unreachable, the in-process fallback limiter at a fraction of the quotas.
 
 A breaker switches between them: after a Redis error the fallback answers for
 LIMITS_REDIS_RETRY_SECONDS, then Redis is tried again; nothing needs a restart.
 """
 
+import atexit
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import redis
 from django.conf import settings
@@ -18,6 +21,7 @@ from redis.commands.core import Script
 from fhirplatform.limits import lua, metrics
 from fhirplatform.limits.codes import Decider
 from fhirplatform.limits.policies import LimitSet, RateBucket
+from fhirplatform.limits.releases import PendingRelease, ReleaseQueue
 from fhirplatform.limits.selectors import profile_cache
 from fhirplatform.limits.store import (
     ADAPTIVE_KEY,
@@ -25,6 +29,7 @@ from fhirplatform.limits.store import (
     GLOBAL_INFLIGHT_KEY,
     limiter_redis,
 )
+from tenants.token_cache import CALLER_GENERATION_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,13 @@ class Decision:
     adaptive_limit: float
     inflight: int
     items: list[ItemResult]  # buckets, dailies, slots, then the overload check
+    generation: int | None = None  # the caller generation Redis holds (None: the fallback)
+    asked_at: float = 0.0  # time.monotonic() just before Redis was asked
+
+
+class GenerationSeen(NamedTuple):
+    value: int
+    seen_at: float  # time.monotonic()
 
 
 # A slot (or the platform) that is full: the same answer as the Lua script's.
@@ -93,6 +105,12 @@ class _RedisLink:
                 extra={"error": f"{type(exc).__name__}: {exc}"},
             )
 
+    def reset(self) -> None:
+        """As a new process starts: Redis is presumed reachable."""
+        with self.lock:
+            self.down_until, self.down = 0.0, False
+        metrics.limiter_fallback.set(0)
+
     def mark_up(self) -> None:
         if not self.down:
             return
@@ -104,16 +122,75 @@ class _RedisLink:
 
 
 _link = _RedisLink()
+_FIXED_KEYS = [CONFIG_VERSION_KEY, GLOBAL_INFLIGHT_KEY, ADAPTIVE_KEY, CALLER_GENERATION_KEY]
+_generation_seen: GenerationSeen | None = None
 
 
 def limiter_in_fallback() -> bool:
     return _link.down
 
 
+def limiter_generation_seen() -> GenerationSeen | None:
+    """The caller generation this process last read from Redis, and when; None before
+    the first read and while the local fallback decides."""
+    return None if _link.down else _generation_seen
+
+
+def _observed(version: int, generation: int) -> None:
+    global _generation_seen
+    profile_cache.observe_version(version)
+    _generation_seen = GenerationSeen(generation, time.monotonic())
+
+
+def _releases_layout(
+    releases: list[PendingRelease],
+) -> tuple[list[str], list[str | int | float]]:
+    """KEYS and ARGV of releases for lua.RELEASES_APPLY."""
+    keys: list[str] = []
+    args: list[str | int | float] = [len(releases)]
+    for release in releases:
+        keys += release.slot_keys
+        args += [release.lease_id, int(release.bad), len(release.slot_keys)]
+    return keys, args
+
+
+def _send_releases(releases: list[PendingRelease]) -> bool:
+    """The flusher's call: queued releases no admission picked up, in one EVALSHA."""
+    if not _link.available():
+        return False
+    client, _, release = _link.scripts()
+    keys, args = _releases_layout(releases)
+    try:
+        values = release(
+            keys=_FIXED_KEYS + keys,
+            args=[settings.LIMITS_ADAPTIVE_MIN, settings.LIMITS_ADAPTIVE_MAX, *args],
+            client=client,
+        )
+    except redis.RedisError as exc:
+        _link.mark_down(exc)
+        return False
+    _link.mark_up()
+    version, limit, generation = (int(v) for v in values)
+    _observed(version, generation)
+    metrics.adaptive_limit.set(limit / 1000)
+    return True
+
+
+pending_releases = ReleaseQueue(_send_releases)
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    try:
+        pending_releases.flush()
+    except Exception:
+        logger.exception("rate limiter: queued releases not sent at exit; their leases expire")
+
+
 def _decide_in_redis(limits: LimitSet, lease_id: str, cost: int) -> Decision:
-    """One EVALSHA; the KEYS and ARGV layout is lua.ADMIT's."""
+    """One EVALSHA, carrying the queued releases; the KEYS and ARGV layout is lua.ADMIT's."""
     client, admit, _ = _link.scripts()
-    keys = [CONFIG_VERSION_KEY, GLOBAL_INFLIGHT_KEY, ADAPTIVE_KEY]
+    keys = [*_FIXED_KEYS]
     keys += [b.key for b in limits.buckets] + [d.key for d in limits.dailies]
     keys += [s.key for s in limits.slots]
     args: list[str | int | float] = [
@@ -134,12 +211,22 @@ def _decide_in_redis(limits: LimitSet, lease_id: str, cost: int) -> Decision:
         args += [d.quota, d.expire_at, int(d.dry_run)]
     for s in limits.slots:
         args += [s.cap, int(s.dry_run)]
-    values = [int(v) for v in admit(keys=keys, args=args, client=client)]
-    items = [ItemResult(bool(values[i]), *values[i + 1 : i + 4]) for i in range(4, len(values), 4)]
-    return Decision(values[0], bool(values[1]), values[2] / 1000, values[3], items)
+    releases = pending_releases.take()
+    release_keys, release_args = _releases_layout(releases)
+    asked_at = time.monotonic()
+    try:
+        reply = admit(keys=keys + release_keys, args=args + release_args, client=client)
+    except redis.RedisError:
+        pending_releases.give_back(releases)
+        raise
+    values = [int(v) for v in reply]
+    items = [ItemResult(bool(values[i]), *values[i + 1 : i + 4]) for i in range(5, len(values), 4)]
+    return Decision(
+        values[0], bool(values[1]), values[2] / 1000, values[3], items, values[4], asked_at
+    )
 
 
-def _gcra(bucket: RateBucket, stored: float, now: float, cost: int) -> tuple[ItemResult, float]:
+def gcra(bucket: RateBucket, stored: float, now: float, cost: int) -> tuple[ItemResult, float]:
     """lua.ADMIT's bucket arithmetic for one bucket: its result, and its TAT afterwards
     (the new one if the cost was taken)."""
     interval, depth = bucket.interval, bucket.depth
@@ -177,7 +264,7 @@ class LocalLimiter:
                 self.tats = {k: v for k, v in self.tats.items() if v > now}
             for bucket in limits.buckets:
                 share = replace(bucket, quota=fallback_share(bucket.quota))
-                result, tat = _gcra(share, self.tats.get(bucket.key, 0.0), now, cost)
+                result, tat = gcra(share, self.tats.get(bucket.key, 0.0), now, cost)
                 items.append(result)
                 if result.ok:
                     tats.append((bucket.key, tat))
@@ -223,7 +310,7 @@ def limit_set_decide(*, limits: LimitSet, lease_id: str, cost: int) -> tuple[Dec
             _link.mark_down(exc)
         else:
             _link.mark_up()
-            profile_cache.observe_version(decision.version)
+            _observed(decision.version, decision.generation or 0)
             metrics.adaptive_limit.set(decision.adaptive_limit)
             return decision, Decider.REDIS
     metrics.limiter_fallback_decisions.inc()
@@ -231,21 +318,30 @@ def limit_set_decide(*, limits: LimitSet, lease_id: str, cost: int) -> tuple[Dec
 
 
 def lease_release(
-    *, decider: Decider, lease_id: str, slot_keys: tuple[str, ...], bad: bool
+    *, decider: Decider, lease_id: str, slot_keys: tuple[str, ...], bad: bool, started: float
 ) -> None:
-    """Give back a lease's slots where it was taken; in Redis, `bad` (slow or a server
-    error) also cuts the adaptive limit, a good outcome grows it."""
+    """Give back a lease's slots where it was taken. In Redis the release is queued for the
+    process's next admission (or its flusher); there `bad` (slow or a server error) also
+    cuts the adaptive limit, a good outcome grows it. `started`: when it was admitted
+    (time.monotonic())."""
     if decider == Decider.LOCAL:
         local_limiter.release(lease_id, slot_keys)
         return
-    try:
-        client, _, release = _link.scripts()
-        limit = release(
-            keys=[GLOBAL_INFLIGHT_KEY, ADAPTIVE_KEY, *slot_keys],
-            args=[lease_id, int(bad), settings.LIMITS_ADAPTIVE_MIN, settings.LIMITS_ADAPTIVE_MAX],
-            client=client,
-        )
-        metrics.adaptive_limit.set(int(limit) / 1000)
-    except redis.RedisError as exc:
-        # The lease expires on its own; nothing leaks.
-        _link.mark_down(exc)
+    now = time.monotonic()
+    pending_releases.put(
+        PendingRelease(lease_id, slot_keys, bad, now, started + settings.LIMITS_LEASE_SECONDS)
+    )
+
+
+def deciders_reset() -> None:
+    """Forget the breaker's state, the generation seen and the fallback's buckets and slots
+    (queued releases are the caller's to send or drop first)."""
+    global _generation_seen
+    _link.reset()
+    _generation_seen = None
+    local_limiter.clear()
+
+
+def releases_flush() -> bool:
+    """Send the queued releases now; False if Redis could not take them (they stay queued)."""
+    return pending_releases.flush()

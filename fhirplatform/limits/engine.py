@@ -3,8 +3,10 @@
 One decision checks every limit that applies (tenant, client, grant endpoint class,
 resource type, the daily quotas, the in-flight slots and the adaptive overload limit)
 and commits them only if all pass. Which limits apply: policies.py; who decides (Redis,
-or the local fallback while Redis is unreachable): deciders.py; what the client is
-told: headers.py.
+or the local fallback while Redis is unreachable): deciders.py; a refusal known without
+asking (a closed policy, a remembered Redis refusal): memo.py; what the client is told:
+headers.py. A release is queued and rides with the process's next admission
+(releases.py), so a request costs one Redis round trip.
 """
 
 import time
@@ -22,12 +24,18 @@ from fhirplatform.limits.codes import (
 )
 from fhirplatform.limits.costs import LATENCY_TARGET_MS
 from fhirplatform.limits.deciders import (
+    GenerationSeen,
     ItemResult,
+    deciders_reset,
     lease_release,
     limit_set_decide,
-    local_limiter,
+    limiter_generation_seen,
+    limiter_in_fallback,
+    pending_releases,
+    releases_flush,
 )
 from fhirplatform.limits.headers import bucket_quota, ratelimit_headers, retry_after_seconds
+from fhirplatform.limits.memo import refusal_memo
 from fhirplatform.limits.policies import (
     DailyQuota,
     LimitItem,
@@ -40,13 +48,24 @@ from fhirplatform.limits.selectors import profile_cache
 from fhirplatform.limits.services import throttle_event_record
 from tenants.tokens import Caller
 
-__all__ = ["Admission", "EndpointClass", "ThrottleReason", "limit_admit", "limit_release"]
+__all__ = [
+    "Admission",
+    "EndpointClass",
+    "GenerationSeen",
+    "ThrottleReason",
+    "limit_admit",
+    "limit_refusal_known",
+    "limit_release",
+    "limit_releases_flush",
+    "limiter_generation_seen",
+]
 
 
 @dataclass
 class Admission:
-    """An admitted request: the headers to send, and the lease on its in-flight slots,
-    to release when the response is done."""
+    """An admitted request: the headers to send, the lease on its in-flight slots, to
+    release when the response is done, and the caller generation Redis held when it
+    admitted the request (None when the local fallback decided)."""
 
     headers: dict[str, str] = field(default_factory=dict)
     lease_id: str = ""
@@ -54,9 +73,11 @@ class Admission:
     endpoint_class: EndpointClass = EndpointClass.READ
     started: float = 0.0
     decider: Decider = Decider.REDIS
+    generation: int | None = None
     released: bool = False
 
     def release(self, *, status: int = 200) -> None:
+        """Queue the release (it costs no round trip of its own)."""
         if self.released or not self.lease_id:
             return
         self.released = True
@@ -158,34 +179,16 @@ def _refusal(
     )
 
 
-def limit_admit(
-    *, caller: Caller, endpoint_class: EndpointClass, resource_type: str, cost: int = 1
-) -> Admission:
-    """Admit the request (returns an Admission to release when done) or raise
-    FhirError 429 (rate, daily quota, concurrency) / 503 (overload)."""
-    lease_id = uuid.uuid4().hex
-    cost = max(1, int(cost))
-    limits, version = _limits_for(caller, endpoint_class, resource_type)
-    closed = next((b for b in limits.buckets if b.quota <= 0 and not b.dry_run), None)
-    if closed is not None:
-        raise FhirError(
-            429,
-            IssueCode.THROTTLED,
-            f"Policy '{closed.policy}' allows no {endpoint_class} requests",
-            reason=str(_reason(closed)),
-            headers={"Retry-After": str(retry_after_seconds(wait_ms=closed.window * 1000))},
-        )
-    decision, decider = limit_set_decide(limits=limits, lease_id=lease_id, cost=cost)
-    if not decision.admitted and decider == Decider.REDIS and decision.version != version:
-        # The limits changed since they were cached (e.g. the kill switch): a refusal
-        # changed nothing in Redis, so decide again under the new ones.
-        limits, version = _limits_for(caller, endpoint_class, resource_type)
-        decision, decider = limit_set_decide(limits=limits, lease_id=lease_id, cost=cost)
-    headers = ratelimit_headers(limits=limits, decision=decision, decider=decider)
-
-    everything: list[LimitItem | None] = [*limits.buckets, *limits.dailies, *limits.slots, None]
+def _throttled(
+    caller: Caller,
+    limits: LimitSet,
+    endpoint_class: EndpointClass,
+    decided: list[tuple[LimitItem | None, ItemResult]],
+) -> list[tuple[LimitItem | None, ItemResult]]:
+    """Record a throttle event for every limit that refused (dry-run ones too); returns
+    the enforced ones."""
     enforced: list[tuple[LimitItem | None, ItemResult]] = []
-    for item, result in zip(everything, decision.items, strict=True):
+    for item, result in decided:
         if result.ok:
             continue
         dry = limits.overload_dry if item is None else item.dry_run
@@ -199,6 +202,79 @@ def limit_admit(
         )
         if not dry:
             enforced.append((item, result))
+    return enforced
+
+
+def _known_refusal(
+    caller: Caller,
+    limits: LimitSet,
+    version: int,
+    endpoint_class: EndpointClass,
+    resource_type: str,
+    cost: int,
+) -> FhirError | None:
+    """The refusal of a request that needs no Redis call: a closed policy, or a Redis
+    refusal remembered by the memo that still holds (then answered as Redis would)."""
+    closed = next((b for b in limits.buckets if b.quota <= 0 and not b.dry_run), None)
+    if closed is not None:
+        return FhirError(
+            429,
+            IssueCode.THROTTLED,
+            f"Policy '{closed.policy}' allows no {endpoint_class} requests",
+            reason=str(_reason(closed)),
+            headers={"Retry-After": str(retry_after_seconds(wait_ms=closed.window * 1000))},
+        )
+    if limiter_in_fallback():
+        return None  # the local limiter is in charge, with its own quotas
+    results = refusal_memo.recall(limits=limits, version=version, cost=cost)
+    if results is None:
+        return None
+    metrics.limiter_memo_refusals.inc()
+    headers = ratelimit_headers(limits=limits, items=results, decider=Decider.REDIS)
+    windowed: list[LimitItem | None] = [*limits.buckets, *limits.dailies]
+    decided = list(zip(windowed, results, strict=True))
+    enforced = _throttled(caller, limits, endpoint_class, decided)
+    return _refusal(enforced, limits, endpoint_class, resource_type, Decider.REDIS, headers)
+
+
+def limit_refusal_known(
+    *, caller: Caller, endpoint_class: EndpointClass, resource_type: str, cost: int = 1
+) -> FhirError | None:
+    """The refusal limit_admit would give this request without asking Redis, or None;
+    no I/O at all (None too when the caller's limits are not cached in this process).
+    A refusal returned here is recorded as a throttle event, like limit_admit's."""
+    cached = profile_cache.peek(tenant=caller.tenant, client=caller.client, grant=caller.grant)
+    if cached is None:
+        return None
+    profile, version = cached
+    limits = limit_set_for(
+        profile=profile, caller=caller, endpoint_class=endpoint_class, resource_type=resource_type
+    )
+    return _known_refusal(caller, limits, version, endpoint_class, resource_type, max(1, cost))
+
+
+def limit_admit(
+    *, caller: Caller, endpoint_class: EndpointClass, resource_type: str, cost: int = 1
+) -> Admission:
+    """Admit the request (returns an Admission to release when done) or raise
+    FhirError 429 (rate, daily quota, concurrency) / 503 (overload)."""
+    cost = max(1, int(cost))
+    limits, version = _limits_for(caller, endpoint_class, resource_type)
+    known = _known_refusal(caller, limits, version, endpoint_class, resource_type, cost)
+    if known is not None:
+        raise known
+    lease_id = uuid.uuid4().hex
+    decision, decider = limit_set_decide(limits=limits, lease_id=lease_id, cost=cost)
+    if not decision.admitted and decider == Decider.REDIS and decision.version != version:
+        # The limits changed since they were cached (e.g. the kill switch): a refusal
+        # changed nothing in Redis, so decide again under the new ones.
+        limits, version = _limits_for(caller, endpoint_class, resource_type)
+        decision, decider = limit_set_decide(limits=limits, lease_id=lease_id, cost=cost)
+    headers = ratelimit_headers(limits=limits, items=decision.items, decider=decider)
+
+    everything: list[LimitItem | None] = [*limits.buckets, *limits.dailies, *limits.slots, None]
+    decided = list(zip(everything, decision.items, strict=True))
+    enforced = _throttled(caller, limits, endpoint_class, decided)
     if decision.admitted:
         reported = "dry-run" if any(not r.ok for r in decision.items) else ""
         metrics.limiter_decisions.labels("admitted", reported).inc()
@@ -209,13 +285,22 @@ def limit_admit(
             endpoint_class=endpoint_class,
             started=time.monotonic(),
             decider=decider,
+            generation=decision.generation if decider == Decider.REDIS else None,
+        )
+    if decider == Decider.REDIS and decision.version == version:
+        refusal_memo.learn(
+            limits=limits,
+            items=decision.items,
+            version=version,
+            cost=cost,
+            asked_at=decision.asked_at,
         )
     raise _refusal(enforced, limits, endpoint_class, resource_type, decider, headers)
 
 
 def limit_release(*, admission: Admission, status: int) -> None:
     """Free the request's in-flight slots and feed its latency and outcome to the
-    adaptive limit."""
+    adaptive limit (queued: sent with the process's next admission, or by its flusher)."""
     elapsed_ms = (time.monotonic() - admission.started) * 1000
     bad = status >= 500 or elapsed_ms > LATENCY_TARGET_MS[admission.endpoint_class]
     lease_release(
@@ -223,10 +308,22 @@ def limit_release(*, admission: Admission, status: int) -> None:
         lease_id=admission.lease_id,
         slot_keys=admission.slot_keys,
         bad=bad,
+        started=admission.started,
     )
 
 
+def limit_releases_flush() -> bool:
+    """Send this process's queued releases now (tests; a worker about to exit); False if
+    Redis could not take them (they stay queued, and their leases expire anyway)."""
+    return releases_flush()
+
+
 def limits_reset_local_state() -> None:
-    """Forget cached profiles and local fallback buckets (tests, and after an admin bulk edit)."""
+    """Start afresh as a new process would (tests, and after an admin bulk edit): queued
+    releases are sent first, then cached profiles, remembered refusals, the Redis
+    breaker's state and the local fallback's buckets are forgotten."""
+    releases_flush()
+    pending_releases.clear()
     profile_cache.clear()
-    local_limiter.clear()
+    refusal_memo.clear()
+    deciders_reset()

@@ -5,7 +5,7 @@ import math
 import random
 
 from fhirplatform.limits.codes import Decider
-from fhirplatform.limits.deciders import Decision, fallback_share
+from fhirplatform.limits.deciders import ItemResult, fallback_share
 from fhirplatform.limits.policies import DailyQuota, LimitSet, RateBucket
 
 
@@ -35,15 +35,18 @@ def bucket_quota(bucket: RateBucket, decider: Decider) -> int:
     return fallback_share(bucket.quota) if decider == Decider.LOCAL else bucket.quota
 
 
-def ratelimit_headers(*, limits: LimitSet, decision: Decision, decider: Decider) -> dict[str, str]:
-    """The headers of one decision: every rate bucket, and the daily quotas when Redis
-    decided (the fallback cannot count them)."""
+def ratelimit_headers(
+    *, limits: LimitSet, items: list[ItemResult], decider: Decider
+) -> dict[str, str]:
+    """The headers of one decision (`items`: its results, buckets then daily quotas first):
+    every rate bucket, and the daily quotas when Redis decided (the fallback cannot count
+    them)."""
     policies: list[str] = []
     states: list[str] = []
     windowed: list[RateBucket | DailyQuota] = [*limits.buckets]
     if decider == Decider.REDIS:
         windowed += limits.dailies
-    for item, result in zip(windowed, decision.items, strict=False):
+    for item, result in zip(windowed, items, strict=False):
         quota = bucket_quota(item, decider) if isinstance(item, RateBucket) else item.quota
         policies.append(policy_item(policy=item.policy, quota=quota, window=item.window))
         reset = result.reset_ms if result.ok else result.retry_ms

@@ -4,16 +4,63 @@ Time comes from Redis TIME so every worker shares one clock. Rate buckets are
 GCRA: the key holds the theoretical arrival time (TAT) of the bucket, in seconds.
 In-flight slots are leases: a ZSET member per admitted request, named by a lease id
 (fresh per admission, not the X-Request-ID) and scored by when the lease expires.
+
+A finished request's release is not sent on its own: the process folds it into its next
+admission (RELEASES_APPLY runs first in ADMIT), or its flusher sends what an idle process
+still holds with RELEASE. Both scripts also return the caller generation (a counter the
+token cache checks its entries against), so reading it costs no round trip of its own.
 """
 
-# KEYS: config-version, global in-flight ZSET, adaptive HASH, then the rate buckets,
-#       the daily counters and the in-flight slot ZSETs, in that order.
+# Applies the releases folded into a call, in the order they were queued.
+# ARGV from index `a`: the number of releases, then per release (lease id, bad, #slot keys);
+# their slot keys are the KEYS from index `k`. KEYS[2] is the global in-flight ZSET, KEYS[3]
+# the adaptive HASH. AIMD: a bad outcome (slow, or a server error) cuts the limit by 10% at
+# most once a second; each good one adds 1/limit, so the limit grows by about one per
+# "limit" good requests. Returns the adaptive limit afterwards (nil when there were none).
+RELEASES_APPLY = r"""
+local function releases_apply(a, k, now, amin, amax)
+  local n = tonumber(ARGV[a])
+  if n == 0 then return nil end
+  a = a + 1
+  local limit = tonumber(redis.call('HGET', KEYS[3], 'limit') or amax)
+  local cut_at = nil
+  for i = 1, n do
+    local lease_id, bad, nkeys = ARGV[a], ARGV[a + 1] == '1', tonumber(ARGV[a + 2])
+    a = a + 3
+    for j = 1, nkeys do
+      redis.call('ZREM', KEYS[k], lease_id)
+      k = k + 1
+    end
+    redis.call('ZREM', KEYS[2], lease_id)
+    if bad then
+      cut_at = cut_at or tonumber(redis.call('HGET', KEYS[3], 'cut_at') or '0')
+      if now - cut_at >= 1 then
+        limit = math.max(amin, limit * 0.9)
+        cut_at = now
+        redis.call('HSET', KEYS[3], 'cut_at', tostring(now))
+      end
+    else
+      limit = math.min(amax, limit + 1 / limit)
+    end
+  end
+  redis.call('HSET', KEYS[3], 'limit', tostring(limit))
+  return limit
+end
+"""
+
+# KEYS: config-version, global in-flight ZSET, adaptive HASH, caller generation, then the
+#       rate buckets, the daily counters and the in-flight slot ZSETs, in that order, then
+#       the slot keys of the folded releases.
 # ARGV: lease id, cost, lease seconds, overload share, #buckets, #dailies, #slots,
 #       overload dry (0/1), adaptive min, adaptive max, then per bucket
-#       (interval, depth, dry), per daily (quota, expire-at, dry), per slot (cap, dry).
+#       (interval, depth, dry), per daily (quota, expire-at, dry), per slot (cap, dry),
+#       then the folded releases (see RELEASES_APPLY).
 # Returns: config version, admitted (0/1), adaptive limit x1000, global in-flight,
-#          then per item (ok, remaining, reset ms, retry ms); the overload item last.
-ADMIT = r"""
+#          caller generation, then per item (ok, remaining, reset ms, retry ms); the
+#          overload item last.
+ADMIT = (
+    RELEASES_APPLY
+    + r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local lease_id = ARGV[1]
@@ -23,8 +70,10 @@ local share = tonumber(ARGV[4])
 local nb, nd, nc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local overload_dry = ARGV[8] == '1'
 local amin, amax = tonumber(ARGV[9]), tonumber(ARGV[10])
-local a, k = 11, 4
+local a, k = 11, 5
 local out = {}
+-- Slots freed by finished requests are free before this request counts them.
+releases_apply(a + 3 * nb + 3 * nd + 2 * nc, k + nb + nd + nc, now, amin, amax)
 local blocked = false
 local writes = {}
 
@@ -120,32 +169,27 @@ if not blocked then
 end
 
 local version = tonumber(redis.call('GET', KEYS[1]) or '0')
-local head = {version, blocked and 0 or 1, math.floor(limit * 1000), inflight}
+local generation = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+local head = {version, blocked and 0 or 1, math.floor(limit * 1000), inflight, generation}
 for _, v in ipairs(out) do table.insert(head, v) end
 return head
 """
+)
 
-# KEYS: global in-flight ZSET, adaptive HASH, then the slot ZSETs.
-# ARGV: lease id, bad (1 = slow or server error), adaptive min, adaptive max.
-# AIMD: a bad outcome cuts the limit by 10% at most once a second; each good one
-# adds 1/limit, so the limit grows by about one per "limit" good requests.
-RELEASE = r"""
-local lease_id = ARGV[1]
-for i = 3, #KEYS do redis.call('ZREM', KEYS[i], lease_id) end
-redis.call('ZREM', KEYS[1], lease_id)
-local amin, amax = tonumber(ARGV[3]), tonumber(ARGV[4])
-local limit = tonumber(redis.call('HGET', KEYS[2], 'limit') or amax)
-if ARGV[2] == '1' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  local cut_at = tonumber(redis.call('HGET', KEYS[2], 'cut_at') or '0')
-  if now - cut_at >= 1 then
-    limit = math.max(amin, limit * 0.9)
-    redis.call('HSET', KEYS[2], 'cut_at', tostring(now))
-  end
-else
-  limit = math.min(amax, limit + 1 / limit)
-end
-redis.call('HSET', KEYS[2], 'limit', tostring(limit))
-return math.floor(limit * 1000)
+# KEYS: config-version, global in-flight ZSET, adaptive HASH, caller generation, then the
+#       slot keys of the releases.
+# ARGV: adaptive min, adaptive max, then the releases (see RELEASES_APPLY).
+# Returns: config version, adaptive limit x1000, caller generation.
+RELEASE = (
+    RELEASES_APPLY
+    + r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local amin, amax = tonumber(ARGV[1]), tonumber(ARGV[2])
+local limit = releases_apply(3, 5, now, amin, amax)
+  or tonumber(redis.call('HGET', KEYS[3], 'limit') or amax)
+local version = tonumber(redis.call('GET', KEYS[1]) or '0')
+local generation = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+return {version, math.floor(limit * 1000), generation}
 """
+)

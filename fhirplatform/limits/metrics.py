@@ -24,3 +24,11 @@ adaptive_limit = Gauge(
     "Platform-wide adaptive in-flight limit last seen by this process",
     multiprocess_mode="livemax",
 )
+limiter_memo_refusals = Counter(
+    "fhirplatform_limiter_memo_refusals",
+    "Refusals answered in process from a remembered Redis refusal, without a Redis call",
+)
+limiter_releases_dropped = Counter(
+    "fhirplatform_limiter_releases_dropped",
+    "Queued slot releases dropped unsent while Redis was unreachable (their leases expire)",
+)

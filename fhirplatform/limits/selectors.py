@@ -134,6 +134,17 @@ class ProfileCache:
             self._entries[key] = (now + settings.LIMITS_CONFIG_CACHE_SECONDS, version, profile)
         return profile, version
 
+    def peek(
+        self, *, tenant: Tenant, client: ApiClient, grant: Grant
+    ) -> tuple[LimitProfile, int] | None:
+        """The cached profile and its config version, or None: never a database read."""
+        with self._lock:
+            entry = self._entries.get((tenant.pk, client.pk, grant.pk))
+            version = self.seen_version
+        if entry and entry[0] > time.monotonic() and entry[1] == version:
+            return entry[2], version
+        return None
+
     def observe_version(self, version: int) -> None:
         with self._lock:
             self.seen_version = version

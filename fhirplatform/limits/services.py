@@ -13,18 +13,23 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from fhirplatform.limits.models import LimiterSwitch, LimitOverride, ThrottleEvent
+from fhirplatform.limits.selectors import profile_cache
 from fhirplatform.limits.store import CONFIG_VERSION_KEY, limiter_redis
 
 logger = logging.getLogger(__name__)
 
 
 def limits_config_bump() -> None:
-    """Tell every process to drop its cached limits now, not when the cache expires."""
+    """Tell every process to drop its cached limits now, not when the cache expires; this
+    one at once (its profiles and remembered refusals), the others at their next decision
+    in Redis (a remembered refusal lives LIMITS_REFUSAL_MEMO_SECONDS at most)."""
     try:
-        limiter_redis().incr(CONFIG_VERSION_KEY)
+        version = limiter_redis().incr(CONFIG_VERSION_KEY)
     except redis.RedisError:
         # The short local cache still picks the change up within seconds.
         logger.warning("rate limiter: could not publish a config change; caches expire anyway")
+        return
+    profile_cache.observe_version(int(version))
 
 
 def limit_override_save(*, override: LimitOverride) -> LimitOverride:

@@ -1,7 +1,9 @@
 """Fixtures for the limit engine: a clean limiter Redis per test, fresh plans and callers."""
 
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import http_sfv
 import pytest
@@ -14,6 +16,7 @@ from tenants.models import Grant, RatePlan, Tenant
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, rate_plan_create
 from tenants.tokens import Caller
+from tests.redis_support import PrivateRedis
 
 
 @pytest.fixture
@@ -21,12 +24,42 @@ def limiter_redis(settings: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     """The limiter's Redis database, empty, with no cached profiles in this process."""
     settings.LIMITS_EVENTS_BACKGROUND_FLUSH = False  # type: ignore[attr-defined]
     client = redis.Redis.from_url(settings.LIMITS_REDIS_URL)  # type: ignore[attr-defined]
+    limits_reset_local_state()  # sends what earlier tests left queued, before the flush
     client.flushdb()
-    limits_reset_local_state()
     limit_services._events.counts.clear()  # events of earlier, rolled-back tests
     yield client
     limits_reset_local_state()
     limit_services._events.counts.clear()
+
+
+@pytest.fixture
+def own_limiter(
+    settings: pytest.FixtureRequest, tmp_path: Path, limiter_redis: redis.Redis
+) -> Iterator[redis.Redis]:
+    """A redis-server of the test's own as the limiter's Redis: its command counts
+    (INFO commandstats) are this test's alone, which the shared server's are not."""
+    own = PrivateRedis(tmp_path)
+    own.start()
+    shared_url = settings.LIMITS_REDIS_URL  # type: ignore[attr-defined]
+    settings.LIMITS_REDIS_URL = own.url  # type: ignore[attr-defined]
+    try:
+        yield own.client()
+    finally:
+        limits_reset_local_state()
+        settings.LIMITS_REDIS_URL = shared_url  # type: ignore[attr-defined]
+        own.stop()
+
+
+def redis_calls(client: redis.Redis) -> Counter[str]:
+    """Commands Redis has run, by name (those run inside scripts included; INFO left out)."""
+    stats = client.info("commandstats")
+    calls = Counter({name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.items()})
+    del calls["info"]
+    return calls
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    return redis_calls(client)["evalsha"]
 
 
 def plan_make(**limits: int | bool) -> RatePlan:
