@@ -46,6 +46,8 @@ MIDDLEWARE = [
     "fhirplatform.middleware.PublicSchemaMiddleware",
     "fhirplatform.middleware.DatabaseFaultMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A flood past a rate limit is refused here, before the rest (fhirplatform/fhir/gate.py).
+    "fhirplatform.fhir.gate.RefusalGateMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -149,6 +151,9 @@ REST_FRAMEWORK = {
 ACCESS_TOKEN_LIFETIME_SECONDS = env_int("ACCESS_TOKEN_LIFETIME_SECONDS", 300, minimum=30)
 if ACCESS_TOKEN_LIFETIME_SECONDS > 300:
     raise ImproperlyConfigured("ACCESS_TOKEN_LIFETIME_SECONDS must be at most 300")
+# A checked token is kept in process (tenants/token_cache.py) and re-read after a revocation
+# at once; this bounds how long an entry lives should a revocation's notice be lost.
+TOKEN_CACHE_SECONDS = env_int("TOKEN_CACHE_SECONDS", 60, minimum=1)
 CLIENT_SECRET_ROTATION_GRACE_SECONDS = env_int("CLIENT_SECRET_ROTATION_GRACE_SECONDS", 86400)
 TOKEN_RATE_LIMIT_PER_CLIENT = env_str("TOKEN_RATE_LIMIT_PER_CLIENT", "30/m")
 TOKEN_RATE_LIMIT_PER_IP = env_str("TOKEN_RATE_LIMIT_PER_IP", "60/m")
@@ -165,6 +170,12 @@ LIMITS_CONFIG_CACHE_SECONDS = env_int("LIMITS_CONFIG_CACHE_SECONDS", 3, minimum=
 LIMITS_LEASE_SECONDS = env_int("LIMITS_LEASE_SECONDS", 60, minimum=1)
 LIMITS_ADAPTIVE_MIN = env_int("LIMITS_ADAPTIVE_MIN", 16, minimum=1)
 LIMITS_ADAPTIVE_MAX = env_int("LIMITS_ADAPTIVE_MAX", 400, minimum=1)
+# A finished request's slots are given back with the process's next admission; an idle
+# process's flusher sends them after this many milliseconds.
+LIMITS_RELEASE_DELAY_MS = env_int("LIMITS_RELEASE_DELAY_MS", 5)
+# A Redis refusal on a rate or daily limit is remembered in process at most this long
+# (0: never), so a flooding client is refused without a Redis call meanwhile.
+LIMITS_REFUSAL_MEMO_SECONDS = env_int("LIMITS_REFUSAL_MEMO_SECONDS", 1)
 FHIR_MAX_COUNT = env_int("FHIR_MAX_COUNT", 1000, minimum=1)
 LIMITS_BUNDLE_MAX_ENTRIES = env_int("LIMITS_BUNDLE_MAX_ENTRIES", 500, minimum=1)
 LIMITS_EVENTS_BACKGROUND_FLUSH = env_bool("LIMITS_EVENTS_BACKGROUND_FLUSH", True)
@@ -204,5 +215,9 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "django.server": {"level": "WARNING"},
+        # Django warns once more for every 4xx ("Not Found: ...", "Too Many Requests: ...");
+        # the request line (fhirplatform.request) already has the status, and a client
+        # flooding past its limit would make the log cost more than the refusal.
+        "django.request": {"level": "ERROR"},
     },
 }

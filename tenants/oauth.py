@@ -218,7 +218,7 @@ def token_request_issue(
 ) -> IssuedToken:
     """Issue an access token for an authenticated client: pick the grant, narrow the scopes."""
     # Stamped before the status checks below: a revocation that lands while they run
-    # is later than the token, so the token dies with it (tokens.token_authenticate).
+    # is later than the token, so the token dies with it (tokens.token_check).
     issued_at = timezone.now()
     grant = grant_for_token_request(client=client, resource=resource)
     scopes = token_scopes_for_request(grant=grant, scope=scope)

@@ -1,11 +1,12 @@
 """Bearer-token checks: resolving an access token on a FHIR request to its caller.
 
 Tokens are opaque random strings; only their hash is stored (see
-services.credential_hash), so a database leak yields no usable token. Every
-request re-reads the token with its client, grant and tenant, so a revocation
-takes effect on the next request, a re-activation never revives a token issued
-before the revocation, and a narrowed grant narrows its live tokens at once.
-Issuing lives in services.token_issue and the token endpoint in oauth.py.
+services.credential_hash), so a database leak yields no usable token. A token that
+passed its checks is kept in token_cache.py, checked again on every request against the
+caller generation its admission reads, so a revocation takes effect on the next request,
+a re-activation never revives a token issued before the revocation, and a narrowed grant
+narrows its live tokens at once. Issuing lives in services.token_issue and the token
+endpoint in oauth.py.
 """
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from tenants.models import (
 )
 from tenants.scopes import Scope, scopes_intersect, scopes_parse
 from tenants.services import credential_hash
+from tenants.token_cache import entry_make, token_cache
 
 MAX_BEARER_LENGTH = 512
 
@@ -59,15 +61,6 @@ def bearer_from_header(authorization: str | None) -> str:
             "Authorization header must be 'Bearer <access token>'", bearer_error="invalid_request"
         )
     return token
-
-
-class TenantMismatch(NotFound):
-    """A valid, active token used on another tenant's URL: the shared 404, which the
-    pipeline answers with the caller's own rate-limit headers, like any other 404."""
-
-    def __init__(self, caller: Caller) -> None:
-        super().__init__()
-        self.caller = caller
 
 
 def _caller(record: AccessToken) -> Caller:
@@ -107,20 +100,92 @@ def _outlived(record: AccessToken) -> FhirError | None:
     return None
 
 
-def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Caller:
-    """Resolve the bearer token and bind it to the URL's tenant.
+# What the checks and the caller need, and nothing else: the token is read on a cache miss.
+_TOKEN_COLUMNS = (
+    "id",
+    "scopes",
+    "issued_at",
+    "expires_at",
+    "revoked_at",
+    "client",
+    "grant",
+    "tenant",
+    "client__id",
+    "client__client_id",
+    "client__status",
+    "client__deactivated_at",
+    "client__plan",
+    "grant__id",
+    "grant__scopes",
+    "grant__purposes",
+    "grant__status",
+    "grant__deactivated_at",
+    "grant__plan",
+    "grant__client",
+    "grant__tenant",
+    "tenant__id",
+    "tenant__slug",
+    "tenant__schema_name",
+    "tenant__status",
+    "tenant__deactivated_at",
+    "tenant__plan",
+)
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """A token that passed: its caller, and the caller generation it is known good under
+    (None: unknown, so the pipeline re-reads it once its admission tells the generation)."""
+
+    caller: Caller
+    generation: int | None
+    token_hash: str
+
+    def current(self, generation: int | None) -> bool:
+        return generation is not None and generation == self.generation
+
+
+class TenantMismatch(NotFound):
+    """A valid, active token used on another tenant's URL: the shared 404, which the
+    pipeline answers with the caller's own rate-limit headers, like any other 404."""
+
+    def __init__(self, check: TokenCheck) -> None:
+        super().__init__()
+        self.check = check
+        self.caller = check.caller
+
+
+def token_check(
+    *, authorization: str | None, url_tenant_slug: str, fresh: bool = False
+) -> TokenCheck:
+    """Resolve the bearer token and bind it to the URL's tenant: from the token cache, or
+    (on a miss, or `fresh`) from the database.
 
     401 for a missing, unknown, expired or revoked token, or one issued before its
     client, grant or tenant was last revoked/suspended; 403 for a suspended tenant or
     revoked client or grant; the shared 404 when the token's tenant is not the tenant
-    in the URL. One query reads the token with its client, grant and tenant.
+    in the URL (TenantMismatch, which carries the caller).
     """
-    token = bearer_from_header(authorization)
+    token_hash = credential_hash(bearer_from_header(authorization))
+    entry = None if fresh else token_cache.get(token_hash)
+    if entry is None:
+        generation = token_cache.seen_generation  # before the read: see token_cache.py
+        caller, expires_at = _caller_read(token_hash, url_tenant_slug)
+        entry = entry_make(caller=caller, expires_at=expires_at, generation=generation)
+        token_cache.put(token_hash, entry)
+    check = TokenCheck(caller=entry.caller, generation=entry.generation, token_hash=token_hash)
+    if entry.caller.tenant.slug != url_tenant_slug:
+        # Never a 403 here: that would tell the caller the URL's tenant matters.
+        raise TenantMismatch(check)
+    return check
+
+
+def _caller_read(token_hash: str, url_tenant_slug: str) -> tuple[Caller, float]:
+    """The token's caller and expiry (epoch seconds) from one lean query, or its refusal."""
     record = (
-        AccessToken.objects.select_related(
-            "client", "grant", "tenant", "grant__plan", "tenant__plan"
-        )
-        .filter(token_hash=credential_hash(token))
+        AccessToken.objects.select_related("client", "grant", "tenant")
+        .only(*_TOKEN_COLUMNS)
+        .filter(token_hash=token_hash)
         .first()
     )
     if record is None:
@@ -131,9 +196,7 @@ def token_authenticate(*, authorization: str | None, url_tenant_slug: str) -> Ca
         raise _unauthorized("The access token has expired", IssueCode.EXPIRED)
     # A switched-off client, grant or tenant answers 403 first: it names the cause.
     refusal = _inactive(record) or _outlived(record)
-    if record.tenant.slug != url_tenant_slug:
-        # Never a 403 here: that would tell the caller the URL's tenant matters.
-        raise NotFound() if refusal else TenantMismatch(_caller(record))
     if refusal:
-        raise refusal
-    return _caller(record)
+        # Another tenant's URL: the shared 404, whatever the refusal would have said.
+        raise NotFound() if record.tenant.slug != url_tenant_slug else refusal
+    return _caller(record), record.expires_at.timestamp()

@@ -2,13 +2,19 @@
 DESIGN.md fixes, and every answer leaves through one exit:
 
     request id          RequestContextMiddleware (fhirplatform/middleware.py), before any view
+    [refusal gate]      a flood this process already knows Redis would refuse is answered
+                        429 before the view (fhirplatform/fhir/gate.py): the same answer
     tenant from URL     the view's `tenant` URL argument ...
-    token               ... bound to it by token_authenticate (another tenant's: the shared 404)
+    token               ... bound to it by token_check (another tenant's: the shared 404), from
+                        the token cache when it holds it (tenants/token_cache.py)
     scope               scope_require, for what the view's describe() says the request is
     rate limit          limit_admit: every bucket that applies, in one Redis round trip ...
-    concurrency slot    ... and the in-flight slot, held in the admission
+    concurrency slot    ... and the in-flight slot, held in the admission; the same round
+                        trip reads the caller generation: a token cached under another one
+                        is read again from the database (and its scope checked again)
     tenant part         one transaction in the caller's tenant schema (tenant_schema),
-                        re-run whole after a deadlock (transaction_run):
+                        re-run whole after a deadlock (transaction_run); a read, one
+                        statement naming its schema, runs without one (Description.atomic):
       [consent decision]  (to come: after the slot, before the handler)
       [cache lookup]      (to come)
       handler             the view's get/post/put/patch/delete
@@ -21,7 +27,7 @@ the tenant part has committed (or rolled back) by then. A database outage, or a 
 still lost after the re-runs, is a 503 (fhirplatform/db/faults.py), never a 500.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from django.core.handlers.exception import response_for_exception
@@ -45,7 +51,17 @@ from fhirplatform.limits.refusals import refusal_charge
 from fhirplatform.schemas import tenant_schema
 from tenants.scopes import Interaction, scope_require
 from tenants.selectors import tenant_for_url
-from tenants.tokens import Caller, TenantMismatch, token_authenticate
+from tenants.token_cache import token_cache
+from tenants.tokens import Caller, TenantMismatch, TokenCheck, token_check
+
+
+class Endpoint(NamedTuple):
+    """What a request is from its method and URL alone: the scope it needs (an interaction
+    on a resource type) and the rate limits that apply to it (its endpoint class)."""
+
+    interaction: Interaction
+    resource_type: str
+    endpoint_class: EndpointClass
 
 
 class Description(NamedTuple):
@@ -56,6 +72,9 @@ class Description(NamedTuple):
     resource_type: str
     endpoint_class: EndpointClass
     cost: int
+    # False: the handler runs one statement that names its schema (a read), so it needs no
+    # transaction: no BEGIN, search_path or COMMIT around it.
+    atomic: bool = True
 
 
 @dataclass
@@ -63,6 +82,7 @@ class PipelineState:
     """What one request has gathered on its way through the pipeline; the exit settles it."""
 
     caller: Caller | None = None
+    description: Description | None = None
     admission: Admission | None = None
     idempotency: IdempotencyClaim | None = None
     # A request refused before admission is charged to its address's refusal budget,
@@ -76,7 +96,8 @@ class PipelineState:
 class FhirView(APIView):
     """Base of every authenticated FHIR endpoint.
 
-    Subclasses implement `describe(request, **kwargs)`, returning the request's Description.
+    Subclasses implement `describe(request, **kwargs)`, returning the request's Description,
+    and `endpoint(method, kwargs)` for what the method and URL alone say of it.
     """
 
     authentication_classes: list[Any] = []
@@ -84,6 +105,13 @@ class FhirView(APIView):
     throttle_classes: list[Any] = []
 
     state: PipelineState
+
+    @classmethod
+    def endpoint(cls, method: str, kwargs: dict[str, Any]) -> Endpoint | None:
+        """The request's Endpoint from its method and URL arguments, or None when that
+        takes its body; FhirError for an unknown resource type. describe() builds on it,
+        and the refusal gate (gate.py) uses it to answer a flood before this view runs."""
+        return None
 
     def describe(self, request: Request, **kwargs: Any) -> Description:
         raise NotImplementedError
@@ -102,18 +130,25 @@ class FhirView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         # The request id is already set (middleware); the tenant is the URL's.
-        caller, mismatch = self._authenticate(request, url_tenant_slug=kwargs["tenant"])
-        description = self.describe(request, **kwargs)
-        self._require_scope(request, caller, description)
-        self.state.admission = limit_admit(
-            caller=caller,
+        slug = kwargs["tenant"]
+        check, mismatch = self._authenticate(request, url_tenant_slug=slug)
+        description = self.state.description = self.describe(request, **kwargs)
+        self._require_scope(request, check.caller, description)
+        admission = self.state.admission = limit_admit(
+            caller=check.caller,
             endpoint_class=description.endpoint_class,
             resource_type=description.resource_type,
             cost=request_cost(endpoint_class=description.endpoint_class, declared=description.cost),
         )
+        token_cache.observe(admission.generation)
+        if not check.current(admission.generation):
+            # The token came from the cache under another caller generation (or the limiter
+            # could not tell): read it again before anything touches tenant data.
+            check, mismatch = self._reauthenticate(request, admission, url_tenant_slug=slug)
+            self._require_scope(request, check.caller, description)
         if mismatch is not None:
             raise mismatch
-        self.state.idempotency = idempotency_begin(request=request, caller=caller)
+        self.state.idempotency = idempotency_begin(request=request, caller=check.caller)
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         """DRF's dispatch, with the handler run as the request's tenant part."""
@@ -143,6 +178,11 @@ class FhirView(APIView):
             if method in self.http_method_names
             else self.http_method_not_allowed
         )
+        description = self.state.description
+        if description is not None and not description.atomic:
+            with tenant_schema(self.caller.tenant, atomic=False):
+                response: Response = handler(request, *args, **kwargs)
+                return response
         runs = 0
 
         def run() -> Response:
@@ -158,28 +198,44 @@ class FhirView(APIView):
         return transaction_run(work=run)
 
     def _authenticate(
-        self, request: Request, *, url_tenant_slug: str
-    ) -> tuple[Caller, TenantMismatch | None]:
-        """The token step: the caller, and for another tenant's URL the 404 to answer.
+        self, request: Request, *, url_tenant_slug: str, fresh: bool = False
+    ) -> tuple[TokenCheck, TenantMismatch | None]:
+        """The token step: the checked token, and for another tenant's URL the 404 to answer.
 
         That 404 is answered only after the scope and rate-limit steps, charged to the
         caller's own quota, so it carries the same headers a missing resource's 404 does:
         nothing tells the two apart.
         """
         try:
-            caller = token_authenticate(
+            check = token_check(
                 authorization=request.headers.get("Authorization"),
                 url_tenant_slug=url_tenant_slug,
+                fresh=fresh,
             )
         except TenantMismatch as mismatch:
             self.state.caller = mismatch.caller
-            return mismatch.caller, mismatch
+            return mismatch.check, mismatch
         except FhirError:
             self._charge_refusal(request)
             raise
-        self.state.caller = caller
-        context_update(tenant=caller.tenant.slug, client=caller.client.client_id)
-        return caller, None
+        self.state.caller = check.caller
+        context_update(tenant=check.caller.tenant.slug, client=check.caller.client.client_id)
+        return check, None
+
+    def _reauthenticate(
+        self, request: Request, admission: Admission, *, url_tenant_slug: str
+    ) -> tuple[TokenCheck, TenantMismatch | None]:
+        """The token step again, from the database. A token refused now gives its admission
+        back at once and answers like any refused token, with the refusal budget's headers."""
+        try:
+            check, mismatch = self._authenticate(
+                request, url_tenant_slug=url_tenant_slug, fresh=True
+            )
+        except FhirError as refusal:
+            self.state.admission = None
+            admission.release(status=refusal.status)
+            raise
+        return replace(check, generation=admission.generation), mismatch
 
     def _require_scope(self, request: Request, caller: Caller, description: Description) -> None:
         try:

@@ -16,7 +16,7 @@ from fhirplatform.fhir.capability import capability_statement
 from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.paging import count_parse
-from fhirplatform.fhir.pipeline import Description, FhirView, PublicFhirView
+from fhirplatform.fhir.pipeline import Description, Endpoint, FhirView, PublicFhirView
 from fhirplatform.fhir.representation import (
     etag,
     etag_version,
@@ -108,6 +108,7 @@ class BaseFhirView(FhirView):
             params=params,
             base_url=self.base_url,
             strict=strict,
+            as_stored=True,
         )
         return Response(bundle, content_type=FHIR_JSON)
 
@@ -115,13 +116,18 @@ class BaseFhirView(FhirView):
 class TypeView(BaseFhirView):
     """[base]/Type — search (GET) and create (POST, optionally If-None-Exist)."""
 
-    def describe(self, request: Request, **kwargs: Any) -> Description:
+    @classmethod
+    def endpoint(cls, method: str, kwargs: dict[str, Any]) -> Endpoint:
         resource_type_check(kwargs["resource_type"])
-        if request.method == "POST":
-            return Description(Interaction.CREATE, kwargs["resource_type"], EndpointClass.WRITE, 1)
-        return Description(
-            Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, _search_cost(request)
-        )
+        if method == "POST":
+            return Endpoint(Interaction.CREATE, kwargs["resource_type"], EndpointClass.WRITE)
+        return Endpoint(Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH)
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        endpoint = self.endpoint(request.method or "", kwargs)
+        if endpoint.interaction == Interaction.CREATE:
+            return Description(*endpoint, 1)
+        return Description(*endpoint, _search_cost(request))
 
     def get(self, request: Request, tenant: str, resource_type: str) -> Response:
         return self.search(request, resource_type, _params(request))
@@ -156,11 +162,13 @@ class TypeSearchView(BaseFhirView):
 
     parser_classes = [FormParser]
 
-    def describe(self, request: Request, **kwargs: Any) -> Description:
+    @classmethod
+    def endpoint(cls, method: str, kwargs: dict[str, Any]) -> Endpoint:
         resource_type_check(kwargs["resource_type"])
-        return Description(
-            Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH, _search_cost(request)
-        )
+        return Endpoint(Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH)
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        return Description(*self.endpoint(request.method or "", kwargs), _search_cost(request))
 
     def post(self, request: Request, tenant: str, resource_type: str) -> Response:
         payload_check(request.META)
@@ -180,11 +188,18 @@ class InstanceView(BaseFhirView):
 
     parser_classes = [FhirJSONParser, PlainJSONParser, JsonPatchParser]
 
-    def describe(self, request: Request, **kwargs: Any) -> Description:
+    @classmethod
+    def endpoint(cls, method: str, kwargs: dict[str, Any]) -> Endpoint:
         resource_type_check(kwargs["resource_type"])
-        interaction = _WRITE_INTERACTIONS.get(request.method or "", Interaction.READ)
-        endpoint = EndpointClass.READ if interaction == Interaction.READ else EndpointClass.WRITE
-        return Description(interaction, kwargs["resource_type"], endpoint, 1)
+        interaction = _WRITE_INTERACTIONS.get(method, Interaction.READ)
+        if interaction == Interaction.READ:
+            return Endpoint(interaction, kwargs["resource_type"], EndpointClass.READ)
+        return Endpoint(interaction, kwargs["resource_type"], EndpointClass.WRITE)
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        endpoint = self.endpoint(request.method or "", kwargs)
+        # A read is one statement that names its schema: no transaction around it.
+        return Description(*endpoint, 1, atomic=endpoint.interaction != Interaction.READ)
 
     def get(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
         resource = selectors.resource_read(resource_type=resource_type, logical_id=logical_id)
@@ -243,9 +258,14 @@ class InstanceView(BaseFhirView):
 class VersionView(BaseFhirView):
     """[base]/Type/id/_history/vid — vread."""
 
-    def describe(self, request: Request, **kwargs: Any) -> Description:
+    @classmethod
+    def endpoint(cls, method: str, kwargs: dict[str, Any]) -> Endpoint:
         resource_type_check(kwargs["resource_type"])
-        return Description(Interaction.VREAD, kwargs["resource_type"], EndpointClass.READ, 1)
+        return Endpoint(Interaction.VREAD, kwargs["resource_type"], EndpointClass.READ)
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        # One statement that names its schema: no transaction around it.
+        return Description(*self.endpoint(request.method or "", kwargs), 1, atomic=False)
 
     def get(
         self, request: Request, tenant: str, resource_type: str, logical_id: str, version_id: str
@@ -259,16 +279,20 @@ class VersionView(BaseFhirView):
 class HistoryView(BaseFhirView):
     """_history at instance, type and system level, paged by signed keyset cursors."""
 
-    def describe(self, request: Request, **kwargs: Any) -> Description:
+    @classmethod
+    def endpoint(cls, method: str, kwargs: dict[str, Any]) -> Endpoint:
         resource_type = kwargs.get("resource_type")
         if resource_type is None:
             # System history spans every type; the scope check needs system/*.s.
-            return Description(Interaction.HISTORY_SYSTEM, "*", EndpointClass.HISTORY, 1)
+            return Endpoint(Interaction.HISTORY_SYSTEM, "*", EndpointClass.HISTORY)
         resource_type_check(resource_type)
         interaction = (
             Interaction.HISTORY_INSTANCE if "logical_id" in kwargs else Interaction.HISTORY_TYPE
         )
-        return Description(interaction, resource_type, EndpointClass.HISTORY, 1)
+        return Endpoint(interaction, resource_type, EndpointClass.HISTORY)
+
+    def describe(self, request: Request, **kwargs: Any) -> Description:
+        return Description(*self.endpoint(request.method or "", kwargs), 1)
 
     def get(
         self,
@@ -302,9 +326,15 @@ class SystemView(BaseFhirView):
 
     planned: bundles.BundlePlan
 
+    @classmethod
+    def endpoint(cls, method: str, kwargs: dict[str, Any]) -> Endpoint | None:
+        if method != "POST":
+            return Endpoint(Interaction.SEARCH, "*", EndpointClass.SEARCH)
+        return None  # a Bundle is what its entries are
+
     def describe(self, request: Request, **kwargs: Any) -> Description:
-        if request.method != "POST":
-            return Description(Interaction.SEARCH, "*", EndpointClass.SEARCH, _search_cost(request))
+        if (endpoint := self.endpoint(request.method or "", kwargs)) is not None:
+            return Description(*endpoint, _search_cost(request))
         payload_check(request.META)
         # Planned once: the plan prices the request here and is what post() runs.
         self.planned = bundles.bundle_plan(bundle=request.data, base_url=self.base_url)

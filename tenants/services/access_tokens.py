@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from tenants.models import AccessToken, Grant, Tenant
 from tenants.scopes import Scope, scopes_text
+from tenants.token_cache import callers_changed
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def token_revoke(*, token: AccessToken) -> AccessToken:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        callers_changed()
         logger.info(
             "access token revoked",
             extra={

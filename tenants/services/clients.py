@@ -25,6 +25,7 @@ from tenants.services.base import (
 )
 from tenants.services.grants import DEFAULT_GRANT_PLAN, grant_create, grant_scopes_clean
 from tenants.services.plans import rate_plan_get
+from tenants.token_cache import callers_changed
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def client_revoke(*, client: ApiClient) -> ApiClient:
     client.revoked_at = now
     client.deactivated_at = now
     client.save(update_fields=["status", "revoked_at", "deactivated_at"])
+    callers_changed()
     logger.info("client revoked", extra={"client": client.client_id})
     return client
 
@@ -185,6 +187,7 @@ def client_activate(*, client: ApiClient) -> ApiClient:
     client.status = ClientStatus.ACTIVE
     client.revoked_at = None
     client.save(update_fields=["status", "revoked_at"])
+    callers_changed()
     logger.info("client re-activated", extra={"client": client.client_id})
     return client
 
@@ -250,6 +253,7 @@ def client_update(
         changed = fields_assign(client, name=name, partner=partner, plan=plan)
         if changed:
             client.save(update_fields=changed)
+            callers_changed()  # cached callers hold the client (its plan)
             logger.info("client changed", extra={"client": client.client_id, "fields": changed})
         if jwks is not UNCHANGED and jwks != client.jwks:
             client_jwks_set(client=client, jwks=jwks)

@@ -8,6 +8,7 @@ from django.utils import timezone
 from tenants.models import ApiClient, Grant, GrantStatus, RatePlan, Tenant
 from tenants.scopes import ScopeError, scopes_parse, scopes_text
 from tenants.services.base import UNCHANGED, ProvisioningError, Unchanged, fields_assign
+from tenants.token_cache import callers_changed
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def grant_revoke(*, grant: Grant) -> Grant:
     grant.status = GrantStatus.REVOKED
     grant.deactivated_at = timezone.now()
     grant.save(update_fields=["status", "deactivated_at"])
+    callers_changed()
     logger.info(
         "grant revoked", extra={"client": grant.client.client_id, "tenant": grant.tenant.slug}
     )
@@ -68,6 +70,7 @@ def grant_activate(*, grant: Grant) -> Grant:
     """Re-activate a grant for tokens issued from now on; `deactivated_at` is kept."""
     grant.status = GrantStatus.ACTIVE
     grant.save(update_fields=["status"])
+    callers_changed()
     logger.info(
         "grant re-activated",
         extra={"client": grant.client.client_id, "tenant": grant.tenant.slug},
@@ -87,7 +90,7 @@ def grant_update(
 
     Its client and tenant never change: revoke it and create another. Narrowed scopes
     apply at once: a token's scopes are those it was issued with, intersected on every
-    request with what the grant holds now (tokens.token_authenticate).
+    request with what the grant holds now (tokens.token_check).
     """
     if scopes is not UNCHANGED:
         scopes = grant_scopes_clean(scopes)
@@ -97,6 +100,7 @@ def grant_update(
         changed = fields_assign(grant, scopes=scopes, plan=plan, purposes=purposes)
         if changed:
             grant.save(update_fields=changed)
+            callers_changed()  # cached callers hold the grant (scopes, purposes, plan)
             logger.info(
                 "grant changed",
                 extra={

@@ -16,6 +16,7 @@ from tenants.services.base import (
     name_clean,
 )
 from tenants.services.plans import rate_plan_get
+from tenants.token_cache import callers_changed
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def _tenant_drop(tenant: Tenant) -> None:
         cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
     Domain.objects.filter(tenant=tenant).delete()
     Tenant.objects.filter(pk=tenant.pk).delete()
+    callers_changed()
 
 
 def tenant_set_status(*, tenant: Tenant, status: TenantStatus) -> Tenant:
@@ -100,6 +102,7 @@ def tenant_set_status(*, tenant: Tenant, status: TenantStatus) -> Tenant:
         tenant.deactivated_at = timezone.now()
         fields.append("deactivated_at")
     tenant.save(update_fields=fields)
+    callers_changed()
     logger.info("tenant status changed", extra={"tenant": tenant.slug, "status": status})
     return tenant
 
@@ -126,6 +129,7 @@ def tenant_update(
         )
         if changed:
             tenant.save(update_fields=changed)
+            callers_changed()  # cached callers hold the tenant (its plan)
             logger.info("tenant changed", extra={"tenant": tenant.slug, "fields": changed})
         if status is not UNCHANGED and status != tenant.status:
             tenant_set_status(tenant=tenant, status=status)

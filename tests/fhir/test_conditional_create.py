@@ -15,7 +15,7 @@ from django.db import connection, transaction
 from fhirplatform.fhir import selectors, services
 from fhirplatform.fhir.search.parsing import criteria_canonical
 from fhirplatform.schemas import tenant_schema
-from tenants.tokens import token_authenticate
+from tenants.tokens import token_check
 from tests.fhir.rest_support import FHIR_JSON, live_cast, patient, stored_tagged, tagged
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db]
@@ -96,9 +96,9 @@ def test_a_tenants_conditional_create_lock_never_holds_up_another_tenant(
         # Tenant A's conditional create, its transaction kept open (and then undone).
         try:
             with django_db_blocker.unblock():
-                caller = token_authenticate(
+                caller = token_check(
                     authorization=f"Bearer {live.token_a}", url_tenant_slug=cast.tenant_a.slug
-                )
+                ).caller
                 with tenant_schema(cast.tenant_a), transaction.atomic():
                     services.resource_match_locked(
                         resource_type="Patient",

@@ -86,7 +86,9 @@ def _left_through_the_exit(
 
 
 def _nothing_in_flight(limiter_redis: Any) -> None:
-    """Every concurrency slot taken has been given back."""
+    """Every concurrency slot taken has been given back (the release is queued to ride
+    with the process's next admission: sent here first)."""
+    assert engine.limit_releases_flush()
     assert not [key for key in limiter_redis.keys("fp:rl:*inflight*") if limiter_redis.zcard(key)]
 
 

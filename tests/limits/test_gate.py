@@ -1,0 +1,85 @@
+"""The refusal gate (fhirplatform/fhir/gate.py): a flood past a rate limit is answered
+before the pipeline, with no database or Redis call, and the answer is the pipeline's."""
+
+import pytest
+from django.test import Client
+
+from fhirplatform.limits.codes import ThrottleReason
+from tenants.models import Grant
+from tenants.scopes import scopes_parse
+from tenants.services import client_create, token_issue
+from tests.limits.conftest import evalsha_calls, plan_make
+
+pytestmark = pytest.mark.django_db
+
+# Headers that differ between any two responses.
+_PER_RESPONSE = {"X-Request-ID", "Date", "RateLimit", "Retry-After"}
+
+
+def _grant(tenant_slug: str, scopes: str = "system/*.cruds", **limits: int) -> Grant:
+    return client_create(
+        partner_name="Gate",
+        tenant_slugs=[tenant_slug],
+        scopes=scopes,
+        plan_name=plan_make(**limits).name,
+    ).grants[0]
+
+
+def _bearer(grant: Grant, scopes: str = "system/*.cruds") -> dict[str, str]:
+    token = token_issue(grant=grant, scopes=scopes_parse(scopes), auth_method="test")
+    return {"Authorization": f"Bearer {token.access_token}"}
+
+
+def _until_refused(url: str, headers: dict[str, str]):
+    client = Client()
+    for _ in range(20):
+        response = client.get(url, headers=headers)
+        if response.status_code == 429:
+            return response
+        assert response.status_code == 404
+    raise AssertionError("never refused")
+
+
+def test_a_flood_is_refused_by_the_gate_as_the_pipeline_refuses_it(
+    cast, own_limiter, settings, django_assert_num_queries
+):
+    url = "/fhir/provider-a/Patient/no-such-patient"
+    # The memo off: every refusal comes from Redis, through the whole pipeline.
+    settings.LIMITS_REFUSAL_MEMO_SECONDS = 0
+    piped = _until_refused(url, _bearer(_grant("provider-a", read_per_minute=60)))
+    settings.LIMITS_REFUSAL_MEMO_SECONDS = 1
+    headers = _bearer(_grant("provider-a", read_per_minute=60))
+    first = _until_refused(url, headers)  # Redis refuses, the memo learns it
+    before = evalsha_calls(own_limiter)
+    with django_assert_num_queries(0):
+        gated = [Client().get(url, headers=headers) for _ in range(5)]
+    assert evalsha_calls(own_limiter) == before  # no Redis call either
+    for response in [first, *gated]:
+        assert response.status_code == 429
+        assert set(response.headers) - _PER_RESPONSE == set(piped.headers) - _PER_RESPONSE
+        for name in set(piped.headers) - _PER_RESPONSE - {"Content-Length"}:
+            assert response.headers[name] == piped.headers[name], name
+        issue = response.json()["issue"][0]
+        assert issue["code"] == "throttled"
+        assert issue["details"]["coding"][0]["code"] == ThrottleReason.ENDPOINT_RATE
+        assert 1 <= int(response.headers["Retry-After"]) <= 2
+    assert piped.json()["issue"][0]["details"] == gated[0].json()["issue"][0]["details"]
+
+
+def test_the_gate_answers_only_what_it_knows(cast, own_limiter, settings):
+    """Another endpoint class, another tenant's URL, a missing scope, an unknown token:
+    the pipeline answers those, as it would without the gate."""
+    settings.LIMITS_REFUSAL_MEMO_SECONDS = 5
+    grant = _grant("provider-a", read_per_minute=60)
+    headers = _bearer(grant)
+    refused = "/fhir/provider-a/Patient/no-such-patient"
+    _until_refused(refused, headers)
+    client = Client()
+    assert client.get(refused, headers=headers).status_code == 429
+    assert client.get("/fhir/provider-a/Patient", headers=headers).status_code == 200  # a search
+    # Another tenant's URL is charged to the caller's own quota, then answered 404.
+    assert client.get("/fhir/payer-b/Patient/no-such-patient", headers=headers).status_code == 429
+    narrow = _bearer(grant, "system/Observation.rs")
+    assert client.get("/fhir/provider-a/Patient/x", headers=narrow).status_code == 403
+    unknown = {"Authorization": "Bearer not-a-token"}
+    assert client.get("/fhir/provider-a/Patient/x", headers=unknown).status_code == 401
