@@ -94,15 +94,18 @@ def limit_profile_load(*, tenant: Tenant, client: ApiClient, grant: Grant) -> Li
         | Q(tenant=tenant, client=client)
         | Q(tenant__isnull=True, client=client)
     ).values(*(column.name for column in fields(OverrideRow)))
-    client_plan = RatePlan.objects.filter(pk=client.plan_id).first() if client.plan_id else None
+    # By id, in one query: the caller's tenant, client and grant may come from the token
+    # cache, and a plan edited since must still apply within the profile's lifetime.
+    plans = RatePlan.objects.in_bulk({tenant.plan_id, grant.plan_id, client.plan_id} - {None})
+    client_plan = plans[client.plan_id] if client.plan_id else None
     overrides = [OverrideRow(**row) for row in rows]
     # Stable: class-specific scope overrides move behind the class-wide ones, the rest stay.
     overrides.sort(key=lambda row: bool(row.endpoint_class) and not row.resource_type)
     return LimitProfile(
         tenant_id=tenant.pk,
         client_id=client.pk,
-        tenant_plan=PlanLimits.of(tenant.plan),
-        grant_plan=PlanLimits.of(grant.plan),
+        tenant_plan=PlanLimits.of(plans[tenant.plan_id]),
+        grant_plan=PlanLimits.of(plans[grant.plan_id]),
         client_plan=PlanLimits.of(client_plan) if client_plan else None,
         overrides=overrides,
         limits_enabled=limiter_switch_enabled(),
