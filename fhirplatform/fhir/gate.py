@@ -25,6 +25,7 @@ from fhirplatform.errors import FHIR_JSON, FhirError
 from fhirplatform.fhir.http import FhirJSONRenderer
 from fhirplatform.fhir.pipeline import FhirView
 from fhirplatform.limits.engine import limit_refusal_known
+from fhirplatform.limits.memo import refusal_memo
 from tenants.scopes import scopes_allow
 from tenants.services import credential_hash
 from tenants.token_cache import token_cache
@@ -38,8 +39,8 @@ def known_refusal(request: HttpRequest) -> tuple[FhirError, type[FhirView]] | No
     """The 429 the pipeline would answer this request with, and the view it would have
     reached, if this process can tell without any I/O; otherwise None."""
     authorization = request.META.get("HTTP_AUTHORIZATION")
-    if not authorization or not request.path_info.startswith(FHIR_PREFIX):
-        return None
+    if refusal_memo.empty() or not authorization or not request.path_info.startswith(FHIR_PREFIX):
+        return None  # served requests pay one dictionary read here
     try:
         entry = token_cache.get(credential_hash(bearer_from_header(authorization)))
         if entry is None:

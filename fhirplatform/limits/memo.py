@@ -54,6 +54,10 @@ class RefusalMemo:
         self._lock = threading.Lock()
         self._floors: dict[str, _Floor] = {}
 
+    def empty(self) -> bool:
+        """Nothing remembered: no request can be refused here (a dictionary read, no lock)."""
+        return not self._floors
+
     def learn(
         self,
         *,
