@@ -139,7 +139,6 @@ class TokenCheck:
 
     caller: Caller
     generation: int | None
-    token_hash: str
 
     def current(self, generation: int | None) -> bool:
         return generation is not None and generation == self.generation
@@ -173,7 +172,7 @@ def token_check(
         caller, expires_at = _caller_read(token_hash, url_tenant_slug)
         entry = entry_make(caller=caller, expires_at=expires_at, generation=generation)
         token_cache.put(token_hash, entry)
-    check = TokenCheck(caller=entry.caller, generation=entry.generation, token_hash=token_hash)
+    check = TokenCheck(caller=entry.caller, generation=entry.generation)
     if entry.caller.tenant.slug != url_tenant_slug:
         # Never a 403 here: that would tell the caller the URL's tenant matters.
         raise TenantMismatch(check)

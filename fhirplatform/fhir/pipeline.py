@@ -27,7 +27,7 @@ the tenant part has committed (or rolled back) by then. A database outage, or a 
 still lost after the re-runs, is a 503 (fhirplatform/db/faults.py), never a 500.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from django.core.handlers.exception import response_for_exception
@@ -228,14 +228,11 @@ class FhirView(APIView):
         """The token step again, from the database. A token refused now gives its admission
         back at once and answers like any refused token, with the refusal budget's headers."""
         try:
-            check, mismatch = self._authenticate(
-                request, url_tenant_slug=url_tenant_slug, fresh=True
-            )
+            return self._authenticate(request, url_tenant_slug=url_tenant_slug, fresh=True)
         except FhirError as refusal:
             self.state.admission = None
             admission.release(status=refusal.status)
             raise
-        return replace(check, generation=admission.generation), mismatch
 
     def _require_scope(self, request: Request, caller: Caller, description: Description) -> None:
         try:
