@@ -3,9 +3,10 @@
 A FHIR request's token check is a dictionary lookup by the token's hash once the token
 has been read from the database. Revocation must still bite on the next request, so:
 
-- CALLER_GENERATION_KEY is a Redis counter that every committed change able to refuse a
-  live token bumps (a token, client or grant revoked or re-activated, a grant's scopes or
-  purposes changed, a tenant suspended): `callers_changed()`, called by the services.
+- CALLER_GENERATION_KEY is a Redis counter that every committed change to what a cached
+  caller holds bumps (a token, client or grant revoked or re-activated, a grant's scopes,
+  purposes or plan changed, a tenant suspended or its plan changed): `callers_changed()`,
+  called by the services.
 - The limiter's admission reads the counter in the same round trip that admits the
   request (limits/lua.py), and the pipeline re-reads the token from the database whenever
   the entry was checked under another generation, before anything touches tenant data.
