@@ -179,6 +179,19 @@ def token_check(
     return check
 
 
+def token_cached(*, authorization: str, url_tenant_slug: str) -> Caller | None:
+    """The caller token_check would give, if this process holds the token and it belongs
+    to the URL's tenant; otherwise None. No query, no refusal: for the refusal gate."""
+    try:
+        token_hash = credential_hash(bearer_from_header(authorization))
+    except FhirError:
+        return None
+    entry = token_cache.get(token_hash)
+    if entry is None or entry.caller.tenant.slug != url_tenant_slug:
+        return None
+    return entry.caller
+
+
 def _caller_read(token_hash: str, url_tenant_slug: str) -> tuple[Caller, float]:
     """The token's caller and expiry (epoch seconds) from one lean query, or its refusal."""
     record = (

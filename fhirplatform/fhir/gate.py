@@ -3,11 +3,12 @@ pipeline runs, from what this process already knows, with no database or Redis c
 
 A middleware early in the chain (after the request id and the security headers, before
 sessions, CSRF, URL dispatch and DRF). It answers only when every fact is cached here:
-the token is in the token cache and belongs to the URL's tenant, the request's endpoint
-class and resource type follow from its URL (the views' `endpoint()`), its scope allows
-it, and the limiter's refusal memo proves a rate limit or daily quota would refuse it
-(limits.engine.limit_refusal_known: the same 429, reason, headers and throttle event as
-the pipeline's). Anything else, and every request it cannot decide, goes down the chain.
+the token is in the token cache and belongs to the URL's tenant (tokens.token_cached),
+the request's endpoint class and resource type follow from its URL (the views'
+`endpoint()`), its scope allows it, and the limiter's refusal memo proves a rate limit or
+daily quota would refuse it (limits.engine.limit_refusal_known: the same 429, reason,
+headers and throttle event as the pipeline's). Anything else, and every request it cannot
+decide, goes down the chain.
 
 Refusing can never disclose or change data, so a memoised refusal may outlive a change
 made since: a token revoked a moment ago gets 429 rather than 401 until the memo lapses
@@ -27,9 +28,7 @@ from fhirplatform.fhir.pipeline import FhirView
 from fhirplatform.limits.engine import limit_refusal_known
 from fhirplatform.limits.memo import refusal_memo
 from tenants.scopes import scopes_allow
-from tenants.services import credential_hash
-from tenants.token_cache import token_cache
-from tenants.tokens import bearer_from_header
+from tenants.tokens import token_cached
 
 FHIR_PREFIX = "/fhir/"
 _renderer = FhirJSONRenderer()
@@ -42,9 +41,6 @@ def known_refusal(request: HttpRequest) -> tuple[FhirError, type[FhirView]] | No
     if refusal_memo.empty() or not authorization or not request.path_info.startswith(FHIR_PREFIX):
         return None  # served requests pay one dictionary read here
     try:
-        entry = token_cache.get(credential_hash(bearer_from_header(authorization)))
-        if entry is None:
-            return None
         match = resolve(request.path_info)
         view = getattr(match.func, "view_class", None)
         if not (isinstance(view, type) and issubclass(view, FhirView)):
@@ -52,8 +48,8 @@ def known_refusal(request: HttpRequest) -> tuple[FhirError, type[FhirView]] | No
         endpoint = view.endpoint(request.method or "", match.kwargs)
     except (FhirError, Resolver404):
         return None  # the pipeline gives these their answers
-    caller = entry.caller
-    if endpoint is None or match.kwargs.get("tenant") != caller.tenant.slug:
+    caller = token_cached(authorization=authorization, url_tenant_slug=match.kwargs["tenant"])
+    if endpoint is None or caller is None:
         return None
     interaction, resource_type, endpoint_class = endpoint
     if not scopes_allow(caller.scopes, resource_type, interaction):
