@@ -2,7 +2,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.deprecation import MiddlewareMixin
 
 from fhirplatform.context import context_begin, context_end, request_id_from_header
 from fhirplatform.db.faults import database_fault
@@ -14,6 +19,7 @@ from fhirplatform.schemas import schema_public
 logger = logging.getLogger("fhirplatform.request")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+API_PREFIX = "/fhir/"
 
 
 class RequestContextMiddleware:
@@ -30,22 +36,33 @@ class RequestContextMiddleware:
         try:
             response = self.get_response(request)
             response[REQUEST_ID_HEADER] = request_id
-            elapsed = time.perf_counter() - started
-            route = route_class(request.path)
-            REQUESTS.labels(route=route, status=str(response.status_code)).inc()
-            LATENCY.labels(route=route).observe(elapsed)
-            logger.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
+            request_observed(
+                method=request.method or "",
+                path=request.path,
+                status=response.status_code,
+                started=started,
             )
             return response
         finally:
             context_end()
+
+
+def request_observed(*, method: str, path: str, status: int, started: float) -> None:
+    """Every answered request, counted and timed (Prometheus) and logged: the Django
+    requests here, the refusal gate's before Django (fhirplatform/fhir/gate.py)."""
+    elapsed = time.perf_counter() - started
+    route = route_class(path)
+    REQUESTS.labels(route=route, status=str(status)).inc()
+    LATENCY.labels(route=route).observe(elapsed)
+    logger.info(
+        "request",
+        extra={
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+        },
+    )
 
 
 class PublicSchemaMiddleware:
@@ -96,3 +113,24 @@ class DatabaseFaultMiddleware:
             status=503,
             headers=fault.headers,
         )
+
+
+def for_browsers(middleware: type[MiddlewareMixin]) -> type[MiddlewareMixin]:
+    """`middleware` for the admin's and the portal's requests only. An API request (a
+    bearer token; no cookie, form or page) goes past it untouched and pays nothing for
+    the session, CSRF cookie, user or messages it never uses."""
+
+    class ForBrowsers(middleware):  # type: ignore[valid-type,misc]
+        def __call__(self, request: HttpRequest) -> HttpResponse:
+            if request.path_info.startswith(API_PREFIX):
+                return self.get_response(request)  # type: ignore[no-any-return]
+            return super().__call__(request)  # type: ignore[no-any-return]
+
+    ForBrowsers.__name__ = ForBrowsers.__qualname__ = f"{middleware.__name__}ForBrowsers"
+    return ForBrowsers
+
+
+BrowserSessionMiddleware = for_browsers(SessionMiddleware)
+BrowserCsrfViewMiddleware = for_browsers(CsrfViewMiddleware)
+BrowserAuthenticationMiddleware = for_browsers(AuthenticationMiddleware)
+BrowserMessageMiddleware = for_browsers(MessageMiddleware)

@@ -46,14 +46,14 @@ MIDDLEWARE = [
     "fhirplatform.middleware.PublicSchemaMiddleware",
     "fhirplatform.middleware.DatabaseFaultMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # A flood past a rate limit is refused here, before the rest (fhirplatform/fhir/gate.py).
-    "fhirplatform.fhir.gate.RefusalGateMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Sessions, CSRF, the user and messages serve the admin and the portal; the API's
+    # requests skip them (fhirplatform.middleware.for_browsers).
+    "fhirplatform.middleware.BrowserSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "fhirplatform.middleware.BrowserCsrfViewMiddleware",
+    "fhirplatform.middleware.BrowserAuthenticationMiddleware",
+    "fhirplatform.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 

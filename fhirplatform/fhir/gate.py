@@ -1,14 +1,19 @@
-"""The refusal gate: a client flooding past its rate limit is answered 429 before the FHIR
-pipeline runs, from what this process already knows, with no database or Redis call.
+"""The refusal gate: a client flooding past its rate limit is answered 429 before Django
+runs, from what this process already knows, with no database or Redis call.
 
-A middleware early in the chain (after the request id and the security headers, before
-sessions, CSRF, URL dispatch and DRF). It answers only when every fact is cached here:
-the token is in the token cache and belongs to the URL's tenant (tokens.token_cached),
-the request's endpoint class and resource type follow from its URL (the views'
-`endpoint()`), its scope allows it, and the limiter's refusal memo proves a rate limit or
-daily quota would refuse it (limits.engine.limit_refusal_known: the same 429, reason,
-headers and throttle event as the pipeline's). Anything else, and every request it cannot
-decide, goes down the chain.
+A WSGI middleware around the Django application (fhirplatform/wsgi.py): a refused request
+costs no Django request object, middleware chain, URL dispatch or DRF. It answers only when
+every fact is cached here: the token is in the token cache and belongs to the URL's tenant
+(tokens.token_cached), the request's endpoint class and resource type follow from its URL
+(the views' `endpoint()`), its scope allows it, and the limiter's refusal memo proves a
+rate limit or daily quota would refuse it (limits.engine.limit_refusal_known: the same
+429, reason, headers and throttle event as the pipeline's). Anything else, and every
+request it cannot decide, goes to Django.
+
+Its answer carries what the pipeline's 429 carries after Django's middleware chain (the
+request id, the security and framing headers, Allow and Vary); a test compares the two.
+Where the security settings make that chain depend on the request (an HTTPS redirect,
+HSTS), the gate steps aside.
 
 Refusing can never disclose or change data, so a memoised refusal may outlive a change
 made since: a token revoked a moment ago gets 429 rather than 401 until the memo lapses
@@ -16,36 +21,47 @@ made since: a token revoked a moment ago gets 429 rather than 401 until the memo
 for the revocation.
 """
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.core.handlers.wsgi import get_path_info
 from django.urls import Resolver404, resolve
 
+from fhirplatform.context import context_begin, context_end, request_id_from_header
 from fhirplatform.errors import FHIR_JSON, FhirError
 from fhirplatform.fhir.http import FhirJSONRenderer
 from fhirplatform.fhir.pipeline import FhirView
 from fhirplatform.limits.engine import limit_refusal_known
 from fhirplatform.limits.memo import refusal_memo
+from fhirplatform.middleware import API_PREFIX, REQUEST_ID_HEADER, request_observed
 from tenants.scopes import scopes_allow
 from tenants.tokens import token_cached
 
-FHIR_PREFIX = "/fhir/"
 _renderer = FhirJSONRenderer()
 
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-def known_refusal(request: HttpRequest) -> tuple[FhirError, type[FhirView]] | None:
+
+def known_refusal(environ: Environ) -> tuple[FhirError, type[FhirView]] | None:
     """The 429 the pipeline would answer this request with, and the view it would have
     reached, if this process can tell without any I/O; otherwise None."""
-    authorization = request.META.get("HTTP_AUTHORIZATION")
-    if refusal_memo.empty() or not authorization or not request.path_info.startswith(FHIR_PREFIX):
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    if refusal_memo.empty() or not authorization:
         return None  # served requests pay one dictionary read here
+    path = get_path_info(environ)  # decoded as Django decodes it
+    if not path.startswith(API_PREFIX) or _chain_depends_on_request():
+        return None
     try:
-        match = resolve(request.path_info)
+        match = resolve(path)
         view = getattr(match.func, "view_class", None)
         if not (isinstance(view, type) and issubclass(view, FhirView)):
             return None
-        endpoint = view.endpoint(request.method or "", match.kwargs)
+        endpoint = view.endpoint(environ.get("REQUEST_METHOD", "").upper(), match.kwargs)
     except (FhirError, Resolver404):
         return None  # the pipeline gives these their answers
     caller = token_cached(authorization=authorization, url_tenant_slug=match.kwargs["tenant"])
@@ -60,31 +76,70 @@ def known_refusal(request: HttpRequest) -> tuple[FhirError, type[FhirView]] | No
     return None if refusal is None else (refusal, view)
 
 
-def _response(refusal: FhirError, view: type[FhirView]) -> HttpResponse:
-    """The refusal with the headers the pipeline's would carry. The middlewares after
-    this one add some of them to every response; DRF adds Allow and Vary."""
-    body = _renderer.render(refusal.outcome())
-    response = HttpResponse(body, status=refusal.status, content_type=FHIR_JSON)
-    for name, value in refusal.headers.items():
-        response[name] = value
+def _chain_depends_on_request() -> bool:
+    """Django's SecurityMiddleware redirects or adds HSTS by the request's scheme."""
+    return bool(settings.SECURE_SSL_REDIRECT or settings.SECURE_HSTS_SECONDS)
+
+
+def _allow(view: type[FhirView]) -> str:
     # Django's View.setup() answers HEAD with get() where a view has no head().
     answers = {m for m in view.http_method_names if hasattr(view, m)}
     if "get" in answers:
         answers.add("head")
-    allowed = [method.upper() for method in view.http_method_names if method in answers]
-    response["Allow"] = ", ".join(allowed)
-    response["Vary"] = "Accept"
-    response["X-Frame-Options"] = settings.X_FRAME_OPTIONS
-    response["Content-Length"] = str(len(body))
-    return response
+    return ", ".join(m.upper() for m in view.http_method_names if m in answers)
 
 
-class RefusalGateMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+def _headers(
+    refusal: FhirError, view: type[FhirView], body: bytes, request_id: str
+) -> list[tuple[str, str]]:
+    """The pipeline's 429 headers, and those Django's middleware chain adds to every
+    response (RequestContextMiddleware, SecurityMiddleware, XFrameOptionsMiddleware)."""
+    headers = [
+        ("Content-Type", FHIR_JSON),
+        *refusal.headers.items(),
+        ("Allow", _allow(view)),  # DRF adds Allow and Vary
+        ("Vary", "Accept"),
+        ("Content-Length", str(len(body))),
+        ("X-Frame-Options", settings.X_FRAME_OPTIONS),
+        (REQUEST_ID_HEADER, request_id),
+    ]
+    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
+        headers.append(("X-Content-Type-Options", "nosniff"))
+    if settings.SECURE_REFERRER_POLICY:
+        policy = settings.SECURE_REFERRER_POLICY
+        values = policy.split(",") if isinstance(policy, str) else policy
+        headers.append(("Referrer-Policy", ",".join(v.strip() for v in values)))
+    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
+        headers.append(("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY))
+    return headers
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        known = known_refusal(request)
+
+class RefusalGate:
+    """WSGI middleware: a known refusal is answered here; everything else goes to `app`."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        known = known_refusal(environ)
         if known is None:
-            return self.get_response(request)
-        return _response(*known)
+            return self.app(environ, start_response)
+        refusal, view = known
+        request_id = request_id_from_header(environ.get("HTTP_X_REQUEST_ID"))
+        context_begin(request_id=request_id)
+        try:
+            body = _renderer.render(refusal.outcome())
+            start_response(
+                f"{refusal.status} {HTTPStatus(refusal.status).phrase}",
+                _headers(refusal, view, body, request_id),
+            )
+            request_observed(
+                method=environ.get("REQUEST_METHOD", ""),
+                path=get_path_info(environ),
+                status=refusal.status,
+                started=started,
+            )
+            return [body]
+        finally:
+            context_end()

@@ -1,14 +1,17 @@
 """The refusal gate (fhirplatform/fhir/gate.py): a flood past a rate limit is answered
-before the pipeline, with no database or Redis call, and the answer is the pipeline's."""
+before Django, with no database or Redis call, and the answer is the pipeline's."""
 
 import pytest
-from django.test import Client
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_started
 
+from fhirplatform.fhir.gate import RefusalGate
 from fhirplatform.limits.codes import ThrottleReason
 from tenants.models import Grant
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, token_issue
 from tests.limits.conftest import evalsha_calls, plan_make
+from tests.wsgi_client import wsgi_get
 
 pytestmark = pytest.mark.django_db
 
@@ -31,9 +34,8 @@ def _bearer(grant: Grant, scopes: str = "system/*.cruds") -> dict[str, str]:
 
 
 def _until_refused(url: str, headers: dict[str, str]):
-    client = Client()
     for _ in range(20):
-        response = client.get(url, headers=headers)
+        response = wsgi_get(url, headers)
         if response.status_code == 429:
             return response
         assert response.status_code == 404
@@ -51,9 +53,19 @@ def test_a_flood_is_refused_by_the_gate_as_the_pipeline_refuses_it(
     headers = _bearer(_grant("provider-a", read_per_minute=60))
     first = _until_refused(url, headers)  # Redis refuses, the memo learns it
     before = evalsha_calls(own_limiter)
-    with django_assert_num_queries(0):
-        gated = [Client().get(url, headers=headers) for _ in range(5)]
+    django_requests: list[object] = []
+
+    def django_request(**signal: object) -> None:
+        django_requests.append(signal)
+
+    request_started.connect(django_request, weak=False)
+    try:
+        with django_assert_num_queries(0):
+            gated = [wsgi_get(url, headers) for _ in range(5)]
+    finally:
+        request_started.disconnect(django_request)
     assert evalsha_calls(own_limiter) == before  # no Redis call either
+    assert django_requests == []  # nor a Django request
     for response in [first, *gated]:
         assert response.status_code == 429
         assert set(response.headers) - _PER_RESPONSE == set(piped.headers) - _PER_RESPONSE
@@ -74,12 +86,26 @@ def test_the_gate_answers_only_what_it_knows(cast, own_limiter, settings):
     headers = _bearer(grant)
     refused = "/fhir/provider-a/Patient/no-such-patient"
     _until_refused(refused, headers)
-    client = Client()
-    assert client.get(refused, headers=headers).status_code == 429
-    assert client.get("/fhir/provider-a/Patient", headers=headers).status_code == 200  # a search
+    assert wsgi_get(refused, headers).status_code == 429
+    assert wsgi_get("/fhir/provider-a/Patient", headers).status_code == 200  # a search
     # Another tenant's URL is charged to the caller's own quota, then answered 404.
-    assert client.get("/fhir/payer-b/Patient/no-such-patient", headers=headers).status_code == 429
+    assert wsgi_get("/fhir/payer-b/Patient/no-such-patient", headers).status_code == 429
     narrow = _bearer(grant, "system/Observation.rs")
-    assert client.get("/fhir/provider-a/Patient/x", headers=narrow).status_code == 403
+    assert wsgi_get("/fhir/provider-a/Patient/x", narrow).status_code == 403
     unknown = {"Authorization": "Bearer not-a-token"}
-    assert client.get("/fhir/provider-a/Patient/x", headers=unknown).status_code == 401
+    assert wsgi_get("/fhir/provider-a/Patient/x", unknown).status_code == 401
+
+
+def test_the_gate_steps_aside_where_the_security_chain_depends_on_the_request(
+    cast, own_limiter, settings
+):
+    """With an HTTPS redirect configured, Django's SecurityMiddleware answers a plain-HTTP
+    request first; the gate does not answer it for Django."""
+    settings.LIMITS_REFUSAL_MEMO_SECONDS = 5
+    headers = _bearer(_grant("provider-a", read_per_minute=60))
+    url = "/fhir/provider-a/Patient/no-such-patient"
+    _until_refused(url, headers)
+    settings.SECURE_SSL_REDIRECT = True
+    # A handler built now: Django's middleware reads its settings when it is loaded.
+    app = RefusalGate(WSGIHandler())
+    assert wsgi_get(url, headers, app).status_code == 301
