@@ -1,6 +1,9 @@
 """Browser-only middleware (fhirplatform.middleware.for_browsers): the admin's requests get
 a session, a user and messages; the API's go past them untouched."""
 
+from collections.abc import Callable
+from typing import Any
+
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory
 
@@ -11,7 +14,7 @@ from fhirplatform.middleware import (
 )
 
 
-def _chain() -> tuple[list[HttpRequest], object]:
+def _chain() -> tuple[list[HttpRequest], Callable[[HttpRequest], Any]]:
     seen: list[HttpRequest] = []
 
     def view(request: HttpRequest) -> HttpResponse:
@@ -19,7 +22,7 @@ def _chain() -> tuple[list[HttpRequest], object]:
         return HttpResponse("ok")
 
     chain = BrowserSessionMiddleware(
-        BrowserAuthenticationMiddleware(BrowserMessageMiddleware(view))
+        BrowserAuthenticationMiddleware(BrowserMessageMiddleware(view))  # type: ignore[arg-type]
     )
     return seen, chain
 
