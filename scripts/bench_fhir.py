@@ -9,7 +9,7 @@ sends to PostgreSQL and Redis, counted on the wire.
 
 Creates (or reuses) a benchmark tenant on a count-only plan (the limiter's work is paid,
 nothing is refused), fills it with the synthetic generator, and starts one gunicorn per
-server, side by side, all with the same --workers and --threads (default 2 x 8, as
+server, side by side, all with the same --workers and --threads (default 2 x 4, as
 `make run`; no access log, LOG_LEVEL from --log-level, default WARNING):
 
 - platform: `GET /fhir/<tenant>/Patient/<id>` with a bearer token, the full pipeline;
@@ -171,9 +171,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="measure every server N times")
     parser.add_argument("--connections", "--concurrency", type=int, default=8, help="wrk's")
     parser.add_argument("--wrk-threads", type=int, default=1)
-    # `make run`'s gunicorn (scripts/run.py): 2 workers (WEB_WORKERS) of 8 threads.
+    # `make run`'s gunicorn (scripts/run.py): 2 workers (WEB_WORKERS) of 4 threads
+    # (WEB_THREADS).
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of Django servers")
     parser.add_argument("--count", type=int, default=20, help="requests counted per interaction")
     parser.add_argument("--sql", action="store_true", help="print what one request sent")

@@ -155,7 +155,7 @@ def children_for(*, bind: str, data: Path) -> list[Child]:
         "--workers",
         os.environ.get("WEB_WORKERS", "2"),
         "--threads",
-        "8",
+        os.environ.get("WEB_THREADS", "4"),
         "--access-logfile",
         "-",
         "--log-level",

@@ -21,6 +21,7 @@ made since: a token revoked a moment ago gets 429 rather than 401 until the memo
 for the revocation.
 """
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -56,15 +57,15 @@ def known_refusal(environ: Environ) -> tuple[FhirError, type[FhirView]] | None:
     path = get_path_info(environ)  # decoded as Django decodes it
     if not path.startswith(API_PREFIX) or _chain_depends_on_request():
         return None
+    resolved = _fhir_view_for(path)
+    if resolved is None:
+        return None
+    view, kwargs = resolved
     try:
-        match = resolve(path)
-        view = getattr(match.func, "view_class", None)
-        if not (isinstance(view, type) and issubclass(view, FhirView)):
-            return None
-        endpoint = view.endpoint(environ.get("REQUEST_METHOD", "").upper(), match.kwargs)
-    except (FhirError, Resolver404):
-        return None  # the pipeline gives these their answers
-    caller = token_cached(authorization=authorization, url_tenant_slug=match.kwargs["tenant"])
+        endpoint = view.endpoint(environ.get("REQUEST_METHOD", "").upper(), kwargs)
+    except FhirError:
+        return None  # the pipeline gives it its answer
+    caller = token_cached(authorization=authorization, url_tenant_slug=kwargs["tenant"])
     if endpoint is None or caller is None:
         return None
     interaction, resource_type, endpoint_class = endpoint
@@ -76,17 +77,38 @@ def known_refusal(environ: Environ) -> tuple[FhirError, type[FhirView]] | None:
     return None if refusal is None else (refusal, view)
 
 
+@functools.lru_cache(maxsize=4096)
+def _fhir_view_for(path: str) -> tuple[type[FhirView], dict[str, Any]] | None:
+    """The FHIR view a path resolves to and its URL arguments (read, never changed), or
+    None; kept per path, as the URL conf does not change while the process runs."""
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    view = getattr(match.func, "view_class", None)
+    if not (isinstance(view, type) and issubclass(view, FhirView)):
+        return None
+    return view, match.kwargs
+
+
 def _chain_depends_on_request() -> bool:
     """Django's SecurityMiddleware redirects or adds HSTS by the request's scheme."""
     return bool(settings.SECURE_SSL_REDIRECT or settings.SECURE_HSTS_SECONDS)
 
 
+_allows: dict[type[FhirView], str] = {}
+
+
 def _allow(view: type[FhirView]) -> str:
-    # Django's View.setup() answers HEAD with get() where a view has no head().
-    answers = {m for m in view.http_method_names if hasattr(view, m)}
-    if "get" in answers:
-        answers.add("head")
-    return ", ".join(m.upper() for m in view.http_method_names if m in answers)
+    """The Allow header DRF gives the view's answers (kept per view class)."""
+    allow = _allows.get(view)
+    if allow is None:
+        # Django's View.setup() answers HEAD with get() where a view has no head().
+        answers = {m for m in view.http_method_names if hasattr(view, m)}
+        if "get" in answers:
+            answers.add("head")
+        allow = _allows[view] = ", ".join(m.upper() for m in view.http_method_names if m in answers)
+    return allow
 
 
 def _headers(

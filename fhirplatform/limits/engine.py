@@ -9,8 +9,8 @@ headers.py. A release is queued and rides with the process's next admission
 (releases.py), so a request costs one Redis round trip.
 """
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from fhirplatform.errors import FhirError, IssueCode
@@ -43,6 +43,7 @@ from fhirplatform.limits.policies import (
     RateBucket,
     Slot,
     limit_set_for,
+    limit_sets_clear,
 )
 from fhirplatform.limits.selectors import profile_cache
 from fhirplatform.limits.services import throttle_event_record
@@ -263,7 +264,7 @@ def limit_admit(
     known = _known_refusal(caller, limits, version, endpoint_class, resource_type, cost)
     if known is not None:
         raise known
-    lease_id = uuid.uuid4().hex
+    lease_id = os.urandom(16).hex()  # uuid4's randomness, without building a UUID
     decision, decider = limit_set_decide(limits=limits, lease_id=lease_id, cost=cost)
     if not decision.admitted and decider == Decider.REDIS and decision.version != version:
         # The limits changed since they were cached (e.g. the kill switch): a refusal
@@ -325,5 +326,6 @@ def limits_reset_local_state() -> None:
     releases_flush()
     pending_releases.clear()
     profile_cache.clear()
+    limit_sets_clear()
     refusal_memo.clear()
     deciders_reset()

@@ -7,8 +7,9 @@ has no end-user actor: the client is the caller).
 """
 
 import math
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from fhirplatform.limits.codes import EndpointClass, LimitScope
 from fhirplatform.limits.costs import (
@@ -152,11 +153,25 @@ def _overrides_resolve(
     return resolved
 
 
+_SECONDS_A_DAY = 86_400
+_day: tuple[int, str, float] = (-1, "", 0.0)
+
+
 def _today() -> tuple[str, float]:
     """Today's UTC date stamp and the epoch second the day ends at (quotas reset then)."""
-    today = datetime.now(UTC).date()
-    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC)
-    return today.strftime("%Y%m%d"), end.timestamp()
+    global _day
+    epoch_day = int(time.time() // _SECONDS_A_DAY)
+    if _day[0] != epoch_day:
+        stamp = datetime.fromtimestamp(epoch_day * _SECONDS_A_DAY, UTC).strftime("%Y%m%d")
+        _day = (epoch_day, stamp, float((epoch_day + 1) * _SECONDS_A_DAY))
+    return _day[1], _day[2]
+
+
+_LimitSetKey = tuple[str, str, int, EndpointClass, str]
+# A request's limits follow from the profile (a new object whenever the configuration is
+# reloaded), the caller, the endpoint and the day alone: kept until one of them changes.
+_limit_sets: dict[_LimitSetKey, tuple[LimitProfile, str, "LimitSet"]] = {}
+_LIMIT_SETS_KEPT = 10_000
 
 
 def limit_set_for(
@@ -164,6 +179,36 @@ def limit_set_for(
 ) -> LimitSet:
     """The limits of one request: rate buckets, daily quotas, in-flight slots and its
     share of the platform's adaptive limit. The kill switch turns every one to dry-run."""
+    stamp, day_end = _today()
+    key = (
+        caller.tenant.slug,
+        caller.client.client_id,
+        caller.client.pk,
+        endpoint_class,
+        resource_type,
+    )
+    kept = _limit_sets.get(key)
+    if kept is not None and kept[0] is profile and kept[1] == stamp:
+        return kept[2]
+    limits = _limit_set_build(profile, caller, endpoint_class, resource_type, stamp, day_end)
+    if len(_limit_sets) >= _LIMIT_SETS_KEPT:
+        _limit_sets.clear()
+    _limit_sets[key] = (profile, stamp, limits)
+    return limits
+
+
+def limit_sets_clear() -> None:
+    _limit_sets.clear()
+
+
+def _limit_set_build(
+    profile: LimitProfile,
+    caller: Caller,
+    endpoint_class: EndpointClass,
+    resource_type: str,
+    stamp: str,
+    day_end: float,
+) -> LimitSet:
     slug, cid, ec = caller.tenant.slug, caller.client.client_id, endpoint_class
     kill = not profile.limits_enabled
     resolved = _overrides_resolve(
@@ -207,7 +252,6 @@ def limit_set_for(
             )
         )
 
-    stamp, day_end = _today()
     tenant_dry = profile.tenant_plan.dry_run or kill
     grant_dry = grant_plan.dry_run or kill
     dailies = [
