@@ -1,9 +1,10 @@
 """The FHIR request pipeline. Every authenticated FHIR view runs its steps in the order
 DESIGN.md fixes, and every answer leaves through one exit:
 
-    request id          RequestContextMiddleware (fhirplatform/middleware.py), before any view
     [refusal gate]      a flood this process already knows Redis would refuse is answered
-                        429 before the view (fhirplatform/fhir/gate.py): the same answer
+                        429 before Django runs (fhirplatform/fhir/gate.py, around the WSGI
+                        application): the same answer, with a request id of its own
+    request id          RequestContextMiddleware (fhirplatform/middleware.py), before any view
     tenant from URL     the view's `tenant` URL argument ...
     token               ... bound to it by token_check (another tenant's: the shared 404), from
                         the token cache when it holds it (tenants/token_cache.py)
