@@ -25,7 +25,7 @@ import functools
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.handlers.wsgi import get_path_info
@@ -34,12 +34,12 @@ from django.urls import Resolver404, resolve
 from fhirplatform.context import context_begin, context_end, request_id_from_header
 from fhirplatform.errors import FHIR_JSON, FhirError
 from fhirplatform.fhir.http import FhirJSONRenderer
-from fhirplatform.fhir.pipeline import FhirView
-from fhirplatform.limits.engine import limit_refusal_known
+from fhirplatform.fhir.pipeline import Endpoint, FhirView
+from fhirplatform.limits.engine import KnownRefusal, limit_refusal_known
 from fhirplatform.limits.memo import refusal_memo
 from fhirplatform.middleware import API_PREFIX, REQUEST_ID_HEADER, request_observed
 from tenants.scopes import scopes_allow
-from tenants.tokens import token_cached
+from tenants.tokens import Caller, token_cached
 
 _renderer = FhirJSONRenderer()
 
@@ -48,9 +48,28 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
-def known_refusal(environ: Environ) -> tuple[FhirError, type[FhirView]] | None:
-    """The 429 the pipeline would answer this request with, and the view it would have
-    reached, if this process can tell without any I/O; otherwise None."""
+class Answer(NamedTuple):
+    """A refusal as the gate sends it, all but the request id, kept for reuse."""
+
+    refusal: KnownRefusal
+    caller: Caller
+    until: float  # time.monotonic()
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+# A refusal's answer is sent again for a moment, while it certainly holds, instead of being
+# worked out for every request of a flood. Its Retry-After and RateLimit reset, rounded up
+# to whole seconds, may then overstate the wait by that moment: never understate it.
+ANSWER_REUSE_SECONDS = 0.1
+_answers: dict[tuple[str, type[FhirView], Endpoint], Answer] = {}
+_ANSWERS_KEPT = 10_000
+
+
+def known_refusal(environ: Environ) -> Answer | None:
+    """The 429 the pipeline would answer this request with, if this process can tell
+    without any I/O; otherwise None. Recorded (throttle event, metrics) when returned."""
     authorization = environ.get("HTTP_AUTHORIZATION")
     if refusal_memo.empty() or not authorization:
         return None  # served requests pay one dictionary read here
@@ -71,10 +90,40 @@ def known_refusal(environ: Environ) -> tuple[FhirError, type[FhirView]] | None:
     interaction, resource_type, endpoint_class = endpoint
     if not scopes_allow(caller.scopes, resource_type, interaction):
         return None  # the pipeline's 403 comes first
+    key = (authorization, view, endpoint)
+    kept = _answers.get(key)
+    if (
+        kept is not None
+        and kept.caller is caller
+        and time.monotonic() < kept.until
+        and kept.refusal.holds()
+    ):
+        kept.refusal.record()
+        return kept
     refusal = limit_refusal_known(
         caller=caller, endpoint_class=endpoint_class, resource_type=resource_type
     )
-    return None if refusal is None else (refusal, view)
+    if refusal is None:
+        _answers.pop(key, None)
+        return None
+    answer = _answer(refusal, caller, view)
+    if len(_answers) >= _ANSWERS_KEPT:
+        _answers.clear()
+    _answers[key] = answer
+    return answer
+
+
+def _answer(refusal: KnownRefusal, caller: Caller, view: type[FhirView]) -> Answer:
+    error = refusal.error
+    body = _renderer.render(error.outcome())
+    return Answer(
+        refusal,
+        caller,
+        min(time.monotonic() + ANSWER_REUSE_SECONDS, refusal.certain_until),
+        f"{error.status} {HTTPStatus(error.status).phrase}",
+        _headers(error, view, body),
+        body,
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -111,11 +160,9 @@ def _allow(view: type[FhirView]) -> str:
     return allow
 
 
-def _headers(
-    refusal: FhirError, view: type[FhirView], body: bytes, request_id: str
-) -> list[tuple[str, str]]:
+def _headers(refusal: FhirError, view: type[FhirView], body: bytes) -> list[tuple[str, str]]:
     """The pipeline's 429 headers, and those Django's middleware chain adds to every
-    response (RequestContextMiddleware, SecurityMiddleware, XFrameOptionsMiddleware)."""
+    response (SecurityMiddleware, XFrameOptionsMiddleware), but the request id."""
     headers = [
         ("Content-Type", FHIR_JSON),
         *refusal.headers.items(),
@@ -123,7 +170,6 @@ def _headers(
         ("Vary", "Accept"),
         ("Content-Length", str(len(body))),
         ("X-Frame-Options", settings.X_FRAME_OPTIONS),
-        (REQUEST_ID_HEADER, request_id),
     ]
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
         headers.append(("X-Content-Type-Options", "nosniff"))
@@ -144,24 +190,19 @@ class RefusalGate:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        known = known_refusal(environ)
-        if known is None:
+        answer = known_refusal(environ)
+        if answer is None:
             return self.app(environ, start_response)
-        refusal, view = known
         request_id = request_id_from_header(environ.get("HTTP_X_REQUEST_ID"))
         context_begin(request_id=request_id)
         try:
-            body = _renderer.render(refusal.outcome())
-            start_response(
-                f"{refusal.status} {HTTPStatus(refusal.status).phrase}",
-                _headers(refusal, view, body, request_id),
-            )
+            start_response(answer.status, [*answer.headers, (REQUEST_ID_HEADER, request_id)])
             request_observed(
                 method=environ.get("REQUEST_METHOD", ""),
                 path=get_path_info(environ),
-                status=refusal.status,
+                status=answer.refusal.error.status,
                 started=started,
             )
-            return [body]
+            return [answer.body]
         finally:
             context_end()

@@ -46,13 +46,14 @@ from fhirplatform.limits.policies import (
     limit_sets_clear,
 )
 from fhirplatform.limits.selectors import profile_cache
-from fhirplatform.limits.services import throttle_event_record
+from fhirplatform.limits.services import Refusals, throttle_event_add
 from tenants.tokens import Caller
 
 __all__ = [
     "Admission",
     "EndpointClass",
     "GenerationSeen",
+    "KnownRefusal",
     "ThrottleReason",
     "limit_admit",
     "limit_refusal_known",
@@ -170,7 +171,6 @@ def _refusal(
     reason = _reason(chosen)
     diagnostics = _diagnostics(chosen, limits, endpoint_class, resource_type, decider)
     retry_after = retry_after_seconds(wait_ms=result.retry_ms)
-    metrics.limiter_decisions.labels("refused", str(reason)).inc()
     return FhirError(
         503 if reason == ThrottleReason.OVERLOAD else 429,
         IssueCode.THROTTLED,
@@ -185,25 +185,61 @@ def _throttled(
     limits: LimitSet,
     endpoint_class: EndpointClass,
     decided: list[tuple[LimitItem | None, ItemResult]],
-) -> list[tuple[LimitItem | None, ItemResult]]:
-    """Record a throttle event for every limit that refused (dry-run ones too); returns
-    the enforced ones."""
+) -> tuple[list[tuple[LimitItem | None, ItemResult]], tuple[Refusals, ...]]:
+    """The enforced limits that refused, and a throttle event for every limit that
+    refused (dry-run ones too), to record."""
     enforced: list[tuple[LimitItem | None, ItemResult]] = []
+    events: list[Refusals] = []
     for item, result in decided:
         if result.ok:
             continue
         dry = limits.overload_dry if item is None else item.dry_run
-        throttle_event_record(
-            tenant_id=caller.tenant.pk,
-            client_id=caller.client.pk,
-            reason=_reason(item),
-            endpoint_class=endpoint_class,
-            policy=item.policy if item else str(LimitScope.OVERLOAD),
-            dry_run=dry,
+        events.append(
+            Refusals(
+                tenant_id=caller.tenant.pk,
+                client_id=caller.client.pk,
+                reason=_reason(item),
+                endpoint_class=endpoint_class,
+                policy=item.policy if item else str(LimitScope.OVERLOAD),
+                dry_run=dry,
+            )
         )
         if not dry:
             enforced.append((item, result))
-    return enforced
+    return enforced, tuple(events)
+
+
+def _events_record(events: tuple[Refusals, ...]) -> None:
+    for refusals in events:
+        throttle_event_add(refusals)
+
+
+@dataclass(frozen=True)
+class KnownRefusal:
+    """A refusal decided in this process with no Redis call (a closed policy, or a Redis
+    refusal the memo still holds), and what every request it refuses records."""
+
+    error: FhirError
+    version: int  # the limits configuration it was decided under
+    certain_until: float  # time.monotonic(): the same request is refused at least until then
+    events: tuple[Refusals, ...] = ()
+    from_memo: bool = False
+
+    def record(self) -> None:
+        """Count one more request refused by it: its throttle events and metrics."""
+        _events_record(self.events)
+        if self.from_memo:
+            metrics.limiter_memo_refusals.inc()
+            metrics.limiter_decisions.labels("refused", str(self.error.issues[0].reason)).inc()
+
+    def holds(self) -> bool:
+        """Whether it still answers the same request: certain, decided under the limits
+        in force, and the shared limiter (not the local fallback) in charge."""
+        return (
+            time.monotonic() < self.certain_until
+            and profile_cache.seen_version == self.version
+            and not limiter_in_fallback()
+        )
 
 
 def _known_refusal(
@@ -213,37 +249,43 @@ def _known_refusal(
     endpoint_class: EndpointClass,
     resource_type: str,
     cost: int,
-) -> FhirError | None:
+) -> KnownRefusal | None:
     """The refusal of a request that needs no Redis call: a closed policy, or a Redis
-    refusal remembered by the memo that still holds (then answered as Redis would)."""
+    refusal remembered by the memo that still holds (then answered as Redis would).
+    Not recorded yet: the caller records it for each request it refuses."""
+    now = time.monotonic()
     closed = next((b for b in limits.buckets if b.quota <= 0 and not b.dry_run), None)
     if closed is not None:
-        return FhirError(
+        error = FhirError(
             429,
             IssueCode.THROTTLED,
             f"Policy '{closed.policy}' allows no {endpoint_class} requests",
             reason=str(_reason(closed)),
             headers={"Retry-After": str(retry_after_seconds(wait_ms=closed.window * 1000))},
         )
+        return KnownRefusal(error, version, certain_until=now + closed.window)
     if limiter_in_fallback():
         return None  # the local limiter is in charge, with its own quotas
     results = refusal_memo.recall(limits=limits, version=version, cost=cost)
     if results is None:
         return None
-    metrics.limiter_memo_refusals.inc()
     headers = ratelimit_headers(limits=limits, items=results, decider=Decider.REDIS)
     windowed: list[LimitItem | None] = [*limits.buckets, *limits.dailies]
     decided = list(zip(windowed, results, strict=True))
-    enforced = _throttled(caller, limits, endpoint_class, decided)
-    return _refusal(enforced, limits, endpoint_class, resource_type, Decider.REDIS, headers)
+    enforced, events = _throttled(caller, limits, endpoint_class, decided)
+    error = _refusal(enforced, limits, endpoint_class, resource_type, Decider.REDIS, headers)
+    # Refused until the longest wait among the enforced limits that refused it.
+    wait_ms = max(result.retry_ms for _, result in enforced)
+    return KnownRefusal(error, version, now + wait_ms / 1000, events, from_memo=True)
 
 
 def limit_refusal_known(
     *, caller: Caller, endpoint_class: EndpointClass, resource_type: str, cost: int = 1
-) -> FhirError | None:
+) -> KnownRefusal | None:
     """The refusal limit_admit would give this request without asking Redis, or None;
     no I/O at all (None too when the caller's limits are not cached in this process).
-    A refusal returned here is recorded as a throttle event, like limit_admit's."""
+    A refusal returned here is recorded (throttle event, metrics), like limit_admit's;
+    record() it again for every further request it answers."""
     cached = profile_cache.peek(tenant=caller.tenant, client=caller.client, grant=caller.grant)
     if cached is None:
         return None
@@ -251,7 +293,10 @@ def limit_refusal_known(
     limits = limit_set_for(
         profile=profile, caller=caller, endpoint_class=endpoint_class, resource_type=resource_type
     )
-    return _known_refusal(caller, limits, version, endpoint_class, resource_type, max(1, cost))
+    known = _known_refusal(caller, limits, version, endpoint_class, resource_type, max(1, cost))
+    if known is not None:
+        known.record()
+    return known
 
 
 def limit_admit(
@@ -263,7 +308,8 @@ def limit_admit(
     limits, version = _limits_for(caller, endpoint_class, resource_type)
     known = _known_refusal(caller, limits, version, endpoint_class, resource_type, cost)
     if known is not None:
-        raise known
+        known.record()
+        raise known.error
     lease_id = os.urandom(16).hex()  # uuid4's randomness, without building a UUID
     decision, decider = limit_set_decide(limits=limits, lease_id=lease_id, cost=cost)
     if not decision.admitted and decider == Decider.REDIS and decision.version != version:
@@ -275,7 +321,8 @@ def limit_admit(
 
     everything: list[LimitItem | None] = [*limits.buckets, *limits.dailies, *limits.slots, None]
     decided = list(zip(everything, decision.items, strict=True))
-    enforced = _throttled(caller, limits, endpoint_class, decided)
+    enforced, events = _throttled(caller, limits, endpoint_class, decided)
+    _events_record(events)
     if decision.admitted:
         reported = "dry-run" if any(not r.ok for r in decision.items) else ""
         metrics.limiter_decisions.labels("admitted", reported).inc()
@@ -296,7 +343,9 @@ def limit_admit(
             cost=cost,
             asked_at=decision.asked_at,
         )
-    raise _refusal(enforced, limits, endpoint_class, resource_type, decider, headers)
+    error = _refusal(enforced, limits, endpoint_class, resource_type, decider, headers)
+    metrics.limiter_decisions.labels("refused", str(error.issues[0].reason)).inc()
+    raise error
 
 
 def limit_release(*, admission: Admission, status: int) -> None:

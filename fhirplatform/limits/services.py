@@ -52,7 +52,7 @@ def limiter_switch_set(*, enabled: bool) -> LimiterSwitch:
     return switch
 
 
-class _Refusals(NamedTuple):
+class Refusals(NamedTuple):
     """Refusals alike enough to share one ThrottleEvent row (its fields, by name)."""
 
     tenant_id: int
@@ -63,7 +63,7 @@ class _Refusals(NamedTuple):
     dry_run: bool
 
 
-_EventKey = tuple[int, _Refusals]  # the epoch second, and what was refused
+_EventKey = tuple[int, Refusals]  # the epoch second, and what was refused
 
 
 class ThrottleEventBuffer:
@@ -124,16 +124,8 @@ def _flush_at_exit() -> None:
         logger.exception("rate limiter: throttle events lost at exit")
 
 
-def throttle_event_record(
-    *,
-    tenant_id: int,
-    client_id: int,
-    reason: str,
-    endpoint_class: str,
-    policy: str,
-    dry_run: bool,
-) -> None:
-    refusals = _Refusals(tenant_id, client_id, reason, endpoint_class, policy, dry_run)
+def throttle_event_add(refusals: Refusals) -> None:
+    """One more refused request, counted in this second's row for its kind of refusal."""
     _events.add((int(time.time()), refusals))
 
 

@@ -1,15 +1,21 @@
 """The refusal gate (fhirplatform/fhir/gate.py): a flood past a rate limit is answered
 before Django, with no database or Redis call, and the answer is the pipeline's."""
 
+import time
+
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_started
+from django.db.models import Sum
 
+from fhirplatform.fhir import gate
 from fhirplatform.fhir.gate import RefusalGate
 from fhirplatform.limits.codes import ThrottleReason
-from tenants.models import Grant
+from fhirplatform.limits.models import ThrottleEvent
+from fhirplatform.limits.services import throttle_events_flush
+from tenants.models import AccessToken, Grant
 from tenants.scopes import scopes_parse
-from tenants.services import client_create, token_issue
+from tenants.services import client_create, credential_hash, token_issue
 from tests.limits.conftest import evalsha_calls, plan_make
 from tests.wsgi_client import wsgi_get
 
@@ -31,6 +37,10 @@ def _grant(tenant_slug: str, scopes: str = "system/*.cruds", **limits: int) -> G
 def _bearer(grant: Grant, scopes: str = "system/*.cruds") -> dict[str, str]:
     token = token_issue(grant=grant, scopes=scopes_parse(scopes), auth_method="test")
     return {"Authorization": f"Bearer {token.access_token}"}
+
+
+def _token_hash(headers: dict[str, str]) -> str:
+    return credential_hash(headers["Authorization"].removeprefix("Bearer "))
 
 
 def _until_refused(url: str, headers: dict[str, str]):
@@ -66,6 +76,12 @@ def test_a_flood_is_refused_by_the_gate_as_the_pipeline_refuses_it(
         request_started.disconnect(django_request)
     assert evalsha_calls(own_limiter) == before  # no Redis call either
     assert django_requests == []  # nor a Django request
+    # One answer, worked out once and sent again, yet every refusal is counted.
+    throttle_events_flush()
+    token = AccessToken.objects.get(token_hash=_token_hash(headers))
+    events = ThrottleEvent.objects.filter(client=token.client)
+    assert events.aggregate(n=Sum("count"))["n"] == 1 + len(gated)
+    assert len({r.headers["X-Request-ID"] for r in gated}) == len(gated)
     for response in [first, *gated]:
         assert response.status_code == 429
         assert set(response.headers) - _PER_RESPONSE == set(piped.headers) - _PER_RESPONSE
@@ -109,3 +125,16 @@ def test_the_gate_steps_aside_where_the_security_chain_depends_on_the_request(
     # A handler built now: Django's middleware reads its settings when it is loaded.
     app = RefusalGate(WSGIHandler())
     assert wsgi_get(url, headers, app).status_code == 301
+
+
+def test_a_refusal_is_not_answered_again_once_it_lapses(cast, own_limiter, settings, monkeypatch):
+    """The gate sends a refusal's answer again only while the refusal certainly holds:
+    once the bucket has room, the request goes through, however long answers are kept."""
+    settings.LIMITS_REFUSAL_MEMO_SECONDS = 30
+    monkeypatch.setattr(gate, "ANSWER_REUSE_SECONDS", 30.0)
+    headers = _bearer(_grant("provider-a", read_per_minute=60))
+    url = "/fhir/provider-a/Patient/no-such-patient"
+    refused = _until_refused(url, headers)
+    assert wsgi_get(url, headers).status_code == 429  # answered by the gate
+    time.sleep(int(refused.headers["Retry-After"]) + 0.1)
+    assert wsgi_get(url, headers).status_code == 404  # admitted, then not found

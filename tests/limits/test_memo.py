@@ -221,9 +221,11 @@ def test_the_refusal_is_known_without_any_io(
     from_redis = refusal(caller)
     asked = evalsha_calls(own_limiter)
     with django_assert_num_queries(0):
-        error = limit_refusal_known(**known)
+        refused = limit_refusal_known(**known)
     assert evalsha_calls(own_limiter) == asked
-    assert error is not None and error.status == 429
+    assert refused is not None and refused.holds()
+    error = refused.error
+    assert error.status == 429
     assert issue(error)["details"] == issue(from_redis)["details"]
     assert error.headers["RateLimit-Policy"] == from_redis.headers["RateLimit-Policy"]
     throttle_events_flush()
