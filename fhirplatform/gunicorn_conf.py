@@ -55,3 +55,7 @@ def outcome_write_error(sock: socket.socket, status_int: int, reason: str, mesg:
 
 
 util.write_error = outcome_write_error
+
+# gunicorn's threaded worker, which reads a flooding client's next request late
+# (fhirplatform/gunicorn_worker.py); used whatever --threads says.
+worker_class = "fhirplatform.gunicorn_worker.ThreadWorker"

@@ -176,6 +176,9 @@ LIMITS_RELEASE_DELAY_MS = env_int("LIMITS_RELEASE_DELAY_MS", 5)
 # A Redis refusal on a rate or daily limit is remembered in process at most this long
 # (0: never), so a flooding client is refused without a Redis call meanwhile.
 LIMITS_REFUSAL_MEMO_SECONDS = env_int("LIMITS_REFUSAL_MEMO_SECONDS", 1)
+# A client sending again while refused has its connection's next request read this many
+# milliseconds later at most, never past the refusal (0: at once; fhirplatform/slowdown.py).
+LIMITS_FLOOD_DELAY_MS = env_int("LIMITS_FLOOD_DELAY_MS", 500)
 FHIR_MAX_COUNT = env_int("FHIR_MAX_COUNT", 1000, minimum=1)
 LIMITS_BUNDLE_MAX_ENTRIES = env_int("LIMITS_BUNDLE_MAX_ENTRIES", 500, minimum=1)
 LIMITS_EVENTS_BACKGROUND_FLUSH = env_bool("LIMITS_EVENTS_BACKGROUND_FLUSH", True)

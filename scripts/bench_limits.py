@@ -20,7 +20,10 @@ Prints:
      far less CPU than a Python client), ignoring Retry-After. In interleaved rounds: B's
      p50/p95 alone and under the flood, A's refusals/s, server CPU (gunicorn master and
      workers, utime+stime from /proc) per refused request and per served read, and Redis
-     commands per admitted request counted by Redis (INFO commandstats).
+     commands per admitted request counted by Redis (INFO commandstats). 4a with the
+     server as configured (a flooder's kept-alive connections read late:
+     LIMITS_FLOOD_DELAY_MS), 4b on a second server answering every refusal at once (what
+     answering one costs, and the flood at full speed).
 The load average is printed at the start and after every section; the server's own log
 (a warning per 429) goes to a file. Section 4 lives in bench_limits_flood.py, what the
 sections share in bench_limits_support.py.
@@ -358,8 +361,26 @@ def main() -> None:
                 load_average("after 2")
                 bench_noisy(base, seconds, 4, samples)
                 load_average("after 3")
-                bench_unpaced(server, seconds, samples, rounds, limits_redis_url, redis_pid)
-                load_average("after 4")
+                bench_unpaced(
+                    server,
+                    *(seconds, samples, rounds, limits_redis_url, redis_pid),
+                    label="4a. Unpaced flood, the flooder's connections read late (as configured)",
+                )
+                load_average("after 4a")
+            # The same with every refusal answered at once: what answering one costs.
+            with gunicorn_server(
+                env=server_env | {"LIMITS_FLOOD_DELAY_MS": "0"},
+                workers=workers,
+                threads=server_threads,
+                log=server_log,
+            ) as at_once:
+                warm_up(at_once.url, workers * server_threads)
+                bench_unpaced(
+                    at_once,
+                    *(seconds, samples, rounds, limits_redis_url, redis_pid),
+                    label="4b. Unpaced flood, refusals answered at once (LIMITS_FLOOD_DELAY_MS=0)",
+                )
+                load_average("after 4b")
     finally:
         from django.db import connections
 

@@ -120,7 +120,13 @@ def measured_wrk(
 
 
 def bench_unpaced(
-    server: Server, seconds: float, samples: int, rounds: int, limits_redis_url: str, redis_pid: int
+    server: Server,
+    seconds: float,
+    samples: int,
+    rounds: int,
+    limits_redis_url: str,
+    redis_pid: int,
+    label: str,
 ) -> None:
     from fhirplatform.limits.models import LimitOverride
     from fhirplatform.limits.services import limit_override_save
@@ -179,7 +185,7 @@ def bench_unpaced(
     served_cpu = served.server_cpu / max(1, served.requests - served.refused)
     refused_cpu = refused.server_cpu / max(1, refused.requests)
     print(
-        f"4. Unpaced flood: tenant A (2/s) from 8 connections with wrk, {rounds} interleaved"
+        f"{label}: tenant A (2/s) from 8 connections with wrk, {rounds} interleaved"
         f" rounds of {seconds:.0f} s phases"
     )
     print(

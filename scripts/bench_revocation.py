@@ -2,11 +2,12 @@
 """Revocation benchmark: how soon a cached token is refused after its revocation commits.
 
     set -a; . .data/services.env; set +a
-    .venv/bin/python scripts/bench_revocation.py [--trials 20] [--readers 6]
+    .venv/bin/python scripts/bench_revocation.py [--trials 20] [--readers 6] [--rate 0]
 
 A gunicorn (2 workers x 4 threads) serves the platform on loopback. Per trial a fresh
 token is read a dozen times on new connections, so both workers cache it, then reader
-threads call `GET Patient/<id>` back to back while the benchmark commits one revocation
+threads call `GET Patient/<id>` (back to back, or together at --rate reads a second)
+while the benchmark commits one revocation
 through the services (a token revoked, a client revoked, a grant's scopes narrowed to
 another type, a tenant suspended: the kinds take turns). The readers run in a process of
 their own, so that the revoking thread does not wait for the interpreter lock behind them
@@ -91,28 +92,47 @@ def _warm(url: str, headers: dict[str, str]) -> None:
         assert response.status_code in (200, 404), response.text
 
 
-def _read_until(
-    url: str, headers: dict[str, str], readers: int, stop: Event, out: "Queue[Outcome]"
-) -> None:
-    """The readers' process: `readers` threads reading back to back until `stop`."""
+Outcome = tuple[float, float, int] | None  # (sent, answered, status); None: readers done
 
-    def reader() -> None:
+
+@dataclass(frozen=True)
+class Readers:
+    threads: int
+    rate: float  # reads a second, all threads together; 0: back to back
+
+
+def _read_until(
+    url: str,
+    headers: dict[str, str],
+    readers: Readers,
+    stop: Event,
+    out: "Queue[Outcome]",
+) -> None:
+    """The readers' process: `readers.threads` threads reading until `stop`, back to back
+    or together at `readers.rate` reads a second."""
+    gap = readers.threads / readers.rate if readers.rate else 0.0
+
+    def reader(offset: float) -> None:
         session = requests.Session()
         session.headers.update(headers)
+        due = time.perf_counter() + offset
         while not stop.is_set():
+            if gap:
+                time.sleep(max(0.0, due - time.perf_counter()))
+                due += gap
             sent = time.perf_counter()
             status = session.get(url, timeout=10).status_code
             out.put((sent, time.perf_counter(), status))
 
-    threads = [threading.Thread(target=reader) for _ in range(readers)]
+    threads = [
+        threading.Thread(target=reader, args=(gap * n / readers.threads,))
+        for n in range(readers.threads)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     out.put(None)
-
-
-Outcome = tuple[float, float, int] | None  # (sent, answered, status); None: readers done
 
 
 @dataclass(frozen=True)
@@ -122,7 +142,7 @@ class Trial:
     served_late: int
 
 
-def _trial(base: str, kind: str, tenant: Tenant, readers: int) -> Trial:
+def _trial(base: str, kind: str, tenant: Tenant, readers: Readers) -> Trial:
     if kind == "tenant":
         tenant = tenant_create(
             slug=f"rev-{uuid.uuid4().hex[:8]}", name="Revocation benchmark", plan_name=PLAN
@@ -169,6 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=20, help="per kind of revocation")
     parser.add_argument("--readers", type=int, default=6)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="reads a second, all readers together (0: unpaced)"
+    )
     args = parser.parse_args()
     rate_plan_count_only(name=PLAN, description="Benchmarks: count, never refuse")
     tenant = Tenant.objects.filter(slug="bench-revocation").first() or tenant_create(
@@ -181,11 +204,12 @@ def main() -> None:
     with gunicorn(env=env, workers=2, threads=4) as base:
         for number in range(args.trials):
             for kind in KINDS:
-                trial = _trial(base, kind, tenant, args.readers)
+                trial = _trial(base, kind, tenant, Readers(args.readers, args.rate))
                 if trial.first_denial_ms is None:
                     print(f"trial {number} {kind}: no denial seen", flush=True)
                 trials[kind].append(trial)
-    print(f"\n{args.trials} trials per kind, {args.readers} reader threads, gunicorn 2x4")
+    pace = f"{args.rate:g} reads/s in all" if args.rate else "back to back"
+    print(f"\n{args.trials} trials per kind, {args.readers} reader threads ({pace}), gunicorn 2x4")
     every = [trial for kind_trials in trials.values() for trial in kind_trials]
     for kind, kind_trials in [*trials.items(), ("all", every)]:
         seen = [t for t in kind_trials if t.first_denial_ms is not None]

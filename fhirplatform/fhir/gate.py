@@ -15,6 +15,12 @@ request id, the security and framing headers, Allow and Vary); a test compares t
 Where the security settings make that chain depend on the request (an HTTPS redirect,
 HSTS), the gate steps aside.
 
+A client answered here did not wait as its first refusal told it to: its kept-alive
+connection's next request is read up to LIMITS_FLOOD_DELAY_MS later, within the refusal
+(fhirplatform/slowdown.py), so an unpaced flood gives the CPU back to other clients. The
+answer itself is worked out once and sent again while the refusal certainly holds (at most
+ANSWER_REUSE_SECONDS), every refusal still counted.
+
 Refusing can never disclose or change data, so a memoised refusal may outlive a change
 made since: a token revoked a moment ago gets 429 rather than 401 until the memo lapses
 (LIMITS_REFUSAL_MEMO_SECONDS), and its next request that reaches the pipeline is refused
@@ -38,6 +44,7 @@ from fhirplatform.fhir.pipeline import Endpoint, FhirView
 from fhirplatform.limits.engine import KnownRefusal, limit_refusal_known
 from fhirplatform.limits.memo import refusal_memo
 from fhirplatform.middleware import API_PREFIX, REQUEST_ID_HEADER, request_observed
+from fhirplatform.slowdown import connection_slow_down
 from tenants.scopes import scopes_allow
 from tenants.tokens import Caller, token_cached
 
@@ -197,6 +204,10 @@ class RefusalGate:
         context_begin(request_id=request_id)
         try:
             start_response(answer.status, [*answer.headers, (REQUEST_ID_HEADER, request_id)])
+            # The client did not wait as told: its next request is read later, within
+            # the refusal, when the server supports it (fhirplatform/slowdown.py).
+            holds_for = answer.refusal.certain_until - time.monotonic()
+            connection_slow_down(environ, min(settings.LIMITS_FLOOD_DELAY_MS / 1000, holds_for))
             request_observed(
                 method=environ.get("REQUEST_METHOD", ""),
                 path=get_path_info(environ),

@@ -151,7 +151,7 @@ def p95(values: list[float]) -> float:
 
 
 def test_noisy_neighbour_gets_no_429_for_tenant_b(server, committed, cast, limiter_redis):
-    # Tenant A's client may read 120/min (2/s); it floods at well over 10x that.
+    # Tenant A's client may read 120/min (2/s); it sends back to back from 3 threads.
     _, token_a = new_client(cast.tenant_a.slug, read_per_minute=120)
     _, token_b = new_client(cast.tenant_b.slug)
     patient_a = patient_create(server, "provider-a", token_a)
@@ -171,10 +171,10 @@ def test_noisy_neighbour_gets_no_429_for_tenant_b(server, committed, cast, limit
     time.sleep(0.3)
     noisy, noisy_statuses = _latencies(url_b, token_b, count=40, interval=0.02)
     flooder.join()
-    statuses, started, ended = result["flood"]
-    rate = len(statuses) / (ended - started)
-    assert rate >= 20, f"flood of {rate:.0f}/s is not 10x the 2/s quota"
-    assert statuses.count(429) > len(statuses) / 2
+    statuses, _, _ = result["flood"]
+    # A sends again as soon as it is answered; once refused, the gate answers it and reads
+    # its kept-alive connections late (LIMITS_FLOOD_DELAY_MS): its rate is the server's.
+    assert statuses.count(429) > len(statuses) / 2 >= 5
     assert quiet_statuses == noisy_statuses == [200] * 40
     # Generous on a shared CI machine; the benchmark prints the precise figures.
     assert p95(noisy) <= 4 * p95(quiet) + 0.1, (p95(quiet), p95(noisy))
@@ -227,3 +227,29 @@ def test_costs_are_weighted_and_too_costly_requests_refused_up_front(
     assert (
         ratelimit_policies(batch.headers)["endpoint-batch"]["r"] == 10 - 6
     )  # the sum of its 3 entries
+
+
+def test_a_client_sending_while_refused_is_read_late(server, committed, cast, limiter_redis):
+    """A refused client that sends again at once is answered by the gate, and its kept-alive
+    connection's next request is read up to LIMITS_FLOOD_DELAY_MS later, never past the
+    refusal; another client's requests are answered meanwhile."""
+    _, flooder = new_client(cast.tenant_a.slug, read_per_minute=6)  # refused ~10 s
+    _, other = new_client(cast.tenant_a.slug, read_per_minute=600)
+    url = f"{server}/fhir/provider-a/Patient/no-such-patient"
+    with requests.Session() as flood, requests.Session() as calm:
+        for _ in range(20):  # the burst, then Redis refuses: this worker learns it
+            if flood.get(url, headers=bearer(flooder), timeout=10).status_code == 429:
+                break
+        gated = flood.get(url, headers=bearer(flooder), timeout=10)  # read at once
+        assert gated.status_code == 429
+        started = time.monotonic()
+        late = threading.Thread(target=lambda: flood.get(url, headers=bearer(flooder), timeout=10))
+        late.start()
+        time.sleep(0.05)
+        answered = calm.get(url, headers=bearer(other), timeout=10)
+        calm_seconds = time.monotonic() - started
+        late.join()
+        late_seconds = time.monotonic() - started
+    assert answered.status_code == 404
+    assert calm_seconds < 0.4
+    assert 0.45 <= late_seconds < 2  # LIMITS_FLOOD_DELAY_MS is 500
