@@ -53,10 +53,12 @@ class RefusalMemo:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._floors: dict[str, _Floor] = {}
+        self._good_until = 0.0  # time.monotonic() the last remembered refusal lapses at
 
     def empty(self) -> bool:
-        """Nothing remembered: no request can be refused here (a dictionary read, no lock)."""
-        return not self._floors
+        """Nothing remembered that still holds: no request can be refused here (no lock).
+        Once every refusal has lapsed, the process's requests skip the refusal checks."""
+        return not self._floors or time.monotonic() >= self._good_until
 
     def learn(
         self,
@@ -97,6 +99,7 @@ class RefusalMemo:
                 now = time.monotonic()
                 self._floors = {k: f for k, f in self._floors.items() if f.good_until > now}
             self._floors.update(floors)
+            self._good_until = max(self._good_until, *(f.good_until for f in floors.values()))
 
     def recall(self, *, limits: LimitSet, version: int, cost: int) -> list[ItemResult] | None:
         """The results Redis would give for the request's buckets and daily quotas, if it
@@ -127,6 +130,7 @@ class RefusalMemo:
     def clear(self) -> None:
         with self._lock:
             self._floors.clear()
+            self._good_until = 0.0
 
 
 def _daily(daily: DailyQuota, known: _Floor, now: float, cost: int) -> ItemResult:

@@ -11,6 +11,7 @@ from django.db.models import Sum
 from fhirplatform.errors import FhirError
 from fhirplatform.limits.codes import EndpointClass, ThrottleReason
 from fhirplatform.limits.engine import limit_admit, limit_refusal_known
+from fhirplatform.limits.memo import refusal_memo
 from fhirplatform.limits.models import LimitOverride, ThrottleEvent
 from fhirplatform.limits.services import limit_override_save, throttle_events_flush
 from fhirplatform.limits.store import CONFIG_VERSION_KEY
@@ -117,7 +118,9 @@ def test_the_memo_lives_at_most_its_lifetime(own_limiter, cast, new_caller, sett
     asked = evalsha_calls(own_limiter)
     refusal(caller)
     assert evalsha_calls(own_limiter) == asked
+    assert not refusal_memo.empty()
     time.sleep(0.35)
+    assert refusal_memo.empty()  # lapsed: the process's requests skip the refusal checks
     refusal(caller)  # still refused, but Redis (and the pipeline) saw it again
     assert evalsha_calls(own_limiter) == asked + 1
     refusal(caller)
