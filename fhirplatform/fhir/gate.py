@@ -97,7 +97,7 @@ def known_refusal(environ: Environ) -> Answer | None:
     interaction, resource_type, endpoint_class = endpoint
     if not scopes_allow(caller.scopes, resource_type, interaction):
         return None  # the pipeline's 403 comes first
-    key = (authorization, view, endpoint)
+    key = (caller.token_id, view, endpoint)  # never the bearer token itself
     kept = _answers.get(key)
     if (
         kept is not None
