@@ -38,6 +38,10 @@ def connection_slow_down(environ: dict[str, object], seconds: float) -> None:
 
 
 def connection_delay_take(sock: socket.socket) -> float:
-    """The delay asked for this connection's next read, forgotten once taken."""
+    """The delay asked for this connection's next read, forgotten once taken. The worker
+    asks after every request: with nothing asked for, no lock is taken (a delay for this
+    connection is always asked for before its request finishes)."""
+    if not _delays:
+        return 0.0
     with _lock:
         return _delays.pop(sock, 0.0)
