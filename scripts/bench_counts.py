@@ -26,6 +26,13 @@ from scripts.wire_count import PostgresCounter, RedisCounter
 # database once a second by a background thread, so a refused read waits for that.
 SETTLE_SECONDS = 0.3
 REFUSAL_SETTLE_SECONDS = 1.5
+# A finished request's release rides with the next admission if it comes within
+# LIMITS_RELEASE_DELAY_MS (5 by default), as it does under load. Requests sent one at a
+# time follow each other within a few milliseconds, more on a busy machine: the counting
+# server waits longer, so that every release but the last rides as in a stream, whatever
+# the machine's pace. The last one is sent alone within the settling pause.
+RELEASE_DELAY_MS = 100
+assert RELEASE_DELAY_MS / 1000 < SETTLE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ def counting_environment(base: dict[str, str], counters: Counters) -> dict[str, 
         if _server_of(url) != _server_of(redis_url):
             raise SystemExit(f"counting needs {name} on REDIS_URL's server, not {url}")
     return base | {
+        "LIMITS_RELEASE_DELAY_MS": str(RELEASE_DELAY_MS),
         "DATABASE_URL": counters.postgres.url_for(base["DATABASE_URL"]),
         "REDIS_URL": counters.redis.url_for(redis_url),
         "LIMITS_REDIS_URL": counters.redis.url_for(urls["LIMITS_REDIS_URL"]),

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import django
+import redis
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,11 +69,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
 django.setup()
 
+from django.conf import settings  # noqa: E402
+
 from fhirplatform.fhir.loading import fhir_generate  # noqa: E402
 from fhirplatform.fhir.models import Resource  # noqa: E402
 from fhirplatform.fhir.synthetic import OBSERVATION_KINDS  # noqa: E402
 from fhirplatform.schemas import tenant_schema  # noqa: E402
 from scripts.bench_counts import Callers, interactions_count  # noqa: E402
+from scripts.bench_limits_support import redis_counts  # noqa: E402
 from scripts.bench_load import CREATE_BODY, Bench, Load, measure  # noqa: E402
 from scripts.bench_minimal_wsgi import RESOURCE_TABLE  # noqa: E402
 from scripts.bench_report import load_text, measured_text, report  # noqa: E402
@@ -296,16 +300,26 @@ def _targets(
     ]
 
 
+def _measure_with_redis(bench: Bench, target: Target, limiter: redis.Redis) -> dict[str, float]:
+    """One measurement, with the commands clients sent to the limiter's Redis server while
+    it ran (Redis's own counts), per request: under load, not one request at a time."""
+    before = redis_counts(limiter).sent
+    result = measure(bench, target.server, target.load())
+    sent = redis_counts(limiter).sent - before
+    return result | {"redis_commands_per_request": sent / max(result["requests"], 1)}
+
+
 def _rounds(args: argparse.Namespace, targets: list[Target], bench: Bench) -> dict[str, list]:
     """Every target measured once per round, after a short warm-up of each."""
     warm = Bench(2, bench.connections, bench.wrk_threads, bench.ids, bench.codes, bench.scratch)
     for target in targets:
         measure(warm, target.server, target.load())
+    limiter = redis.Redis.from_url(settings.LIMITS_REDIS_URL)
     rounds: dict[str, list[dict[str, float]]] = {}
     for number in range(1, args.rounds + 1):
         print(f"-- round {number}, load average {load_text(os.getloadavg())}", flush=True)
         for target in targets:
-            result = measure(bench, target.server, target.load())
+            result = _measure_with_redis(bench, target, limiter)
             rounds.setdefault(target.key, []).append(result)
             print(f"  {target.label:<24} {measured_text(result)}", flush=True)
     return rounds

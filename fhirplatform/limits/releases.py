@@ -10,6 +10,7 @@ expires in Redis anyway, so one dropped at the queue's cap or past its lease lea
 """
 
 import logging
+import math
 import os
 import threading
 import time
@@ -58,6 +59,11 @@ class ReleaseQueue:
         self._sending = threading.Lock()
         self._pending: list[PendingRelease] = []
         self._flusher: threading.Thread | None = None
+        # When the flusher wakes on its own (never, while nothing is queued): a release
+        # due before then wakes it. Under load the flusher sleeps until the oldest queued
+        # release is due and looks again, so a request queues its release without waking
+        # a thread.
+        self._flusher_wakes_at = math.inf
         self._hold_until = 0.0
 
     def put(self, release: PendingRelease) -> None:
@@ -70,7 +76,10 @@ class ReleaseQueue:
                     target=self._run, name="limits-releases", daemon=True
                 )
                 self._flusher.start()
-            if len(self._pending) == 1:
+            due = release.queued_at + release_delay_seconds()
+            if due < self._flusher_wakes_at:
+                # Woken, it looks at the queue at once and sleeps until the oldest is due.
+                self._flusher_wakes_at = due
                 self._ready.notify()
 
     def take(self) -> list[PendingRelease]:
@@ -121,14 +130,28 @@ class ReleaseQueue:
             return False
 
     def _run(self) -> None:
+        lingered = False
         while True:
             with self._ready:
-                while not self._pending:
-                    self._ready.wait()
+                if not self._pending:
+                    if lingered:
+                        self._flusher_wakes_at = math.inf  # until a release wakes it
+                        self._ready.wait()
+                        lingered = False
+                    else:
+                        # A stream of requests takes and queues releases all the time:
+                        # look again one delay later before sleeping until woken.
+                        self._flusher_wakes_at = time.monotonic() + release_delay_seconds()
+                        self._ready.wait(release_delay_seconds())
+                        lingered = True
+                    continue
+                lingered = False
                 due = max(self._pending[0].queued_at + release_delay_seconds(), self._hold_until)
+                self._flusher_wakes_at = due
                 wait = due - time.monotonic()
                 if wait > 0:
-                    # An admission may take them meanwhile: look again when woken.
+                    # An admission may take them meanwhile, and newer ones are queued
+                    # unannounced: look again at the due time.
                     self._ready.wait(wait)
                     continue
             with self._sending:

@@ -6,6 +6,7 @@ admission."""
 import os
 import threading
 import time
+from threading import Condition
 
 import pytest
 
@@ -79,6 +80,33 @@ def test_an_idle_process_frees_its_slot_within_the_delay(own_limiter, cast, new_
         freed_after = time.monotonic() - released_at
         assert freed_after >= delay_ms / 1000 - 0.002
     admit(caller).release()  # the slot is free for the client's next request
+
+
+def test_a_stream_of_requests_wakes_the_flusher_once(
+    own_limiter, cast, new_caller, settings, monkeypatch
+):
+    settings.LIMITS_RELEASE_DELAY_MS = 500  # longer than the stream below
+    caller = new_caller(cast.tenant_a)
+    admit(caller).release()
+    limit_releases_flush()
+    ready = pending_releases._ready
+    wakes = []
+
+    def notify(n: int = 1) -> None:
+        wakes.append(n)
+        Condition.notify(ready, n)
+
+    monkeypatch.setattr(ready, "notify", notify)
+    started = time.monotonic()
+    for _ in range(20):
+        admit(caller).release()
+    assert time.monotonic() - started < 0.5, "the stream outlasted the delay"
+    # At most the first release finds the flusher asleep until woken; the others are due
+    # after the time it wakes at anyway.
+    assert len(wakes) <= 1
+    while own_limiter.zcard(slot_key(caller)):  # and the last is sent on time all the same
+        assert time.monotonic() - started < 2.0, "the flusher did not free the slot"
+        time.sleep(0.005)
 
 
 def test_slot_caps_stay_exact_under_concurrent_requests(own_limiter, cast, new_caller, settings):
