@@ -5,9 +5,10 @@ A WSGI middleware around the Django application (fhirplatform/wsgi.py): a refuse
 costs no Django request object, middleware chain, URL dispatch or DRF. It answers only when
 every fact is cached here: the token is in the token cache and belongs to the URL's tenant
 (tokens.token_cached), the request's endpoint class and resource type follow from its URL
-(the views' `endpoint()`), its scope allows it, and the limiter's refusal memo proves a
-rate limit or daily quota would refuse it (limits.engine.limit_refusal_known: the same
-429, reason, headers and throttle event as the pipeline's). Anything else, and every
+(the views' `endpoint()`), and so does its price (a search's by its `_count`), its scope
+allows it, and the limiter's refusal memo proves a rate limit or daily quota would refuse
+it at that price (limits.engine.limit_refusal_known: the same 429, reason, headers and
+throttle event as the pipeline's). Anything else, and every
 request it cannot decide, goes to Django.
 
 Its answer carries what the pipeline's 429 carries after Django's middleware chain (the
@@ -34,13 +35,17 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.core.handlers.wsgi import get_path_info
+from django.core.handlers.wsgi import get_bytes_from_wsgi, get_path_info
+from django.http import QueryDict
 from django.urls import Resolver404, resolve
 
 from fhirplatform.context import context_begin, context_end, request_id_from_header
 from fhirplatform.errors import FHIR_JSON, FhirError
 from fhirplatform.fhir.http import FhirJSONRenderer
 from fhirplatform.fhir.pipeline import Endpoint, FhirView
+from fhirplatform.fhir.views import search_request_cost
+from fhirplatform.limits.codes import EndpointClass
+from fhirplatform.limits.costs import request_cost
 from fhirplatform.limits.engine import KnownRefusal, limit_refusal_known
 from fhirplatform.limits.memo import refusal_memo
 from fhirplatform.middleware import API_PREFIX, REQUEST_ID_HEADER, request_observed
@@ -70,7 +75,7 @@ class Answer(NamedTuple):
 # worked out for every request of a flood. Its Retry-After and RateLimit reset, rounded up
 # to whole seconds, may then overstate the wait by that moment: never understate it.
 ANSWER_REUSE_SECONDS = 0.1
-_answers: dict[tuple[str, type[FhirView], Endpoint], Answer] = {}
+_answers: dict[tuple[str, type[FhirView], Endpoint, int], Answer] = {}
 _ANSWERS_KEPT = 10_000
 
 
@@ -97,7 +102,10 @@ def known_refusal(environ: Environ) -> Answer | None:
     interaction, resource_type, endpoint_class = endpoint
     if not scopes_allow(caller.scopes, resource_type, interaction):
         return None  # the pipeline's 403 comes first
-    key = (caller.token_id, view, endpoint)  # never the bearer token itself
+    cost = _request_cost(endpoint_class, environ)
+    if cost is None:
+        return None  # the pipeline gives it its answer
+    key = (caller.token_id, view, endpoint, cost)  # never the bearer token itself
     kept = _answers.get(key)
     if (
         kept is not None
@@ -108,7 +116,7 @@ def known_refusal(environ: Environ) -> Answer | None:
         kept.refusal.record()
         return kept
     refusal = limit_refusal_known(
-        caller=caller, endpoint_class=endpoint_class, resource_type=resource_type
+        caller=caller, endpoint_class=endpoint_class, resource_type=resource_type, cost=cost
     )
     if refusal is None:
         _answers.pop(key, None)
@@ -118,6 +126,20 @@ def known_refusal(environ: Environ) -> Answer | None:
         _answers.clear()
     _answers[key] = answer
     return answer
+
+
+def _request_cost(endpoint_class: EndpointClass, environ: Environ) -> int | None:
+    """What the pipeline charges the request (its view's describe(), then request_cost):
+    a search by the `_count` of its URL, anything else the cost table's price. None when
+    the pipeline refuses the `_count` before it counts anything."""
+    declared = 1
+    if endpoint_class is EndpointClass.SEARCH:
+        query = QueryDict(get_bytes_from_wsgi(environ, "QUERY_STRING", ""))
+        try:
+            declared = search_request_cost(query.get("_count"))
+        except FhirError:
+            return None
+    return request_cost(endpoint_class=endpoint_class, declared=declared)
 
 
 def _answer(refusal: KnownRefusal, caller: Caller, view: type[FhirView]) -> Answer:

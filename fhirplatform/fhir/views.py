@@ -52,8 +52,14 @@ def _prefer(request: Request) -> dict[str, str]:
     return prefer
 
 
+def search_request_cost(count: str | None) -> int:
+    """What a search is priced at, by the `_count` of its URL (the refusal gate prices it
+    the same way)."""
+    return search_cost(count=count_parse(count))
+
+
 def _search_cost(request: Request) -> int:
-    return search_cost(count=count_parse(request.query_params.get("_count")))
+    return search_request_cost(request.query_params.get("_count"))
 
 
 def _params(request: Request) -> list[tuple[str, str]]:

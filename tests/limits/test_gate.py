@@ -138,3 +138,50 @@ def test_a_refusal_is_not_answered_again_once_it_lapses(cast, own_limiter, setti
     assert wsgi_get(url, headers).status_code == 429  # answered by the gate
     time.sleep(int(refused.headers["Retry-After"]) + 0.1)
     assert wsgi_get(url, headers).status_code == 404  # admitted, then not found
+
+
+def _gated(url: str, headers: dict[str, str], own_limiter) -> list:
+    """Requests answered with no Redis call and no Django request (the gate's)."""
+    before = evalsha_calls(own_limiter)
+    django_requests: list[object] = []
+
+    def django_request(**signal: object) -> None:
+        django_requests.append(signal)
+
+    request_started.connect(django_request, weak=False)
+    try:
+        responses = [wsgi_get(url, headers) for _ in range(3)]
+    finally:
+        request_started.disconnect(django_request)
+    assert evalsha_calls(own_limiter) == before and django_requests == []
+    return responses
+
+
+def test_a_search_flood_is_refused_at_the_search_price(cast, own_limiter, settings):
+    """A search costs 2 units: with 1 left of the day's quota it is refused, and the gate
+    refuses the flood that follows at that price, not at a read's, which would still fit."""
+    settings.LIMITS_REFUSAL_MEMO_SECONDS = 5
+    headers = _bearer(_grant("provider-a", daily_quota=3))
+    search = "/fhir/provider-a/Patient"
+    assert wsgi_get(search, headers).status_code == 200  # 2 of the 3 units
+    assert wsgi_get(search, headers).status_code == 429  # Redis refuses, the memo learns
+    for response in _gated(search, headers, own_limiter):
+        assert response.status_code == 429
+        issue = response.json()["issue"][0]
+        assert issue["details"]["coding"][0]["code"] == ThrottleReason.DAILY_QUOTA
+    assert wsgi_get("/fhir/provider-a/Patient/no-such-patient", headers).status_code == 404
+
+
+def test_a_refusal_of_a_larger_page_is_not_sent_to_a_smaller_one(cast, own_limiter, settings):
+    """A 150-result page costs 3 units and a default one 2: with 2 left, the first is
+    refused, the second is served, whichever the gate answered last."""
+    settings.LIMITS_REFUSAL_MEMO_SECONDS = 5
+    headers = _bearer(_grant("provider-a", daily_quota=4))
+    search = "/fhir/provider-a/Patient"
+    assert wsgi_get(search, headers).status_code == 200  # 2 of the 4 units
+    assert wsgi_get(search + "?_count=150", headers).status_code == 429  # Redis
+    assert [r.status_code for r in _gated(search + "?_count=150", headers, own_limiter)] == [
+        429
+    ] * 3
+    assert wsgi_get(search, headers).status_code == 200
+    assert wsgi_get(search + "?_count=x", headers).status_code == 400  # the pipeline's answer
