@@ -1,0 +1,1 @@
+"""Patient consent: the pure decision engine (decision.py) and what it reads."""
