@@ -25,14 +25,17 @@ against every server in turn: bare, platform read, minimal, [REV read], then on 
 platform a search (Observation?patient&code&date=ge), a create (POST Observation) and a
 refused read: a second client of the tenant whose plan allows 1 read a minute, so nearly
 every request is a 429. Each measurement gets a fresh token, after a 2 s warm-up of every
-row. Per measurement: requests/s, p50 and p99 (wrk), and the server's CPU time (its
+row. Per measurement: requests/s, p50 and p99 (wrk), the server's CPU time (its
 gunicorn master and workers, from /proc/<pid>/stat before and after) per request and as
-requests per CPU-second.
+requests per CPU-second, and the commands clients sent to the limiter's Redis server per
+request (Redis's INFO commandstats before and after).
 
 Then one more platform gunicorn (1 worker, 1 thread) runs with every connection through
 the counting proxies of scripts/wire_count.py (scripts/bench_counts.py), and --count
 requests (default 20) of each interaction are sent one at a time after a warm-up request:
-read (with a token already used once), search, create, refused read. SQL statements,
+read (with a token already used once), search, create, refused read; a release may ride
+with the next admission up to 100 ms later there, so that one-at-a-time requests count
+as a stream does (scripts/bench_counts.py). SQL statements,
 PostgreSQL round trips and Redis commands per request are counted, not estimated;
 --sql also prints what the first of them sent.
 

@@ -8,8 +8,8 @@ every fact is cached here: the token is in the token cache and belongs to the UR
 (the views' `endpoint()`), and so does its price (a search's by its `_count`), its scope
 allows it, and the limiter's refusal memo proves a rate limit or daily quota would refuse
 it at that price (limits.engine.limit_refusal_known: the same 429, reason, headers and
-throttle event as the pipeline's). Anything else, and every
-request it cannot decide, goes to Django.
+throttle event as the pipeline's). Anything else, and every request it cannot decide,
+goes to Django.
 
 Its answer carries what the pipeline's 429 carries after Django's middleware chain (the
 request id, the security and framing headers, Allow and Vary); a test compares the two.
