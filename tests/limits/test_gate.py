@@ -52,6 +52,24 @@ def _until_refused(url: str, headers: dict[str, str]):
     raise AssertionError("never refused")
 
 
+def _gated(url: str, headers: dict[str, str], own_limiter, count: int = 3) -> list:
+    """Requests answered with no Redis call and no Django request (the gate's)."""
+    before = evalsha_calls(own_limiter)
+    django_requests: list[object] = []
+
+    def django_request(**signal: object) -> None:
+        django_requests.append(signal)
+
+    request_started.connect(django_request, weak=False)
+    try:
+        responses = [wsgi_get(url, headers) for _ in range(count)]
+    finally:
+        request_started.disconnect(django_request)
+    assert evalsha_calls(own_limiter) == before  # no Redis call
+    assert django_requests == []  # nor a Django request
+    return responses
+
+
 def test_a_flood_is_refused_by_the_gate_as_the_pipeline_refuses_it(
     cast, own_limiter, settings, django_assert_num_queries
 ):
@@ -62,20 +80,8 @@ def test_a_flood_is_refused_by_the_gate_as_the_pipeline_refuses_it(
     settings.LIMITS_REFUSAL_MEMO_SECONDS = 1
     headers = _bearer(_grant("provider-a", read_per_minute=60))
     first = _until_refused(url, headers)  # Redis refuses, the memo learns it
-    before = evalsha_calls(own_limiter)
-    django_requests: list[object] = []
-
-    def django_request(**signal: object) -> None:
-        django_requests.append(signal)
-
-    request_started.connect(django_request, weak=False)
-    try:
-        with django_assert_num_queries(0):
-            gated = [wsgi_get(url, headers) for _ in range(5)]
-    finally:
-        request_started.disconnect(django_request)
-    assert evalsha_calls(own_limiter) == before  # no Redis call either
-    assert django_requests == []  # nor a Django request
+    with django_assert_num_queries(0):
+        gated = _gated(url, headers, own_limiter, count=5)
     # One answer, worked out once and sent again, yet every refusal is counted.
     throttle_events_flush()
     token = AccessToken.objects.get(token_hash=_token_hash(headers))
@@ -138,23 +144,6 @@ def test_a_refusal_is_not_answered_again_once_it_lapses(cast, own_limiter, setti
     assert wsgi_get(url, headers).status_code == 429  # answered by the gate
     time.sleep(int(refused.headers["Retry-After"]) + 0.1)
     assert wsgi_get(url, headers).status_code == 404  # admitted, then not found
-
-
-def _gated(url: str, headers: dict[str, str], own_limiter) -> list:
-    """Requests answered with no Redis call and no Django request (the gate's)."""
-    before = evalsha_calls(own_limiter)
-    django_requests: list[object] = []
-
-    def django_request(**signal: object) -> None:
-        django_requests.append(signal)
-
-    request_started.connect(django_request, weak=False)
-    try:
-        responses = [wsgi_get(url, headers) for _ in range(3)]
-    finally:
-        request_started.disconnect(django_request)
-    assert evalsha_calls(own_limiter) == before and django_requests == []
-    return responses
 
 
 def test_a_search_flood_is_refused_at_the_search_price(cast, own_limiter, settings):
