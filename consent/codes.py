@@ -32,3 +32,7 @@ CONSENT_SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 PATIENT_PRIVACY = "patient-privacy"
 PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 RESOURCE_TYPE_SYSTEM = "http://hl7.org/fhir/resource-types"
+
+# The reason code (issue.details.coding) of a 403 answered for a consent denial, when the
+# tenant's policy chooses to tell callers (DeniedAnswer.FORBIDDEN).
+CONSENT_REASON = "consent"

@@ -26,6 +26,19 @@ def datetime_span(*, value: object) -> tuple[datetime, datetime] | None:
     return span.low, span.high
 
 
+def period_edges(*, period: object) -> list[datetime]:
+    """The instants at which `now` may enter or leave the period: where a decision that
+    depends on it can change."""
+    if not isinstance(period, Mapping):
+        return []
+    edges = []
+    for name, side in (("start", 0), ("end", 1)):
+        span = datetime_span(value=period.get(name)) if name in period else None
+        if span is not None:
+            edges.append(span[side])
+    return edges
+
+
 def period_contains(*, period: object, now: datetime) -> bool | None:
     """Whether `now` lies in a FHIR Period (start inclusive, end exclusive, either may be
     open); None when the period cannot be read, including one that ends before it starts."""

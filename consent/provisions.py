@@ -27,7 +27,7 @@ from consent.codes import (
     RESOURCE_TYPE_SYSTEM,
     Effect,
 )
-from consent.periods import period_contains
+from consent.periods import period_contains, period_edges
 
 if TYPE_CHECKING:
     from consent.decision import ConsentRequest
@@ -94,6 +94,35 @@ def consent_outcomes(
     return _provision_outcomes(
         root, request=request, now=now, identity=identity, path=(False, frozenset())
     )
+
+
+def consent_labels(*, consent: Mapping[str, Any]) -> frozenset[str]:
+    """Every security label code a provision of the Consent matches on: a decision on one
+    resource depends on its labels only through these (and the policy's explicit ones).
+    An unreadable securityLabel matches whatever the labels are, so it adds none."""
+    return frozenset(
+        code
+        for provision in _provisions(consent)
+        for code in _codes_or_empty(provision.get("securityLabel"), system=None)
+    )
+
+
+def consent_edges(*, consent: Mapping[str, Any]) -> list[datetime]:
+    """The instants at which one of the Consent's provision periods starts or ends."""
+    return [edge for p in _provisions(consent) for edge in period_edges(period=p.get("period"))]
+
+
+def _provisions(consent: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every provision of a readable tree, root first; none when the tree is unreadable."""
+    root = consent.get("provision")
+    if not isinstance(root, Mapping) or not _tree_readable(root, depth=0):
+        return []
+    found, pending = [], [root]
+    while pending:
+        provision = pending.pop()
+        found.append(provision)
+        pending.extend(provision.get("provision", []))
+    return found
 
 
 def _tree_readable(provision: object, *, depth: int) -> bool:

@@ -23,6 +23,7 @@ SHARED_APPS = [
     "tenants",
     "django_tenants",
     "fhirplatform.limits",
+    "fhirplatform.cache",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -34,6 +35,7 @@ SHARED_APPS = [
 TENANT_APPS = [
     "fhirplatform.fhir",
     "fhirplatform.fhir.search",
+    "consent",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -183,6 +185,31 @@ FHIR_MAX_COUNT = env_int("FHIR_MAX_COUNT", 1000, minimum=1)
 LIMITS_BUNDLE_MAX_ENTRIES = env_int("LIMITS_BUNDLE_MAX_ENTRIES", 500, minimum=1)
 LIMITS_EVENTS_BACKGROUND_FLUSH = env_bool("LIMITS_EVENTS_BACKGROUND_FLUSH", True)
 IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 86400, minimum=60)
+
+# Response and semantic cache (fhirplatform/cache). Correctness never depends on these:
+# entries are checked against generations on every hit; Redis down means no cache.
+CACHE_REDIS_URL = env_str("CACHE_REDIS_URL", "") or REDIS_URL
+# A cache call slower than this counts as "Redis down": requests bypass the cache for
+# CACHE_REDIS_RETRY_SECONDS (one timeout per few seconds, not one per request).
+CACHE_REDIS_TIMEOUT_MS = env_int("CACHE_REDIS_TIMEOUT_MS", LIMITS_REDIS_TIMEOUT_MS, minimum=10)
+CACHE_REDIS_RETRY_SECONDS = env_int("CACHE_REDIS_RETRY_SECONDS", 2, minimum=1)
+# Larger answers are served but not cached.
+CACHE_MAX_PAYLOAD_BYTES = env_int("CACHE_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1024)
+# Defaults of a tenant without a rule for the type: clinical (patient compartment) types,
+# never stale; reference-data types, longer and stale-while-revalidate.
+CACHE_PHI_TTL_SECONDS = env_int("CACHE_PHI_TTL_SECONDS", 30)
+CACHE_REFERENCE_TTL_SECONDS = env_int("CACHE_REFERENCE_TTL_SECONDS", 300)
+CACHE_REFERENCE_SWR_SECONDS = env_int("CACHE_REFERENCE_SWR_SECONDS", 300)
+# The largest ttl (and swr) an operator may set in a tenant's cache rule.
+CACHE_MAX_TTL_SECONDS = env_int("CACHE_MAX_TTL_SECONDS", 86400, minimum=1)
+# The one request refreshing a stale entry holds its refresh lock at most this long.
+CACHE_REFRESH_LOCK_SECONDS = env_int("CACHE_REFRESH_LOCK_SECONDS", 10, minimum=1)
+# A generation token expires this long after it was set; a re-created one costs misses only.
+CACHE_GENERATION_TTL_SECONDS = env_int("CACHE_GENERATION_TTL_SECONDS", 7 * 86400, minimum=3600)
+# The longest a process decides consent from its in-process snapshot of a tenant's policy
+# and Consents without reading them again, should a generation bump have been lost
+# (consent/snapshots.py); normally a bump replaces the snapshot on the next request.
+CONSENT_SNAPSHOT_MAX_SECONDS = env_int("CONSENT_SNAPSHOT_MAX_SECONDS", 30, minimum=1)
 
 FHIR_MAX_PAYLOAD_BYTES = env_int("FHIR_MAX_PAYLOAD_BYTES", 5 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FHIR_MAX_PAYLOAD_BYTES + 1024

@@ -191,14 +191,24 @@ def main() -> None:
 
     for _ in range(10):  # warm caches and the compiled registry
         search_bundle(
-            caller=caller, resource_type="Observation", params=query(), base_url=base, strict=True
+            caller=caller,
+            resource_type="Observation",
+            params=query(),
+            base_url=base,
+            strict=True,
+            consent=None,
         )
     timings, matches = [], []
     for _ in range(args.queries):
         params = query()
         began = time.perf_counter()
         bundle = search_bundle(
-            caller=caller, resource_type="Observation", params=params, base_url=base, strict=True
+            caller=caller,
+            resource_type="Observation",
+            params=params,
+            base_url=base,
+            strict=True,
+            consent=None,
         )
         timings.append((time.perf_counter() - began) * 1000)
         matches.append(len(bundle.get("entry", [])))
@@ -213,7 +223,12 @@ def main() -> None:
     broad = [("code", f"http://loinc.org|{CODES[0]}"), ("_sort", "-date"), ("_count", "50")]
     page_ms: list[float] = []
     bundle = search_bundle(
-        caller=caller, resource_type="Observation", params=broad, base_url=base, strict=True
+        caller=caller,
+        resource_type="Observation",
+        params=broad,
+        base_url=base,
+        strict=True,
+        consent=None,
     )
     for _ in range(args.pages):
         url = next((li["url"] for li in bundle["link"] if li["relation"] == "next"), None)
@@ -222,7 +237,12 @@ def main() -> None:
         params = parse_qsl(urlsplit(url).query)
         began = time.perf_counter()
         bundle = search_bundle(
-            caller=caller, resource_type="Observation", params=params, base_url=base, strict=True
+            caller=caller,
+            resource_type="Observation",
+            params=params,
+            base_url=base,
+            strict=True,
+            consent=None,
         )
         page_ms.append((time.perf_counter() - began) * 1000)
     if page_ms:
@@ -234,7 +254,12 @@ def main() -> None:
 
     with CaptureQueriesContext(connection) as captured:
         search_bundle(
-            caller=caller, resource_type="Observation", params=query(), base_url=base, strict=True
+            caller=caller,
+            resource_type="Observation",
+            params=query(),
+            base_url=base,
+            strict=True,
+            consent=None,
         )
     page_sql = next(q["sql"] for q in captured.captured_queries if "ORDER BY" in q["sql"])
     with connection.cursor() as cursor:

@@ -13,6 +13,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from consent.admin_views import ConsentPolicyViews, consent_policy_link
 from tenants import services
 from tenants.forms import (
     ApiClientForm,
@@ -96,7 +97,7 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "status", "plan", "data_region", "isolation_tier", "created"]
     list_filter = ["status", "data_region", "isolation_tier", "plan"]
     search_fields = ["slug", "name"]
-    readonly_fields = ["schema_name", "fhir_base", "created", "deactivated_at"]
+    readonly_fields = ["schema_name", "fhir_base", "consent_policy", "created", "deactivated_at"]
     inlines = [GrantInline]
     actions = ["suspend", "activate"]
 
@@ -107,6 +108,14 @@ class TenantAdmin(admin.ModelAdmin):
     @admin.display(description="FHIR base")
     def fhir_base(self, tenant: Tenant) -> str:
         return tenant_fhir_base(tenant) if tenant.pk else "-"
+
+    @admin.display(description="Consent")
+    def consent_policy(self, tenant: Tenant) -> str:
+        return consent_policy_link(tenant)
+
+    def get_urls(self) -> list[Any]:
+        # The tenant's consent policy pages live under its change page (consent/admin_views.py).
+        return ConsentPolicyViews(self.admin_site).urls() + super().get_urls()
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
@@ -142,8 +151,10 @@ class ApiClientInline(admin.TabularInline):
 
 @admin.register(Partner)
 class PartnerAdmin(admin.ModelAdmin):
-    list_display = ["name", "contact_email", "created"]
-    search_fields = ["name", "contact_email"]
+    list_display = ["name", "slug", "contact_email", "created"]
+    search_fields = ["name", "slug", "contact_email"]
+    # Set once at creation: patients' Consents name the partner by it.
+    readonly_fields = ["slug"]
     filter_horizontal = ["members"]
     inlines = [ApiClientInline]
 

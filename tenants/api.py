@@ -227,6 +227,7 @@ def token(request: HttpRequest) -> HttpResponse:
         auth_method=credentials.method,
         resource=form.get("resource") or form.get("aud", ""),
         scope=form.get("scope", ""),
+        purpose=form.get("purpose_of_use", ""),
     )
     body = {
         "access_token": issued.access_token,
@@ -236,6 +237,8 @@ def token(request: HttpRequest) -> HttpResponse:
         "tenant": issued.tenant.slug,
         "aud": tenant_fhir_base(issued.tenant),
     }
+    if issued.purpose:
+        body["purpose_of_use"] = issued.purpose
     return JsonResponse(body, headers=_NO_STORE)
 
 

@@ -91,6 +91,8 @@ class Partner(models.Model):
     """A partner developer organisation that owns API clients."""
 
     name = models.CharField(max_length=200, unique=True)
+    # How a patient's Consent names the partner (provision.actor, system urn:fhirplatform:partner).
+    slug = models.SlugField(max_length=60, unique=True)
     contact_email = models.EmailField(blank=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="partners")
     created = models.DateTimeField(auto_now_add=True)
@@ -196,6 +198,8 @@ class AccessToken(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tokens")
     scopes = models.TextField()
     auth_method = models.CharField(max_length=40)
+    # The purpose of use the token was issued for (one of its grant's; blank: none).
+    purpose = models.CharField(max_length=64, blank=True, default="")
     issued_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

@@ -39,6 +39,10 @@ class Caller:
     grant: Grant
     scopes: list[Scope]
     token_id: str
+    # The token's purpose of use while its grant still holds it (None: no purpose), and the
+    # client's partner as Consents name it: what the consent decision needs of the caller.
+    purpose: str | None = None
+    partner_slug: str = ""
 
 
 def _unauthorized(
@@ -67,12 +71,16 @@ def _caller(record: AccessToken) -> Caller:
     # What the token was issued with, narrowed to what the grant holds now: narrowing a
     # grant cuts its live tokens at once, widening it never widens them.
     scopes = scopes_intersect(scopes_parse(record.scopes), scopes_parse(record.grant.scopes))
+    # Likewise a purpose the grant no longer holds is no purpose at all.
+    purpose = record.purpose if record.purpose in record.grant.purposes else None
     return Caller(
         tenant=record.tenant,
         client=record.client,
         grant=record.grant,
         scopes=scopes,
         token_id=str(record.id),
+        purpose=purpose,
+        partner_slug=record.client.partner.slug,
     )
 
 
@@ -104,6 +112,7 @@ def _outlived(record: AccessToken) -> FhirError | None:
 _TOKEN_COLUMNS = (
     "id",
     "scopes",
+    "purpose",
     "issued_at",
     "expires_at",
     "revoked_at",
@@ -115,6 +124,8 @@ _TOKEN_COLUMNS = (
     "client__status",
     "client__deactivated_at",
     "client__plan",
+    "client__partner__id",
+    "client__partner__slug",
     "grant__id",
     "grant__scopes",
     "grant__purposes",
@@ -195,7 +206,7 @@ def token_cached(*, authorization: str, url_tenant_slug: str) -> Caller | None:
 def _caller_read(token_hash: str, url_tenant_slug: str) -> tuple[Caller, float]:
     """The token's caller and expiry (epoch seconds) from one lean query, or its refusal."""
     record = (
-        AccessToken.objects.select_related("client", "grant", "tenant")
+        AccessToken.objects.select_related("client__partner", "grant", "tenant")
         .only(*_TOKEN_COLUMNS)
         .filter(token_hash=token_hash)
         .first()

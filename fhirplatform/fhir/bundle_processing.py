@@ -10,7 +10,7 @@ like a request of its own.
 
 import base64
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
@@ -35,6 +35,9 @@ from fhirplatform.fhir.representation import (
 from fhirplatform.fhir.search.selectors import search_bundle
 from tenants.scopes import Interaction, scope_require
 from tenants.tokens import Caller
+
+if TYPE_CHECKING:
+    from consent.enforcement import ConsentGuard
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +113,13 @@ def _matcher(caller: Caller) -> services.MatchFunction:
 
 
 def _execute(
-    caller: Caller, plan: EntryPlan, *, base_url: str, source: str, representation: bool
+    caller: Caller,
+    plan: EntryPlan,
+    *,
+    base_url: str,
+    source: str,
+    representation: bool,
+    consent: "ConsentGuard",
 ) -> dict[str, Any]:
     _check_scope(caller, plan)
     kind = plan.interaction
@@ -126,7 +135,7 @@ def _execute(
             )
             if result.created:
                 return _written(result.resource, "201 Created", base_url, representation)
-            if selectors.match_disclosable(caller=caller, resource_type=plan.resource_type):
+            if selectors.match_disclosable(caller=caller, match=result.resource, consent=consent):
                 return _written(result.resource, "200 OK", base_url, representation)
             # Matched, nothing created; nothing in the entry names the match.
             return {"response": {"status": "200 OK"}}
@@ -164,12 +173,17 @@ def _execute(
     if kind == Interaction.VREAD:
         assert plan.version_id is not None
         version = selectors.resource_vread(
-            resource_type=plan.resource_type, logical_id=plan.logical_id, version_id=plan.version_id
+            resource_type=plan.resource_type,
+            logical_id=plan.logical_id,
+            version_id=plan.version_id,
+            consent=consent,
         )
         return _written(version, "200 OK", base_url, False, location=False) | {
             "resource": version.content.parsed()
         }
-    read = selectors.resource_read(resource_type=plan.resource_type, logical_id=plan.logical_id)
+    read = selectors.resource_read(
+        resource_type=plan.resource_type, logical_id=plan.logical_id, consent=consent
+    )
     if plan.if_none_match is not None and plan.if_none_match == read.version_id:
         return {"response": {"status": "304 Not Modified", "etag": etag(read.version_id)}}
     return _written(read, "200 OK", base_url, False, location=False) | {
@@ -177,7 +191,9 @@ def _execute(
     }
 
 
-def _search_entry(caller: Caller, plan: EntryPlan, base_url: str) -> dict[str, Any]:
+def _search_entry(
+    caller: Caller, plan: EntryPlan, base_url: str, consent: "ConsentGuard"
+) -> dict[str, Any]:
     # search_bundle checks the scopes of every type the search reaches, this one included.
     bundle = search_bundle(
         caller=caller,
@@ -185,24 +201,44 @@ def _search_entry(caller: Caller, plan: EntryPlan, base_url: str) -> dict[str, A
         params=plan.query,
         base_url=base_url,
         strict=False,
+        consent=consent,
         as_stored=True,
     )
     return {"resource": bundle, "response": {"status": "200 OK"}}
 
 
 def _run(
-    caller: Caller, plan: EntryPlan, *, base_url: str, source: str, representation: bool
+    caller: Caller,
+    plan: EntryPlan,
+    *,
+    base_url: str,
+    source: str,
+    representation: bool,
+    consent: "ConsentGuard",
 ) -> dict[str, Any]:
     if plan.interaction == Interaction.SEARCH:
-        return _search_entry(caller, plan, base_url)
-    return _execute(caller, plan, base_url=base_url, source=source, representation=representation)
+        return _search_entry(caller, plan, base_url, consent)
+    return _execute(
+        caller,
+        plan,
+        base_url=base_url,
+        source=source,
+        representation=representation,
+        consent=consent,
+    )
 
 
 # Ids are assigned before anything runs so that every entry, whatever its position, can
 # refer to any other; the whole run is one atomic block, and the first FhirError unwinds it
 # (the request's transaction when there is one: a savepoint would add two round trips).
 def _transaction(
-    caller: Caller, plans: list[EntryPlan], *, base_url: str, source: str, representation: bool
+    caller: Caller,
+    plans: list[EntryPlan],
+    *,
+    base_url: str,
+    source: str,
+    representation: bool,
+    consent: "ConsentGuard",
 ) -> list[dict[str, Any]]:
     id_map: dict[str, str] = {}
     for plan in plans:
@@ -235,7 +271,12 @@ def _transaction(
                 plan.resource = references_rewrite(plan.resource, id_map)
             try:
                 results[plan.index] = _run(
-                    caller, plan, base_url=base_url, source=source, representation=representation
+                    caller,
+                    plan,
+                    base_url=base_url,
+                    source=source,
+                    representation=representation,
+                    consent=consent,
                 )
             except FhirError as error:
                 raise _entry_error(plan.index, error) from None
@@ -243,7 +284,13 @@ def _transaction(
 
 
 def _batch(
-    caller: Caller, plans: list[EntryPlan], *, base_url: str, source: str, representation: bool
+    caller: Caller,
+    plans: list[EntryPlan],
+    *,
+    base_url: str,
+    source: str,
+    representation: bool,
+    consent: "ConsentGuard",
 ) -> list[dict[str, Any]]:
     results: dict[int, dict[str, Any]] = {}
     for plan in sorted(plans, key=lambda p: (METHOD_ORDER[p.method], p.index)):
@@ -251,7 +298,12 @@ def _batch(
             # A savepoint per entry: a failing entry undoes only its own partial writes.
             with transaction.atomic():
                 results[plan.index] = _run(
-                    caller, plan, base_url=base_url, source=source, representation=representation
+                    caller,
+                    plan,
+                    base_url=base_url,
+                    source=source,
+                    representation=representation,
+                    consent=consent,
                 )
         except FhirError as error:
             results[plan.index] = _failed(_entry_error(plan.index, error))
@@ -284,12 +336,19 @@ def bundle_process(
     planned: BundlePlan,
     base_url: str,
     source: str,
+    consent: "ConsentGuard",
     representation: bool = False,
 ) -> dict[str, Any]:
-    """Run a Bundle planned by `bundle_plan` and return its response Bundle."""
+    """Run a Bundle planned by `bundle_plan` and return its response Bundle. Its reads and
+    searches are decided by the caller's consent guard like the REST interactions."""
     runner = _transaction if planned.kind == BundleKind.TRANSACTION else _batch
     entries = runner(
-        caller, planned.entries, base_url=base_url, source=source, representation=representation
+        caller,
+        planned.entries,
+        base_url=base_url,
+        source=source,
+        representation=representation,
+        consent=consent,
     )
     return {
         "resourceType": "Bundle",

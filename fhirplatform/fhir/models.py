@@ -2,11 +2,18 @@
 
 Search index tables are owned by fhirplatform/fhir/search (one row per extracted value,
 pointing at the current Resource row); history rows are never updated or deleted.
+
+Every current and history row carries what consent is decided on, so that a search can
+filter in SQL and a read can decide from its one row: `compartment`, the ids of the
+patients whose compartment the resource is in (fhirplatform/fhir/compartments.py), and
+`security_labels`, its meta.security codes.
 """
 
 import re
 from enum import StrEnum
 
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 
 from fhirplatform.resource_types import TYPE_CHARS
@@ -45,6 +52,9 @@ class Resource(models.Model):
     last_updated = models.DateTimeField()
     deleted = models.BooleanField(default=False)
     content = models.JSONField()
+    # A deleted resource keeps the compartment and labels of its last content.
+    compartment = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    security_labels = ArrayField(models.CharField(max_length=64), default=list, blank=True)
 
     class Meta:
         constraints = [
@@ -52,7 +62,11 @@ class Resource(models.Model):
                 fields=["resource_type", "logical_id"], name="resource_type_logical_id"
             )
         ]
-        indexes = [models.Index(fields=["resource_type", "last_updated", "id"])]
+        indexes = [
+            models.Index(fields=["resource_type", "last_updated", "id"]),
+            # Consent filters of searches: `compartment && ARRAY[...]`, `compartment <@ ...`.
+            GinIndex(fields=["compartment"], name="resource_compartment_gin"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.resource_type}/{self.logical_id} v{self.version_id}"
@@ -68,6 +82,9 @@ class ResourceVersion(models.Model):
     last_updated = models.DateTimeField()
     method = models.CharField(max_length=8)  # a Method
     content = models.JSONField(null=True)
+    # A DELETE version (no content) keeps those of the version it deletes.
+    compartment = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    security_labels = ArrayField(models.CharField(max_length=64), default=list, blank=True)
 
     class Meta:
         constraints = [

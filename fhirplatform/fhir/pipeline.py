@@ -13,13 +13,20 @@ DESIGN.md fixes, and every answer leaves through one exit:
     concurrency slot    ... and the in-flight slot, held in the admission; the same round
                         trip reads the caller generation: a token cached under another one
                         is read again from the database (and its scope checked again)
+    cache lookup        a read or search is looked up in the response cache (one Redis
+                        round trip, fhirplatform/fhir/caching.py): a hit is the answer and
+                        skips the tenant part; hit or miss, it brings the tenant's
+                        generation tokens the consent decision stands on
     tenant part         one transaction in the caller's tenant schema (tenant_schema),
                         re-run whole after a deadlock (transaction_run); a read, one
                         statement naming its schema, runs without one (Description.atomic):
-      [consent decision]  (to come: after the slot, before the handler)
-      [cache lookup]      (to come)
+      consent decision    the handler's selectors ask the caller's consent guard
+                          (consent/enforcement.py) of every resource they would show: a
+                          read is decided on its row, a search leaves denied rows out in
+                          SQL. It needs the resource, so it runs with the handler; a cache
+                          hit was filled only after a permit under generations that still hold
       handler             the view's get/post/put/patch/delete
-    exit                pipeline_finish: [cache fill] → [audit event] → idempotency
+    exit                pipeline_finish: cache fill → [audit event] → idempotency
                         completion → headers → admission release
 
 An Idempotency-Key is claimed once the request is admitted (a throttled retry claims
@@ -29,7 +36,7 @@ still lost after the re-runs, is a 503 (fhirplatform/db/faults.py), never a 500.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpRequest
@@ -43,6 +50,8 @@ from fhirplatform.context import context_update
 from fhirplatform.db.faults import database_fault
 from fhirplatform.db.transactions import transaction_run
 from fhirplatform.errors import FhirError
+from fhirplatform.fhir.caching import CacheState, cache_begin, cache_finish, cached_response
+from fhirplatform.fhir.caching import consent_guard as consent_guard_for
 from fhirplatform.fhir.http import fhir_error_response
 from fhirplatform.fhir.idempotency import IdempotencyClaim, IdempotentReplay, idempotency_begin
 from fhirplatform.limits.codes import EndpointClass
@@ -54,6 +63,9 @@ from tenants.scopes import Interaction, scope_require
 from tenants.selectors import tenant_for_url
 from tenants.token_cache import token_cache
 from tenants.tokens import Caller, TenantMismatch, TokenCheck, token_check
+
+if TYPE_CHECKING:
+    from consent.enforcement import ConsentGuard
 
 
 class Endpoint(NamedTuple):
@@ -92,6 +104,8 @@ class PipelineState:
     # A stored outcome replayed for an Idempotency-Key: whatever its status, serving it
     # cost the platform nothing, so it must not count as a server error or a slow answer.
     replayed: bool = False
+    # The response cache's lookup and fill, and the consent guard (caching.py).
+    cache: CacheState = field(default_factory=lambda: CacheState(key=None))
 
 
 class FhirView(APIView):
@@ -123,6 +137,11 @@ class FhirView(APIView):
         if self.state.caller is None:
             raise RuntimeError("no caller before the token step")
         return self.state.caller
+
+    @property
+    def consent(self) -> "ConsentGuard":
+        """The caller's consent guard, for the handlers' selectors (in the tenant part)."""
+        return consent_guard_for(caller=self.caller, state=self.state.cache)
 
     def setup(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
         super().setup(request, *args, **kwargs)
@@ -159,7 +178,14 @@ class FhirView(APIView):
         self.headers = self.default_response_headers
         try:
             self.initial(drf_request, *args, **kwargs)
-            response = self._tenant_part(drf_request, *args, **kwargs)
+            assert self.state.description is not None
+            self.state.cache = cache_begin(
+                caller=self.caller,
+                interaction=self.state.description.interaction,
+                request=drf_request,
+            )
+            hit = cached_response(state=self.state.cache, request=drf_request)
+            response = hit or self._tenant_part(drf_request, *args, **kwargs)
         except Exception as exc:
             response = self.handle_exception(exc)
         self.response = self.finalize_response(drf_request, response, *args, **kwargs)
@@ -192,7 +218,6 @@ class FhirView(APIView):
             if runs > 1:
                 self.describe(request, **kwargs)
             with tenant_schema(self.caller.tenant, atomic=False):  # in transaction_run's
-                # The consent decision and the cache lookup will come here.
                 response: Response = handler(request, *args, **kwargs)
                 return response
 
@@ -275,8 +300,9 @@ class FhirView(APIView):
 def pipeline_finish(*, state: PipelineState, response: HttpResponseBase) -> HttpResponseBase:
     """The one exit of the pipeline, for answers, refusals and crashes alike, in this order:
 
-    1. cache fill — the response cache stores a cacheable answer here (to come), before
-       anything below touches the response;
+    1. cache fill — the response cache stores a fresh 200 of a read or search, before
+       anything below touches the response, and X-Cache/Age say what it did; the
+       request's consent denials are counted;
     2. audit event — written here (to come), for refusals too: DESIGN says every step
        that denies still writes one;
     3. idempotency completion — the response is stored for replays (a 503, where nothing
@@ -287,6 +313,8 @@ def pipeline_finish(*, state: PipelineState, response: HttpResponseBase) -> Http
     """
     admission, state.admission = state.admission, None
     try:
+        if state.caller is not None:
+            cache_finish(caller=state.caller, state=state.cache, response=response)
         if state.idempotency is not None:
             state.idempotency.complete(response)
             state.idempotency = None

@@ -8,7 +8,7 @@ never OFFSET, in the signed-cursor scheme of paging.py that search uses too.
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from django.db.models import Q
@@ -30,8 +30,12 @@ from fhirplatform.fhir.search.parsing import Control
 from fhirplatform.fhir.search.selectors import search_bundle
 from fhirplatform.fhir.search.values import instant_parse
 from fhirplatform.fhir.validation import resource_type_check
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.scopes import Interaction, scopes_allow
 from tenants.tokens import Caller
+
+if TYPE_CHECKING:
+    from consent.enforcement import ConsentGuard
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class StoredVersion:
     version_id: int
     last_updated: datetime
     content: JsonText
+    compartment: list[str]  # the patients the consent decision asked
 
 
 @dataclass(frozen=True)
@@ -53,14 +58,15 @@ class _Deleted:
 
 
 # One statement each, naming its schema: a read needs no search_path and no transaction.
-# A deleted resource's content stays in its row; the 410 does not need it sent.
+# A deleted resource's content stays in its row; the 410 does not need it sent. The row's
+# compartment and labels are what the consent decision reads.
 _READ = (
     "SELECT version_id, last_updated, deleted, "
-    "CASE WHEN deleted THEN NULL ELSE content::text END FROM {table} "
-    "WHERE resource_type = %s AND logical_id = %s"
+    "CASE WHEN deleted THEN NULL ELSE content::text END, compartment, security_labels "
+    "FROM {table} WHERE resource_type = %s AND logical_id = %s"
 )
 _VREAD = (
-    "SELECT last_updated, method, content::text FROM {table} "
+    "SELECT last_updated, method, content::text, compartment, security_labels FROM {table} "
     "WHERE resource_type = %s AND logical_id = %s AND version_id = %s"
 )
 
@@ -71,22 +77,30 @@ def _row(statement: str, params: list[Any]) -> Any:
         return cursor.fetchone()
 
 
-def resource_read(*, resource_type: str, logical_id: str) -> StoredVersion:
-    """The current version; the shared 404 if it never existed, 410 if deleted."""
+def resource_read(*, resource_type: str, logical_id: str, consent: "ConsentGuard") -> StoredVersion:
+    """The current version; the shared 404 if it never existed, 410 if deleted; the
+    consent guard's denied answer (before the 410: a deleted resource of a patient who
+    denies the caller is not the caller's to know of)."""
     resource_type_check(resource_type)
     if not id_valid(logical_id):
         raise not_found()
     row = _row(_READ.format(table=schema_table(Resource)), [resource_type, logical_id])
     if row is None:
         raise not_found()
-    version_id, last_updated, deleted, text = row
+    version_id, last_updated, deleted, text, compartment, labels = row
+    consent.require(resource_type=resource_type, patients=compartment, labels=labels)
     if deleted:
         raise resource_gone(_Deleted(resource_type, logical_id, version_id))
-    return StoredVersion(resource_type, logical_id, version_id, last_updated, JsonText(text))
+    return StoredVersion(
+        resource_type, logical_id, version_id, last_updated, JsonText(text), compartment
+    )
 
 
-def resource_vread(*, resource_type: str, logical_id: str, version_id: str) -> StoredVersion:
-    """One version; the shared 404 if there is none, 410 if it is a delete."""
+def resource_vread(
+    *, resource_type: str, logical_id: str, version_id: str, consent: "ConsentGuard"
+) -> StoredVersion:
+    """One version; the shared 404 if there is none, 410 if it is a delete; the consent
+    guard's denied answer, decided on that version's compartment and labels."""
     resource_type_check(resource_type)
     number = digits_parse(version_id)
     if number is None or not id_valid(logical_id):
@@ -96,10 +110,13 @@ def resource_vread(*, resource_type: str, logical_id: str, version_id: str) -> S
     )
     if row is None:
         raise not_found()
-    last_updated, method, text = row
+    last_updated, method, text, compartment, labels = row
+    consent.require(resource_type=resource_type, patients=compartment, labels=labels)
     if method == Method.DELETE:
         raise resource_gone(_Deleted(resource_type, logical_id, number))
-    return StoredVersion(resource_type, logical_id, number, last_updated, JsonText(text))
+    return StoredVersion(
+        resource_type, logical_id, number, last_updated, JsonText(text), compartment
+    )
 
 
 @dataclass(frozen=True)
@@ -156,16 +173,24 @@ def history_parse(
     )
 
 
-def history_page(*, caller: Caller, query: HistoryQuery, cursor: str | None) -> HistoryPage:
-    """One page of versions, newest first (instance history: by version number)."""
-    if (
-        query.logical_id is not None
-        and not Resource.objects.filter(
-            resource_type=query.resource_type, logical_id=query.logical_id
-        ).exists()
-    ):
-        # The history of a resource that never existed is the shared 404, not an empty page.
-        raise not_found()
+def history_page(
+    *, caller: Caller, query: HistoryQuery, cursor: str | None, consent: "ConsentGuard"
+) -> HistoryPage:
+    """One page of versions, newest first (instance history: by version number), without
+    the versions the caller's consent decision denies (each decided on its own
+    compartment and labels, in SQL)."""
+    if query.logical_id is not None:
+        current = (
+            Resource.objects.filter(resource_type=query.resource_type, logical_id=query.logical_id)
+            .values_list("compartment", "security_labels")
+            .first()
+        )
+        # The history of a resource that never existed is the shared 404, not an empty
+        # page; that of one the caller may not see answers as its read would.
+        if current is None:
+            raise not_found()
+        assert query.resource_type is not None
+        consent.require(resource_type=query.resource_type, patients=current[0], labels=current[1])
     versions = ResourceVersion.objects.all()
     if query.resource_type:
         versions = versions.filter(resource_type=query.resource_type)
@@ -173,6 +198,12 @@ def history_page(*, caller: Caller, query: HistoryQuery, cursor: str | None) -> 
         versions = versions.filter(logical_id=query.logical_id)
     if query.since:
         versions = versions.filter(last_updated__gte=query.since)
+    types = [query.resource_type] if query.resource_type else sorted(R4_RESOURCE_TYPES)
+    exclusion = consent.exclusion(resource_types=types)
+    if exclusion.everything:
+        versions = versions.none()
+    elif exclusion.q is not None:
+        versions = versions.exclude(exclusion.q)
     if cursor:
         after, last_id = _history_after(caller, query, cursor)
         versions = versions.filter(
@@ -201,6 +232,9 @@ def resource_match(*, caller: Caller, resource_type: str, criteria: str) -> list
         params=[*params, (Control.COUNT, "2")],
         base_url="",
         strict=True,
+        # The platform's own duplicate check: a match the caller may not see still
+        # matches (match_disclosable decides what the answer shows of it).
+        consent=None,
     )
     ids = [
         entry["resource"]["id"]
@@ -219,11 +253,15 @@ def resource_match(*, caller: Caller, resource_type: str, criteria: str) -> list
     )
 
 
-def match_disclosable(*, caller: Caller, resource_type: str) -> bool:
+def match_disclosable(*, caller: Caller, match: Resource, consent: "ConsentGuard") -> bool:
     """Whether the answer to a conditional create that matched may show the match.
 
-    Only to a caller with read scope on the type: a create-and-search caller learns that
-    a match exists (its search scope tells it as much), never the resource, its id or
-    its version.
+    Only to a caller with read scope on the type whose consent decision permits the
+    match: any other caller learns that a match exists (its search scope tells it as
+    much), never the resource, its id or its version.
     """
-    return scopes_allow(caller.scopes, resource_type, Interaction.READ)
+    return scopes_allow(caller.scopes, match.resource_type, Interaction.READ) and consent.permits(
+        resource_type=match.resource_type,
+        patients=match.compartment,
+        labels=match.security_labels,
+    )

@@ -11,12 +11,16 @@ A service runs in its caller's transaction (the request's, a Bundle's, a loader 
 and opens one only when there is none: no savepoint of its own, whose SAVEPOINT and
 RELEASE would cost two round trips a write. A failing write fails that transaction; a
 caller that goes on after a failure (a batch Bundle's entry) holds a savepoint for it.
+
+Each row also carries the resource's patient compartment and security labels (what
+consent is decided on), written by the same statements, and every write records the
+patients and type it touched for the caches (fhirplatform/fhir/changes.py).
 """
 
 import copy
 import hashlib
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +31,8 @@ from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
 from fhirplatform.errors import FhirError, IssueCode, not_found
+from fhirplatform.fhir.changes import resource_changes_record
+from fhirplatform.fhir.compartments import resource_patients, security_labels
 from fhirplatform.fhir.models import Method, Resource, ResourceVersion
 from fhirplatform.fhir.representation import instant_text, now_instant, resource_gone
 from fhirplatform.fhir.search.parsing import criteria_canonical
@@ -87,39 +93,61 @@ def _table(model: type[Resource] | type[ResourceVersion]) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
+def _consent_columns_fill(resource: Resource) -> None:
+    """Set the compartment and security labels of `resource` from its content."""
+    resource.compartment = resource_patients(
+        resource_type=resource.resource_type,
+        logical_id=resource.logical_id,
+        content=resource.content,
+    )
+    resource.security_labels = security_labels(resource.content)
+
+
 def _version_write(resource: Resource, method: Method) -> None:
     """Write `resource` as it now is in one statement: its current row (inserted for a
     create, updated otherwise), its history row, and its search index rows.
 
     One statement is one round trip, and it is atomic by itself; each write service
     runs it after its checks, holding the row lock the checks took (update, patch,
-    delete), so nothing it writes can disagree with what they read.
+    delete), so nothing it writes can disagree with what they read. The changes are
+    recorded with the compartment before and after: a write that moves a resource from
+    one patient to another touches both.
     """
+    before = set() if method == Method.POST else set(resource.compartment)
+    if not resource.deleted:
+        _consent_columns_fill(resource)
+    consent = [resource.compartment, resource.security_labels]
     columns = "resource_type, logical_id, version_id, last_updated"
     if method == Method.POST:
         current = (
-            f"INSERT INTO {_table(Resource)} ({columns}, deleted, content) "
-            "SELECT %s, %s, %s, %s, false, content FROM doc"
+            f"INSERT INTO {_table(Resource)} ({columns}, deleted, content, compartment, "
+            "security_labels) SELECT %s, %s, %s, %s, false, content, %s, %s FROM doc"
         )
         current_params = [
             resource.resource_type,
             resource.logical_id,
             resource.version_id,
             resource.last_updated,
+            *consent,
         ]
     else:
-        # A delete keeps the last content in the current row; its history row has none.
+        # A delete keeps the last content, compartment and labels in the current row; its
+        # history row has no content and takes the other two from the current row.
         current = (
             f"UPDATE {_table(Resource)} SET version_id = %s, last_updated = %s, deleted = %s"
-            + ("" if resource.deleted else ", content = doc.content")
+            + ("" if resource.deleted else ", content = doc.content, compartment = %s")
+            + ("" if resource.deleted else ", security_labels = %s")
             + " FROM doc WHERE id = %s"
         )
-        current_params = [resource.version_id, resource.last_updated, resource.deleted, resource.pk]
+        current_params = [resource.version_id, resource.last_updated, resource.deleted]
+        current_params += [] if resource.deleted else consent
+        current_params.append(resource.pk)
+    kept = f"{columns}, compartment, security_labels"
     clauses = [
         "doc AS (SELECT %s::jsonb AS content)",
-        f"current_row AS ({current} RETURNING id, {columns})",
-        f"version_row AS (INSERT INTO {_table(ResourceVersion)} (resource_id, {columns}, "
-        f"method, content) SELECT current_row.id, {columns}, %s, doc.content "
+        f"current_row AS ({current} RETURNING id, {kept})",
+        f"version_row AS (INSERT INTO {_table(ResourceVersion)} (resource_id, {kept}, "
+        f"method, content) SELECT current_row.id, {kept}, %s, doc.content "
         "FROM current_row, doc)",
     ]
     content = None if resource.deleted else Jsonb(resource.content)
@@ -137,6 +165,9 @@ def _version_write(resource: Resource, method: Method) -> None:
         raise RuntimeError(f"{resource} was not written")
     resource.pk = row[0]
     resource._state.adding = False
+    resource_changes_record(
+        resource_type=resource.resource_type, patients=before | set(resource.compartment)
+    )
 
 
 def _locked(resource_type: str, logical_id: str) -> Resource | None:
@@ -358,8 +389,9 @@ def _copy_insert(rows: list[Resource]) -> None:
         for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
             row.pk = pk
             row._state.adding = False
-    head = [(r.pk, r.resource_type, r.logical_id, r.version_id, r.last_updated) for r in rows]
     columns = ["resource_type", "logical_id", "version_id", "last_updated"]
+    columns += ["compartment", "security_labels"]
+    head = [(r.pk, *(getattr(r, column) for column in columns)) for r in rows]
     rows_copy(
         table=Resource._meta.db_table,
         columns=["id", *columns, "deleted", "content"],
@@ -417,6 +449,13 @@ def resources_store(*, items: list[PendingResource], source: str) -> Counter[str
             )
         by_type[item.resource_type] += 1
     rows = list(fresh.values())
+    touched: defaultdict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        _consent_columns_fill(row)
+        touched[row.resource_type].update(row.compartment)
     _copy_insert(rows)
     index_resources(resources=rows)
+    # Told with the rest of the chunk's transaction, once it commits (changes.py).
+    for resource_type, patients in touched.items():
+        resource_changes_record(resource_type=resource_type, patients=patients)
     return by_type

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from fhirplatform.errors import FHIR_JSON, FhirError, Issue, IssueCode, Severity, operation_outcome
 from fhirplatform.fhir import bundle_processing, bundles, selectors, services
+from fhirplatform.fhir.caching import depends_on_resource, depends_on_search
 from fhirplatform.fhir.capability import capability_statement
 from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser
 from fhirplatform.fhir.models import Resource
@@ -108,14 +109,18 @@ class BaseFhirView(FhirView):
         self, request: Request, resource_type: str | None, params: list[tuple[str, str]]
     ) -> Response:
         strict = _prefer(request).get("handling") == "strict"
+        touched: set[str] = set()
         bundle = search_bundle(
             caller=self.caller,
             resource_type=resource_type,
             params=params,
             base_url=self.base_url,
             strict=strict,
+            consent=self.consent,
             as_stored=True,
+            touched=touched,
         )
+        depends_on_search(state=self.state.cache, resource_types=touched)
         return Response(bundle, content_type=FHIR_JSON)
 
 
@@ -153,7 +158,9 @@ class TypeView(BaseFhirView):
             )
             if result.created:
                 return self.written(request, result.resource, 201, location=True)
-            if selectors.match_disclosable(caller=self.caller, resource_type=resource_type):
+            if selectors.match_disclosable(
+                caller=self.caller, match=result.resource, consent=self.consent
+            ):
                 return self.written(request, result.resource, 200)
             # Matched, nothing created; no body, ETag or Last-Modified name the match.
             return Response(None, status=200)
@@ -208,7 +215,12 @@ class InstanceView(BaseFhirView):
         return Description(*endpoint, 1, atomic=endpoint.interaction != Interaction.READ)
 
     def get(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
-        resource = selectors.resource_read(resource_type=resource_type, logical_id=logical_id)
+        resource = selectors.resource_read(
+            resource_type=resource_type, logical_id=logical_id, consent=self.consent
+        )
+        depends_on_resource(
+            state=self.state.cache, resource_type=resource_type, patients=resource.compartment
+        )
         headers = version_headers(resource)
         if_none_match = request.headers.get("If-None-Match")
         if if_none_match and etag_version(if_none_match) == resource.version_id:
@@ -277,7 +289,13 @@ class VersionView(BaseFhirView):
         self, request: Request, tenant: str, resource_type: str, logical_id: str, version_id: str
     ) -> Response:
         version = selectors.resource_vread(
-            resource_type=resource_type, logical_id=logical_id, version_id=version_id
+            resource_type=resource_type,
+            logical_id=logical_id,
+            version_id=version_id,
+            consent=self.consent,
+        )
+        depends_on_resource(
+            state=self.state.cache, resource_type=resource_type, patients=version.compartment
         )
         return Response(version.content, headers=version_headers(version))
 
@@ -312,7 +330,9 @@ class HistoryView(BaseFhirView):
             params=params, resource_type=resource_type, logical_id=logical_id
         )
         cursor = request.query_params.get("_cursor")
-        page = selectors.history_page(caller=self.caller, query=query, cursor=cursor)
+        page = selectors.history_page(
+            caller=self.caller, query=query, cursor=cursor, consent=self.consent
+        )
         path = "/".join(p for p in (resource_type, logical_id, "_history") if p)
         kept = {name: value for name, value in params.items() if value}
         self_query = kept | ({"_cursor": cursor} if cursor else {})
@@ -361,6 +381,7 @@ class SystemView(BaseFhirView):
             planned=self.planned,
             base_url=self.base_url,
             source=self.source(),
+            consent=self.consent,
             representation=representation,
         )
         return Response(bundle)

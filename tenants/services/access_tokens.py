@@ -22,6 +22,7 @@ class IssuedToken:
     expires_in: int
     scope: str
     tenant: Tenant
+    purpose: str = ""
 
 
 def credential_hash(credential: str) -> str:
@@ -36,12 +37,14 @@ def token_issue(
     scopes: list[Scope],
     auth_method: str,
     issued_at: datetime | None = None,
+    purpose: str = "",
 ) -> IssuedToken:
     """Issue an opaque access token on a grant and return it once, in clear.
 
     The caller has already narrowed `scopes` to the grant (oauth.token_scopes_for_request)
     and may pass the time it began checking the grant as `issued_at`: a token is valid
-    only if its client, grant and tenant were not deactivated after that.
+    only if its client, grant and tenant were not deactivated after that. `purpose`: the
+    purpose of use, already checked against the grant (oauth.token_purpose_for_request).
     """
     now = issued_at or timezone.now()
     lifetime = settings.ACCESS_TOKEN_LIFETIME_SECONDS
@@ -53,11 +56,16 @@ def token_issue(
         tenant=grant.tenant,
         scopes=scopes_text(scopes),
         auth_method=auth_method,
+        purpose=purpose,
         issued_at=now,
         expires_at=now + timedelta(seconds=lifetime),
     )
     return IssuedToken(
-        access_token=token, expires_in=lifetime, scope=scopes_text(scopes), tenant=grant.tenant
+        access_token=token,
+        expires_in=lifetime,
+        scope=scopes_text(scopes),
+        tenant=grant.tenant,
+        purpose=purpose,
     )
 
 

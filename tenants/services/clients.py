@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
+from django.utils.text import slugify
 
 from tenants.models import ApiClient, ClientSecret, ClientStatus, Grant, Partner, RatePlan, Tenant
 from tenants.services.access_tokens import credential_hash
@@ -40,8 +41,22 @@ class IssuedClient:
     grants: list[Grant]
 
 
+def _partner_slug_new(name: str) -> str:
+    """A free slug for a new partner. It never changes afterwards, not even when the partner
+    is renamed: patients' Consents name the partner by it."""
+    base = (slugify(name) or "partner")[:50]
+    slug, n = base, 1
+    while Partner.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
 def partner_get_or_create(*, name: str) -> Partner:
-    partner, _ = Partner.objects.get_or_create(name=name_clean(name, what="partner name"))
+    name = name_clean(name, what="partner name")
+    partner = Partner.objects.filter(name=name).first()
+    if partner is None:
+        partner = Partner.objects.create(name=name, slug=_partner_slug_new(name))
     return partner
 
 
@@ -60,7 +75,9 @@ def partner_create(*, name: str, contact_email: str = "", members: Iterable[User
     if Partner.objects.filter(name=name).exists():
         raise ProvisioningError(f"partner '{name}' already exists")
     with transaction.atomic():
-        partner = Partner.objects.create(name=name, contact_email=_email_clean(contact_email))
+        partner = Partner.objects.create(
+            name=name, slug=_partner_slug_new(name), contact_email=_email_clean(contact_email)
+        )
         partner.members.set(list(members))
     logger.info("partner created", extra={"partner": name})
     return partner

@@ -979,6 +979,7 @@ def test_a_consent_decision_names_the_consent_its_version_and_the_policy_version
         basis=CONSENT,
         policy_version=12,
         reason="Consent/c9 denies this request",
+        rule="consent-deny",
         consent_id="c9",
         consent_version="5",
     )
@@ -1122,3 +1123,46 @@ def test_a_consent_nested_deeper_than_anyone_writes_is_ignored():
         policy=ConsentPolicy(version=1), request=REQUEST, consents=[consent(provision)], now=NOW
     )
     assert (decision.effect, decision.basis) == (PERMIT, DEFAULT)
+
+
+# --- which rule decided (policy tests count them: consent/governance.py) -----------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "consents", "request_changes", "rule"),
+    [
+        ({}, [], {}, "default"),
+        ({"partner_defaults": {"acme": DENY}}, [], {}, "partner:acme"),
+        (
+            {"partner_defaults": {"acme": DENY}, "client_defaults": {"app-a": PERMIT}},
+            [],
+            ORGANIZATION,
+            "client:app-a",
+        ),
+        (TREAT_ONLY, [DENY_ALL], {"purpose": "HRESCH"}, "purpose"),
+        (OBSERVATION_EXPLICIT, [], {}, "explicit-type:Observation"),
+        (OBSERVATION_EXPLICIT, [PERMIT_ALL], {}, "explicit-type:Observation"),
+        (
+            {"explicit_labels": codes("R", "PSY")},
+            [],
+            {"security_labels": codes("R", "PSY")},
+            "explicit-label:PSY",
+        ),
+        (
+            {**OBSERVATION_EXPLICIT, "explicit_labels": codes("R", "PSY")},
+            [consent(permit(class_=classes("Observation"), label=labels("PSY")))],
+            {"security_labels": codes("R", "PSY")},
+            "explicit-label:R",
+        ),
+        (STRICT, [PERMIT_ALL], {}, "consent-permit"),
+        ({}, [DENY_ALL], {}, "consent-deny"),
+    ],
+)
+def test_a_decision_names_the_rule_that_decided(policy, consents, request_changes, rule):
+    decision = consent_decide(
+        policy=ConsentPolicy(version=1, **policy),
+        request=replace(REQUEST, **request_changes),
+        consents=consents,
+        now=NOW,
+    )
+    assert decision.rule == rule, decision.reason

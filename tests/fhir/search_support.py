@@ -102,7 +102,12 @@ def search(
 ) -> dict[str, Any]:
     params = parse_qsl(query, keep_blank_values=True) if isinstance(query, str) else query
     return search_bundle(
-        caller=caller, resource_type=resource_type, params=params, base_url=BASE, strict=strict
+        caller=caller,
+        resource_type=resource_type,
+        params=params,
+        base_url=BASE,
+        strict=strict,
+        consent=None,  # the search engine alone; consent is tested in tests/consent
     )
 
 

@@ -2,7 +2,7 @@
 _include/_revinclude entries of the page, the outcome entry, and the page links."""
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django.db.models import Q, Subquery
@@ -16,6 +16,9 @@ from fhirplatform.fhir.search.models import ReferenceIndex
 from fhirplatform.fhir.search.parsing import SearchRequest
 from tenants.scopes import Interaction, scopes_allow
 from tenants.tokens import Caller
+
+if TYPE_CHECKING:
+    from consent.enforcement import ConsentGuard
 
 MAX_INCLUDED = 1000
 SUBSETTED = {
@@ -52,8 +55,14 @@ def _entry(
     }
 
 
-def _included(caller: Caller, request: SearchRequest, matches: list[Resource]) -> list[Resource]:
-    """_include targets and _revinclude sources of the page, deduplicated, within scope."""
+def _included(
+    caller: Caller,
+    request: SearchRequest,
+    matches: list[Resource],
+    consent: "ConsentGuard | None",
+) -> list[Resource]:
+    """_include targets and _revinclude sources of the page, deduplicated, within scope and
+    permitted by the caller's consent decision."""
     if not matches or not (request.includes or request.revincludes):
         return []
     wanted = Q(pk__in=[])
@@ -87,13 +96,25 @@ def _included(caller: Caller, request: SearchRequest, matches: list[Resource]) -
             caller.scopes, resource.resource_type, Interaction.READ
         ):
             continue
+        if consent is not None and not consent.permits(
+            resource_type=resource.resource_type,
+            patients=resource.compartment,
+            labels=resource.security_labels,
+        ):
+            continue
         seen.add(resource.pk)
         included.append(resource)
     return included
 
 
 def searchset_entries(
-    *, caller: Caller, request: SearchRequest, rows: list[Resource], base: str, as_stored: bool
+    *,
+    caller: Caller,
+    request: SearchRequest,
+    rows: list[Resource],
+    base: str,
+    as_stored: bool,
+    consent: "ConsentGuard | None",
 ) -> list[dict[str, Any]]:
     """The page's matches, what they include, and an outcome naming ignored parameters.
 
@@ -101,7 +122,8 @@ def searchset_entries(
     (shaped ones by _elements/_summary aside); else parsed, for a caller that reads it."""
     entries = [_entry(base, r, "match", request, as_stored) for r in rows]
     entries += [
-        _entry(base, r, "include", request, as_stored) for r in _included(caller, request, rows)
+        _entry(base, r, "include", request, as_stored)
+        for r in _included(caller, request, rows, consent)
     ]
     if request.unknown:
         outcome = operation_outcome(

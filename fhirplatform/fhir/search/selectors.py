@@ -5,7 +5,7 @@ tables (query.py), one page is cut by a keyset cursor (keyset.py) and rendered w
 includes and links (searchset.py).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import QuerySet
 
@@ -19,6 +19,9 @@ from fhirplatform.fhir.search.searchset import searchset_entries, searchset_link
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.scopes import Interaction, scope_require, scopes_allow
 from tenants.tokens import Caller
+
+if TYPE_CHECKING:
+    from consent.enforcement import ConsentGuard
 
 
 def _system_scope_check(caller: Caller, request: SearchRequest) -> None:
@@ -59,8 +62,11 @@ def _hops_scope_check(caller: Caller, request: SearchRequest) -> None:
             )
 
 
-def _matching(request: SearchRequest, base_url: str) -> QuerySet[Resource]:
-    """Current resources that meet every criterion and chain of the request."""
+def _matching(
+    request: SearchRequest, base_url: str, consent: "ConsentGuard | None"
+) -> QuerySet[Resource]:
+    """Current resources that meet every criterion and chain of the request, and that the
+    caller's consent decision permits (left out in SQL, so totals and pages agree)."""
     queryset = Resource.objects.filter(deleted=False)
     if request.resource_types:
         queryset = queryset.filter(resource_type__in=request.resource_types)
@@ -81,7 +87,26 @@ def _matching(request: SearchRequest, base_url: str) -> QuerySet[Resource]:
         queryset = queryset.filter(
             chain_filter(chain=chain, resource_types=types, base_url=base_url)
         )
+    if consent is not None:
+        exclusion = consent.exclusion(resource_types=types)
+        if exclusion.everything:
+            return queryset.none()
+        if exclusion.q is not None:
+            queryset = queryset.exclude(exclusion.q)
     return queryset
+
+
+def _types_touched(request: SearchRequest) -> set[str]:
+    """The searched types, the types its chains reach and what it includes ("*" when an
+    _include or _revinclude may reach any type, or the search spans every type)."""
+    types = set(request.resource_types) or {"*"}
+    for chain in request.chains:
+        types |= set(chain.targets)
+    for _source, _, target in request.includes:
+        types.add(target or "*")
+    for source, _, _ in request.revincludes:
+        types.add(source)
+    return types
 
 
 def search_bundle(
@@ -91,17 +116,25 @@ def search_bundle(
     params: list[tuple[str, str]],
     base_url: str,
     strict: bool,
+    consent: "ConsentGuard | None",
     as_stored: bool = False,
+    touched: set[str] | None = None,
 ) -> dict[str, Any]:
     """Run a search for `caller` and render the searchset Bundle (one page of it).
 
+    `consent`: the caller's consent guard; None only where the platform itself matches
+    (a conditional create's duplicate check), never for what a caller is shown.
     `as_stored`: the entries' resources are the JsonText of their stored JSON, which the
-    response renders without parsing it (the REST views); else parsed dicts."""
+    response renders without parsing it (the REST views); else parsed dicts.
+    `touched`: filled with every type whose data the answer depends on ("*": any), for
+    the response cache."""
     base = base_url.rstrip("/")
     request = search_parse(resource_type=resource_type, params=params, strict=strict)
     _hops_scope_check(caller, request)
+    if touched is not None:
+        touched |= _types_touched(request)
     path = resource_type or ""
-    queryset = _matching(request, base)
+    queryset = _matching(request, base, consent)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if request.summary_count or request.count == 0:  # _count=0 asks for the total only
         bundle["total"] = queryset.count()
@@ -119,7 +152,12 @@ def search_bundle(
     elif request.cursor is None and page.next_cursor is None:
         bundle["total"] = len(page.rows)  # the whole result is on this page: counting is free
     entries = searchset_entries(
-        caller=caller, request=request, rows=page.rows, base=base, as_stored=as_stored
+        caller=caller,
+        request=request,
+        rows=page.rows,
+        base=base,
+        as_stored=as_stored,
+        consent=consent,
     )
     if entries:
         bundle["entry"] = entries
