@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 
+from fhirplatform.fhir import compartments
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
 
@@ -28,28 +29,8 @@ class CacheClass(StrEnum):
     REFERENCE = "reference"
 
 
-# The R4 Patient compartment (CompartmentDefinition-patient, FHIR 4.0.1): every type with
-# a parameter putting it in a patient's compartment.
-# TODO(lead): import PATIENT_COMPARTMENT from fhirplatform/fhir/compartments.py once it
-# exports one (tests/cache/test_rules.py checks this copy against its data meanwhile).
-PATIENT_COMPARTMENT: frozenset[str] = frozenset(
-    {
-        "Account", "AdverseEvent", "AllergyIntolerance", "Appointment", "AppointmentResponse",
-        "AuditEvent", "Basic", "BodyStructure", "CarePlan", "CareTeam", "ChargeItem", "Claim",
-        "ClaimResponse", "ClinicalImpression", "Communication", "CommunicationRequest",
-        "Composition", "Condition", "Consent", "Coverage", "CoverageEligibilityRequest",
-        "CoverageEligibilityResponse", "DetectedIssue", "DeviceRequest", "DeviceUseStatement",
-        "DiagnosticReport", "DocumentManifest", "DocumentReference", "Encounter",
-        "EnrollmentRequest", "EpisodeOfCare", "ExplanationOfBenefit", "FamilyMemberHistory",
-        "Flag", "Goal", "Group", "ImagingStudy", "Immunization", "ImmunizationEvaluation",
-        "ImmunizationRecommendation", "Invoice", "List", "MeasureReport", "Media",
-        "MedicationAdministration", "MedicationDispense", "MedicationRequest",
-        "MedicationStatement", "MolecularSequence", "NutritionOrder", "Observation", "Patient",
-        "Person", "Procedure", "Provenance", "QuestionnaireResponse", "RelatedPerson",
-        "RequestGroup", "ResearchSubject", "RiskAssessment", "Schedule", "ServiceRequest",
-        "Specimen", "SupplyDelivery", "SupplyRequest", "VisionPrescription",
-    }
-)  # fmt: skip
+# Every type of the R4 Patient compartment (CompartmentDefinition-patient) holds PHI.
+PATIENT_COMPARTMENT = compartments.PATIENT_COMPARTMENT
 
 # Shared directory and terminology data: no patient in it, changes rarely.
 REFERENCE_DATA: frozenset[str] = frozenset(

@@ -1,7 +1,9 @@
 """What each FHIR interaction costs PostgreSQL, counted on the wire so that it cannot creep
 back: a read and a vread are one statement naming their schema; a transaction pays one
 round trip for its schema (its BEGIN and SET LOCAL go in one message); a create is one
-write statement; an update and the searches are pinned too.
+write statement; an update and the searches are pinned too. Those are counted with the
+response cache off for the types read (`uncached`); a cached read is pinned at no
+statement at all, and at one round trip to the cache's Redis beside the limiter's.
 
 The counts are taken through the real pipeline (Django's test client) on a connection that
 runs through a counting proxy (scripts/wire_count.py), outside any test transaction, so
@@ -20,6 +22,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
+from fhirplatform.cache.services import cache_rule_delete, cache_rule_set
 from fhirplatform.fhir import services
 from fhirplatform.schemas import tenant_schema
 from scripts.wire_count import PostgresCounter, RedisCounter
@@ -63,6 +66,20 @@ def api(cast: Any, committed: None, django_db_blocker: Any) -> Iterator[Client]:
         yield Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT=FHIR_JSON)
 
 
+@pytest.fixture
+def uncached(cast: Any, committed: None) -> Iterator[None]:
+    """Tenant A's Patients and Observations never cached: every read runs its handler."""
+    rules = [
+        cache_rule_set(tenant=cast.tenant_a, resource_type=resource_type, ttl_seconds=0)
+        for resource_type in ("Patient", "Observation")
+    ]
+    try:
+        yield
+    finally:
+        for rule in rules:
+            cache_rule_delete(rule=rule)
+
+
 def _counted(wire: PostgresCounter, send: Callable[[], Any]) -> tuple[Any, Counted]:
     """What `send` costs the second time it is sent: the first warms the process, so the
     token check is answered from the token cache (tenants/token_cache.py)."""
@@ -86,7 +103,7 @@ def _created(api: Client, resource: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def test_a_read_is_one_statement_naming_its_schema(api, wire):
+def test_a_read_is_one_statement_naming_its_schema(api, uncached, wire):
     stored = _created(api, patient("Readcount"))
     path = f"/fhir/provider-a/Patient/{stored['id']}"
 
@@ -99,7 +116,7 @@ def test_a_read_is_one_statement_naming_its_schema(api, wire):
     assert response["ETag"] == 'W/"1"'
 
 
-def test_a_conditional_read_answered_304_is_one_statement(api, wire):
+def test_a_conditional_read_answered_304_is_one_statement(api, uncached, wire):
     stored = _created(api, patient("Notmodified"))
     path = f"/fhir/provider-a/Patient/{stored['id']}"
 
@@ -109,7 +126,7 @@ def test_a_conditional_read_answered_304_is_one_statement(api, wire):
     assert (counted.statements, counted.round_trips) == (1, 1)
 
 
-def test_a_vread_is_one_statement_naming_its_schema(api, wire):
+def test_a_vread_is_one_statement_naming_its_schema(api, uncached, wire):
     stored = _created(api, patient("Vreadcount"))
     path = f"/fhir/provider-a/Patient/{stored['id']}/_history/1"
 
@@ -120,7 +137,7 @@ def test_a_vread_is_one_statement_naming_its_schema(api, wire):
     assert '"t_provider_a"."fhir_resourceversion"' in counted.texts[0]
 
 
-def test_the_other_tenants_resource_is_not_found_in_one_statement(api, wire, cast):
+def test_the_other_tenants_resource_is_not_found_in_one_statement(api, uncached, wire, cast):
     with tenant_schema(cast.tenant_b):
         theirs = services.resource_create(
             resource_type="Patient", content=patient("Theirs"), source="test"
@@ -212,7 +229,7 @@ def test_an_update_locks_then_writes_in_one_statement(api, wire):
         ("Patient", {"name": "Searchcount"}),
     ],
 )
-def test_a_search_is_one_select_in_one_transaction(api, wire, resource_type, params):
+def test_a_search_is_one_select_in_one_transaction(api, uncached, wire, resource_type, params):
     run = uuid.uuid4().hex[:8]
     subject = _created(api, patient("Searchcount", id=run))
     _created(api, observation(f"Patient/{subject['id']}"))
@@ -248,17 +265,61 @@ def limiter_wire(settings: Any) -> Iterator[RedisCounter]:
             limits_reset_local_state()
 
 
-def test_a_warm_read_is_one_statement_and_one_redis_round_trip(api, wire, limiter_wire):
+def test_a_warm_read_is_one_statement_and_one_redis_round_trip(
+    api, uncached, wire, limiter_wire, cache_wire
+):
     """The whole hot path, pinned: token (cache), scope, limits and slot (one EVALSHA that
-    also carries the previous request's release), the read (one statement)."""
+    also carries the previous request's release), the cache lookup (one EVALSHA, which
+    brings the consent snapshot's generations), the read (one statement)."""
     stored = _created(api, patient("Hotpath"))
     path = f"/fhir/provider-a/Patient/{stored['id']}"
     assert api.get(path).status_code == 200  # the process warms up
     reads = 5
-    sql, limiter = wire.snapshot(), limiter_wire.snapshot()
+    sql, limiter, cache = wire.snapshot(), limiter_wire.snapshot(), cache_wire.snapshot()
     for _ in range(reads):
-        assert api.get(path).status_code == 200
+        response = api.get(path)
+        assert response.status_code == 200 and response["X-Cache"] == "BYPASS"
     sql_delta, limiter_delta = wire.delta(sql), limiter_wire.delta(limiter)
+    cache_delta = cache_wire.delta(cache)
     assert (sql_delta.statements, sql_delta.round_trips) == (reads, reads)
     assert (limiter_delta.commands, limiter_delta.round_trips) == (reads, reads)
     assert dict(limiter_delta.by_name) == {"EVALSHA": reads}
+    assert dict(cache_delta.by_name) == {"EVALSHA": reads}
+    assert cache_delta.round_trips == reads
+
+
+@pytest.fixture
+def cache_wire(settings: Any) -> Iterator[RedisCounter]:
+    """The response cache's Redis, through a counting proxy."""
+    from fhirplatform.cache.store import store_reset_local_state
+
+    with RedisCounter.for_url(settings.CACHE_REDIS_URL) as proxy:
+        reachable = settings.CACHE_REDIS_URL
+        settings.CACHE_REDIS_URL = proxy.url_for(reachable)
+        store_reset_local_state()
+        try:
+            yield proxy
+        finally:
+            settings.CACHE_REDIS_URL = reachable
+            store_reset_local_state()
+
+
+def test_a_cached_read_is_no_statement_and_one_cache_round_trip(api, wire, cache_wire):
+    """A miss is the read's statement, a lookup and a fill; a hit is the lookup alone."""
+    stored = _created(api, patient("Cachedread"))
+    path = f"/fhir/provider-a/Patient/{stored['id']}"
+    # A warm process: the consent snapshot and the cache rules are held in memory.
+    assert api.get("/fhir/provider-a/Patient/warm-up").status_code == 404
+    sql, cache = wire.snapshot(), cache_wire.snapshot()
+    missed = api.get(path)
+    sql_delta, cache_delta = wire.delta(sql), cache_wire.delta(cache)
+    assert missed["X-Cache"] == "MISS"
+    assert sql_delta.statements == 1 and dict(cache_delta.by_name) == {"EVALSHA": 2}
+
+    sql, cache = wire.snapshot(), cache_wire.snapshot()
+    hit = api.get(path)
+    sql_delta, cache_delta = wire.delta(sql), cache_wire.delta(cache)
+    assert hit["X-Cache"] == "HIT" and hit.content == missed.content
+    assert hit["ETag"] == missed["ETag"] and hit["Last-Modified"] == missed["Last-Modified"]
+    assert sql_delta.statements == 0
+    assert (cache_delta.commands, cache_delta.round_trips) == (1, 1)
