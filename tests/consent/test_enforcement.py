@@ -18,6 +18,7 @@ from tests.consent.enforcement_support import (
     unique,
 )
 
+
 @pytest.fixture(scope="module")
 def world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ConsentWorld]:
     with django_db_blocker.unblock():
