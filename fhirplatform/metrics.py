@@ -6,6 +6,7 @@ PROMETHEUS_MULTIPROC_DIR is set the view aggregates every worker's samples.
 
 import ipaddress
 import os
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -30,6 +31,11 @@ LATENCY = Histogram(
     ["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+# Collectors that read shared state (Redis) when /metrics is scraped, not per-process
+# samples: served beside the multiprocess aggregate too (fhirplatform/cache/metrics.py).
+SCRAPE_COLLECTORS: list[Any] = []
 
 
 def route_class(path: str) -> str:
@@ -62,6 +68,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in SCRAPE_COLLECTORS:
+            registry.register(collector)
         output = generate_latest(registry)
     else:
         output = generate_latest(DEFAULT_REGISTRY)

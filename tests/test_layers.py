@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN_ABOVE = {
     "tenants": ("fhirplatform.fhir", "fhirplatform.limits", "fhirplatform.demo"),
     "fhirplatform/limits": ("fhirplatform.fhir", "fhirplatform.demo"),
+    # The cache store knows generations and entries, never what consent or limits decide.
+    "fhirplatform/cache": ("consent", "fhirplatform.limits", "fhirplatform.demo"),
 }
 # The project package's base modules (and packages) sit under every app.
 BASE_MODULES = (

@@ -99,5 +99,9 @@ def tenant_collector_register() -> None:
         return
     from prometheus_client import REGISTRY
 
-    REGISTRY.register(TenantCacheCollector())
+    from fhirplatform.metrics import SCRAPE_COLLECTORS
+
+    collector = TenantCacheCollector()
+    REGISTRY.register(collector)
+    SCRAPE_COLLECTORS.append(collector)  # the multiprocess /metrics serves it too
     _registered = True
