@@ -264,7 +264,10 @@ def test_a_read_whose_connection_was_lost_answers_503_and_the_next_one_reconnect
     )
     assert created.status_code == 201, created.content
     path = f"/fhir/{cast.tenant_a.slug}/Patient/{created.json()['id']}"
-    assert client.get(path).status_code == 200  # the token and the connection are warm
+    # The token and the connection are warm; the read is never a cache hit (If-Modified-Since
+    # is answered by the database), so it reaches the lost connection.
+    client.defaults["HTTP_IF_MODIFIED_SINCE"] = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert client.get(path).status_code == 200
     backend = connection.connection.info.backend_pid
     with psycopg.connect(subprocess_environment()["DATABASE_URL"], autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [backend])

@@ -67,9 +67,14 @@ def _created(client: Client, family: str) -> str:
 @pytest.mark.usefixtures("committed")
 def test_a_read_is_one_statement_that_names_its_schema(cast):
     token = cast.client_a.token()
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT=FHIR_JSON)
+    # If-Modified-Since: answered by the database, never by the response cache.
+    client = Client(
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+        HTTP_ACCEPT=FHIR_JSON,
+        HTTP_IF_MODIFIED_SINCE="Mon, 01 Jan 2001 00:00:00 GMT",
+    )
     path = f"/fhir/provider-a/Patient/{_created(client, 'Read')}"
-    client.get(path)  # warm the per-process caches (limits config, token)
+    client.get(path)  # warm the per-process caches (limits config, token, consent snapshot)
 
     with CaptureQueriesContext(connection) as captured:
         assert client.get(path).status_code == 200

@@ -200,9 +200,12 @@ def cache_finish(*, caller: "Caller", state: CacheState, response: HttpResponseB
                 ttl=ttl,
                 swr=rule.swr,
             )
-    cached = rule is not None and not state.lookup.bypass
-    response["X-Cache"] = XCache.MISS if cached or stored else XCache.BYPASS
-    response["Age"] = "0"
+    if response.status_code in (200, 304):
+        # Only answers say what the cache did: an error must look the same whether it came
+        # from a lookup (a missing resource) or before one (another tenant's URL).
+        cached = rule is not None and not state.lookup.bypass
+        response["X-Cache"] = XCache.MISS if cached or stored else XCache.BYPASS
+        response["Age"] = "0"
 
 
 def _rule(state: CacheState) -> Rule | None:

@@ -253,6 +253,11 @@ class InstanceView(BaseFhirView):
                 IssueCode.NOT_SUPPORTED,
                 f"PATCH takes {JsonPatchParser.media_type} (JSON Patch)",
             )
+        # A PATCH answers with the whole patched resource, most of which the caller did not
+        # send: it may patch only what its consent decision lets it read.
+        selectors.resource_read(
+            resource_type=resource_type, logical_id=logical_id, consent=self.consent
+        )
         resource = services.resource_patch(
             resource_type=resource_type,
             logical_id=logical_id,

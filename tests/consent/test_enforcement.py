@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from consent.codes import CONSENT_REASON, DeniedAnswer, Effect
+from tenants.services import client_create
 from tests.consent.enforcement_support import (
     ConsentWorld,
     client_actor,
@@ -17,6 +18,7 @@ from tests.consent.enforcement_support import (
     partner_actor,
     unique,
 )
+from tests.fhir.rest_support import generous_limits
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +223,24 @@ def test_another_tenant_never_shares_an_entry(fresh, cast):
 
     theirs = FhirClient(cast.tenant_b.slug, cast.client_b.token())
     assert theirs.get(f"Observation/{obs_id}").status_code == 404
+
+
+def test_a_patch_is_decided_like_a_read_of_what_it_patches(fresh):
+    patient_id, obs_id = _patient_with_data(fresh)
+    editor = client_create(
+        partner_name=f"Editors {unique()}",
+        tenant_slugs=[fresh.tenant.slug],
+        scopes="system/*.cruds",
+        purposes=["TREAT"],
+    ).grants[0]
+    generous_limits(editor)
+    denial = {"type": "deny", "actor": client_actor(editor.client.client_id)}
+    fresh.created(consent(patient_id, denial))
+    patch = [{"op": "replace", "path": "/status", "value": "amended"}]
+
+    response = fresh.client(editor).send(
+        "PATCH", f"Observation/{obs_id}", patch, content_type="application/json-patch+json"
+    )
+
+    assert response.status_code == 404
+    assert fresh.writer.get(f"Observation/{obs_id}").json()["status"] == "final"
