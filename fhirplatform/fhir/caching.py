@@ -22,6 +22,7 @@ Consent provision period starts or ends.
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from django.http import HttpResponse
@@ -55,7 +56,7 @@ _STORED_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Location")
 ANY_TYPE = "*"
 
 
-class XCache:
+class XCache(StrEnum):
     HIT = "HIT"
     MISS = "MISS"
     BYPASS = "BYPASS"
@@ -123,8 +124,8 @@ def cached_response(*, state: CacheState, request: Request) -> HttpResponseBase 
     lookup = state.lookup
     if lookup is None or not lookup.hit or lookup.payload is None:
         return None
-    stored = json.loads(lookup.payload)
-    headers = stored["headers"]
+    head, _, body = lookup.payload.partition(b"\n")
+    headers = json.loads(head)
     if_none_match = request.headers.get("If-None-Match")
     if (
         if_none_match
@@ -133,7 +134,7 @@ def cached_response(*, state: CacheState, request: Request) -> HttpResponseBase 
     ):
         response = HttpResponse(status=304)
     else:
-        response = HttpResponse(stored["body"].encode(), status=200)
+        response = HttpResponse(body, status=200)
     for name, value in headers.items():
         response[name] = value
     response["X-Cache"] = XCache.HIT
@@ -186,12 +187,11 @@ def cache_finish(*, caller: "Caller", state: CacheState, response: HttpResponseB
     if state.key is None or state.lookup is None or state.lookup.hit:
         return
     rule = _rule(state)
-    stored = False
     if rule is not None and response.status_code == 200 and state.depends_on:
         ttl = _ttl(rule, state.guard)
         tokens = state.tokens
         if ttl > 0 and tokens is not None:
-            stored = cache_fill(
+            cache_fill(
                 key=state.key,
                 tenant_schema=schema,
                 epoch_seen=tokens[EPOCH.value],
@@ -204,7 +204,7 @@ def cache_finish(*, caller: "Caller", state: CacheState, response: HttpResponseB
         # Only answers say what the cache did: an error must look the same whether it came
         # from a lookup (a missing resource) or before one (another tenant's URL).
         cached = rule is not None and not state.lookup.bypass
-        response["X-Cache"] = XCache.MISS if cached or stored else XCache.BYPASS
+        response["X-Cache"] = XCache.MISS if cached else XCache.BYPASS
         response["Age"] = "0"
 
 
@@ -227,9 +227,11 @@ def _ttl(rule: Rule, guard: ConsentGuard | None) -> int:
 
 
 def _payload(response: HttpResponseBase) -> bytes:
+    """The stored headers as one line of JSON, then the body as it was sent: a hit parses
+    the short line only, never the body."""
     render = getattr(response, "render", None)
     if render is not None:
         render()
-    body = getattr(response, "content", b"")
+    body: bytes = getattr(response, "content", b"")
     headers = {name: response[name] for name in _STORED_HEADERS if response.has_header(name)}
-    return json.dumps({"headers": headers, "body": body.decode()}).encode()
+    return json.dumps(headers).encode() + b"\n" + body
