@@ -10,6 +10,7 @@ like a request of its own.
 
 import base64
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
@@ -112,59 +113,65 @@ def _matcher(caller: Caller) -> services.MatchFunction:
     return matches
 
 
-def _execute(
-    caller: Caller,
-    plan: EntryPlan,
-    *,
-    base_url: str,
-    source: str,
-    representation: bool,
-    consent: "ConsentGuard",
-) -> dict[str, Any]:
-    _check_scope(caller, plan)
+@dataclass(frozen=True)
+class _Run:
+    """What every entry of one Bundle runs with: who asks, how answers are written, and
+    the caller's consent guard for what its reads and searches show."""
+
+    caller: Caller
+    base_url: str
+    source: str
+    representation: bool
+    consent: "ConsentGuard"
+
+
+def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
+    _check_scope(run.caller, plan)
     kind = plan.interaction
     if kind == Interaction.CREATE:
         if plan.if_none_exist:
             result = services.resource_create_conditional(
                 resource_type=plan.resource_type,
                 content=plan.resource,
-                source=source,
+                source=run.source,
                 query=plan.if_none_exist,
                 logical_id=plan.assigned_id,
-                matches=_matcher(caller),
+                matches=_matcher(run.caller),
             )
             if result.created:
-                return _written(result.resource, "201 Created", base_url, representation)
-            if selectors.match_disclosable(caller=caller, match=result.resource, consent=consent):
-                return _written(result.resource, "200 OK", base_url, representation)
+                return _written(result.resource, "201 Created", run.base_url, run.representation)
+            if selectors.match_disclosable(
+                caller=run.caller, match=result.resource, consent=run.consent
+            ):
+                return _written(result.resource, "200 OK", run.base_url, run.representation)
             # Matched, nothing created; nothing in the entry names the match.
             return {"response": {"status": "200 OK"}}
         created = services.resource_create(
             resource_type=plan.resource_type,
             content=plan.resource,
-            source=source,
+            source=run.source,
             logical_id=plan.assigned_id,
         )
-        return _written(created, "201 Created", base_url, representation)
+        return _written(created, "201 Created", run.base_url, run.representation)
     assert plan.logical_id is not None
     if kind == Interaction.UPDATE:
         updated = services.resource_update(
             resource_type=plan.resource_type,
             logical_id=plan.logical_id,
             content=plan.resource,
-            source=source,
+            source=run.source,
             if_match=plan.if_match,
         )
-        return _written(updated, "200 OK", base_url, representation)
+        return _written(updated, "200 OK", run.base_url, run.representation)
     if kind == Interaction.PATCH:
         patched = services.resource_patch(
             resource_type=plan.resource_type,
             logical_id=plan.logical_id,
             patch=_patch_operations(plan.resource),
-            source=source,
+            source=run.source,
             if_match=plan.if_match,
         )
-        return _written(patched, "200 OK", base_url, representation)
+        return _written(patched, "200 OK", run.base_url, run.representation)
     if kind == Interaction.DELETE:
         services.resource_delete(
             resource_type=plan.resource_type, logical_id=plan.logical_id, if_match=plan.if_match
@@ -176,70 +183,45 @@ def _execute(
             resource_type=plan.resource_type,
             logical_id=plan.logical_id,
             version_id=plan.version_id,
-            consent=consent,
+            consent=run.consent,
         )
-        return _written(version, "200 OK", base_url, False, location=False) | {
+        return _written(version, "200 OK", run.base_url, False, location=False) | {
             "resource": version.content.parsed()
         }
     read = selectors.resource_read(
-        resource_type=plan.resource_type, logical_id=plan.logical_id, consent=consent
+        resource_type=plan.resource_type, logical_id=plan.logical_id, consent=run.consent
     )
     if plan.if_none_match is not None and plan.if_none_match == read.version_id:
         return {"response": {"status": "304 Not Modified", "etag": etag(read.version_id)}}
-    return _written(read, "200 OK", base_url, False, location=False) | {
+    return _written(read, "200 OK", run.base_url, False, location=False) | {
         "resource": read.content.parsed()
     }
 
 
-def _search_entry(
-    caller: Caller, plan: EntryPlan, base_url: str, consent: "ConsentGuard"
-) -> dict[str, Any]:
+def _search_entry(run: _Run, plan: EntryPlan) -> dict[str, Any]:
     # search_bundle checks the scopes of every type the search reaches, this one included.
     bundle = search_bundle(
-        caller=caller,
+        caller=run.caller,
         resource_type=plan.resource_type,
         params=plan.query,
-        base_url=base_url,
+        base_url=run.base_url,
         strict=False,
-        consent=consent,
+        consent=run.consent,
         as_stored=True,
     )
     return {"resource": bundle, "response": {"status": "200 OK"}}
 
 
-def _run(
-    caller: Caller,
-    plan: EntryPlan,
-    *,
-    base_url: str,
-    source: str,
-    representation: bool,
-    consent: "ConsentGuard",
-) -> dict[str, Any]:
+def _entry_run(run: _Run, plan: EntryPlan) -> dict[str, Any]:
     if plan.interaction == Interaction.SEARCH:
-        return _search_entry(caller, plan, base_url, consent)
-    return _execute(
-        caller,
-        plan,
-        base_url=base_url,
-        source=source,
-        representation=representation,
-        consent=consent,
-    )
+        return _search_entry(run, plan)
+    return _execute(run, plan)
 
 
 # Ids are assigned before anything runs so that every entry, whatever its position, can
 # refer to any other; the whole run is one atomic block, and the first FhirError unwinds it
 # (the request's transaction when there is one: a savepoint would add two round trips).
-def _transaction(
-    caller: Caller,
-    plans: list[EntryPlan],
-    *,
-    base_url: str,
-    source: str,
-    representation: bool,
-    consent: "ConsentGuard",
-) -> list[dict[str, Any]]:
+def _transaction(run: _Run, plans: list[EntryPlan]) -> list[dict[str, Any]]:
     id_map: dict[str, str] = {}
     for plan in plans:
         if plan.interaction == Interaction.CREATE:
@@ -256,11 +238,11 @@ def _transaction(
         for plan in plans:
             if plan.interaction == Interaction.CREATE and plan.if_none_exist:
                 try:
-                    _check_scope(caller, plan)
+                    _check_scope(run.caller, plan)
                     found = services.resource_match_locked(
                         resource_type=plan.resource_type,
                         query=plan.if_none_exist,
-                        matches=_matcher(caller),
+                        matches=_matcher(run.caller),
                     )
                 except FhirError as error:
                     raise _entry_error(plan.index, error) from None
@@ -270,41 +252,19 @@ def _transaction(
             if id_map and plan.resource is not None:
                 plan.resource = references_rewrite(plan.resource, id_map)
             try:
-                results[plan.index] = _run(
-                    caller,
-                    plan,
-                    base_url=base_url,
-                    source=source,
-                    representation=representation,
-                    consent=consent,
-                )
+                results[plan.index] = _entry_run(run, plan)
             except FhirError as error:
                 raise _entry_error(plan.index, error) from None
     return [results[plan.index] for plan in plans]
 
 
-def _batch(
-    caller: Caller,
-    plans: list[EntryPlan],
-    *,
-    base_url: str,
-    source: str,
-    representation: bool,
-    consent: "ConsentGuard",
-) -> list[dict[str, Any]]:
+def _batch(run: _Run, plans: list[EntryPlan]) -> list[dict[str, Any]]:
     results: dict[int, dict[str, Any]] = {}
     for plan in sorted(plans, key=lambda p: (METHOD_ORDER[p.method], p.index)):
         try:
             # A savepoint per entry: a failing entry undoes only its own partial writes.
             with transaction.atomic():
-                results[plan.index] = _run(
-                    caller,
-                    plan,
-                    base_url=base_url,
-                    source=source,
-                    representation=representation,
-                    consent=consent,
-                )
+                results[plan.index] = _entry_run(run, plan)
         except FhirError as error:
             results[plan.index] = _failed(_entry_error(plan.index, error))
         except Exception as error:
@@ -342,14 +302,8 @@ def bundle_process(
     """Run a Bundle planned by `bundle_plan` and return its response Bundle. Its reads and
     searches are decided by the caller's consent guard like the REST interactions."""
     runner = _transaction if planned.kind == BundleKind.TRANSACTION else _batch
-    entries = runner(
-        caller,
-        planned.entries,
-        base_url=base_url,
-        source=source,
-        representation=representation,
-        consent=consent,
-    )
+    run = _Run(caller, base_url, source, representation, consent)
+    entries = runner(run, planned.entries)
     return {
         "resourceType": "Bundle",
         "type": f"{planned.kind}-response",
