@@ -6,8 +6,6 @@ seconds, not one per request (as the limiter's breaker in limits/deciders.py).
 """
 
 import logging
-import threading
-import time
 from dataclasses import dataclass
 
 import redis
@@ -15,7 +13,7 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from fhirplatform.cache import lua, metrics
-from fhirplatform.redis_clients import redis_client
+from fhirplatform.redis_clients import RedisBreaker, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +33,11 @@ def cache_redis() -> redis.Redis:
     )
 
 
-class _Link:
+class _Link(RedisBreaker):
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        super().__init__(lambda: settings.CACHE_REDIS_RETRY_SECONDS)
         self.client: redis.Redis | None = None
         self.scripts: Scripts | None = None
-        self.down_until = 0.0
-        self.down = False
 
     def connect(self) -> tuple[redis.Redis, Scripts]:
         client = cache_redis()
@@ -58,34 +54,25 @@ class _Link:
                 self.down_until, self.down = 0.0, False
             return client, self.scripts
 
-    def available(self) -> bool:
-        return time.monotonic() >= self.down_until
-
     def mark_down(self, exc: Exception, *, operation: str) -> None:
         metrics.redis_errors.labels(operation=operation).inc()
-        with self.lock:
-            self.down_until = time.monotonic() + settings.CACHE_REDIS_RETRY_SECONDS
-            was_down, self.down = self.down, True
+        newly_down = self.trip()
         metrics.redis_down.set(1)
-        if not was_down:
+        if newly_down:
             logger.warning(
                 "cache: Redis unreachable, requests bypass the cache",
                 extra={"error": f"{type(exc).__name__}: {exc}", "operation": operation},
             )
 
     def mark_up(self) -> None:
-        if not self.down:
-            return
-        with self.lock:
-            was_down, self.down = self.down, False
-        metrics.redis_down.set(0)
-        if was_down:
+        if self.recover():
+            metrics.redis_down.set(0)
             logger.warning("cache: Redis reachable again, caching resumed")
 
     def reset(self) -> None:
         with self.lock:
             self.client, self.scripts = None, None
-            self.down_until, self.down = 0.0, False
+        super().reset()
         metrics.redis_down.set(0)
 
 

@@ -29,6 +29,7 @@ from fhirplatform.limits.store import (
     GLOBAL_INFLIGHT_KEY,
     limiter_redis,
 )
+from fhirplatform.redis_clients import RedisBreaker
 from tenants.token_cache import CALLER_GENERATION_KEY
 
 logger = logging.getLogger(__name__)
@@ -68,16 +69,14 @@ def fallback_share(limit: int) -> int:
     return max(1, math.floor(limit * settings.LIMITS_FALLBACK_PERCENT / 100))
 
 
-class _RedisLink:
+class _RedisLink(RedisBreaker):
     """The limiter's Redis client, its two scripts, and the breaker."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        super().__init__(lambda: settings.LIMITS_REDIS_RETRY_SECONDS)
         self.client: redis.Redis | None = None
         self.admit: Script | None = None
         self.release: Script | None = None
-        self.down_until = 0.0
-        self.down = False
 
     def scripts(self) -> tuple[redis.Redis, Script, Script]:
         client = limiter_redis()
@@ -90,34 +89,23 @@ class _RedisLink:
                 self.down_until = 0.0
             return client, self.admit, self.release
 
-    def available(self) -> bool:
-        return time.monotonic() >= self.down_until
-
     def mark_down(self, exc: Exception) -> None:
         metrics.limiter_redis_errors.inc()
-        with self.lock:
-            self.down_until = time.monotonic() + settings.LIMITS_REDIS_RETRY_SECONDS
-            was_down, self.down = self.down, True
+        newly_down = self.trip()
         metrics.limiter_fallback.set(1)
-        if not was_down:
+        if newly_down:
             logger.error(
                 "rate limiter: Redis unreachable, local fallback limiter active",
                 extra={"error": f"{type(exc).__name__}: {exc}"},
             )
 
     def reset(self) -> None:
-        """As a new process starts: Redis is presumed reachable."""
-        with self.lock:
-            self.down_until, self.down = 0.0, False
+        super().reset()
         metrics.limiter_fallback.set(0)
 
     def mark_up(self) -> None:
-        if not self.down:
-            return
-        with self.lock:
-            was_down, self.down = self.down, False
-        metrics.limiter_fallback.set(0)
-        if was_down:
+        if self.recover():
+            metrics.limiter_fallback.set(0)
             logger.warning("rate limiter: Redis reachable again, shared limits resumed")
 
 
