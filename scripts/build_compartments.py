@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scripts.build_search_registry import DEFAULT_SOURCE, ROOT, fetch_package
+from scripts.build_search_registry import DEFAULT_SOURCE, ROOT, fetch_package, per_type_write
 
 OUTPUT = ROOT / "fhirplatform" / "fhir" / "compartment-patient.json"
 DEFINITION = "CompartmentDefinition-patient.json"
@@ -38,14 +38,7 @@ def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SOURCE
     if not (source / DEFINITION).is_file():
         source = fetch_package()
-    compartment = build(source)
-    lines = [
-        f"{json.dumps(name)}:{json.dumps(params, separators=(',', ':'))}"
-        for name, params in compartment.items()
-    ]
-    OUTPUT.write_text("{\n" + ",\n".join(lines) + "\n}\n")
-    count = sum(len(params) for params in compartment.values())
-    print(f"wrote {OUTPUT.relative_to(ROOT)}: {len(compartment)} types, {count} parameters")
+    per_type_write(output=OUTPUT, table=build(source))
 
 
 if __name__ == "__main__":

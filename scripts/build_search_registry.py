@@ -115,19 +115,23 @@ def build(source: Path) -> dict[str, dict[str, Any]]:
     return {name: dict(sorted(params.items())) for name, params in sorted(registry.items())}
 
 
+def per_type_write(*, output: Path, table: dict[str, Any]) -> None:
+    """Write {resource type: its parameters} with one line per resource type: compact, yet
+    a regenerated file diffs per type."""
+    lines = [
+        f"{json.dumps(name)}:{json.dumps(params, sort_keys=True, separators=(',', ':'))}"
+        for name, params in table.items()
+    ]
+    output.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    count = sum(len(params) for params in table.values())
+    print(f"wrote {output.relative_to(ROOT)}: {len(table)} types, {count} parameters")
+
+
 def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SOURCE
     if not source.is_dir():
         source = fetch_package()
-    registry = build(source)
-    # One line per resource type: compact, yet a regenerated file diffs per type.
-    lines = [
-        f"{json.dumps(name)}:{json.dumps(params, sort_keys=True, separators=(',', ':'))}"
-        for name, params in registry.items()
-    ]
-    OUTPUT.write_text("{\n" + ",\n".join(lines) + "\n}\n")
-    count = sum(len(params) for params in registry.values())
-    print(f"wrote {OUTPUT.relative_to(ROOT)}: {len(registry)} types, {count} parameters")
+    per_type_write(output=OUTPUT, table=build(source))
 
 
 if __name__ == "__main__":
