@@ -97,6 +97,10 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
+# A provision denying everyone everything.
+DENY_ALL: dict[str, Any] = {"type": "deny"}
+
+
 def consent(patient_id: str, provision: dict[str, Any], status: str = "active") -> dict[str, Any]:
     return {
         "resourceType": "Consent",

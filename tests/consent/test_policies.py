@@ -22,6 +22,7 @@ from fhirplatform.cache.generations import POLICY, generations_read
 from fhirplatform.fhir.services import resource_create, resource_delete
 from fhirplatform.schemas import tenant_schema
 from tenants.models import Tenant
+from tests.consent.enforcement_support import DENY_ALL, consent
 
 pytestmark = pytest.mark.django_db
 
@@ -241,24 +242,6 @@ def test_policy_update_bumps_the_policy_generation_on_commit_only(
 # --- the pipeline's selectors ---------------------------------------------------------------
 
 
-def _consent(patient_id: str, *, status: str = "active") -> dict[str, Any]:
-    return {
-        "resourceType": "Consent",
-        "status": status,
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "provision": {"type": "deny"},
-    }
-
-
 def _stored(content: dict[str, Any]) -> str:
     resource = resource_create(
         resource_type=content["resourceType"], content=content, source="test"
@@ -269,10 +252,13 @@ def _stored(content: dict[str, Any]) -> str:
 def test_patient_consents_and_consented_patients_read_the_current_consents(cast):
     with tenant_schema(cast.tenant_a):
         p1, p2, p3, p4 = (_stored({"resourceType": "Patient"}) for _ in range(4))
-        first, second = _stored(_consent(p1)), _stored(_consent(p1, status="inactive"))
-        gone = _stored(_consent(p2))
+        first, second = (
+            _stored(consent(p1, DENY_ALL)),
+            _stored(consent(p1, DENY_ALL, status="inactive")),
+        )
+        gone = _stored(consent(p2, DENY_ALL))
         resource_delete(resource_type="Consent", logical_id=gone)
-        _stored(_consent(p3))
+        _stored(consent(p3, DENY_ALL))
         _stored(
             {
                 "resourceType": "Observation",
@@ -302,7 +288,7 @@ def test_patient_consents_and_consented_patients_read_the_current_consents(cast)
 def test_the_other_tenant_sees_none_of_these_consents(cast):
     with tenant_schema(cast.tenant_a):
         patient = _stored({"resourceType": "Patient"})
-        _stored(_consent(patient))
+        _stored(consent(patient, DENY_ALL))
     with tenant_schema(cast.tenant_b):
         assert patient_consents(patient_id=patient) == []
         assert patient not in consented_patients()

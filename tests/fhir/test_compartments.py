@@ -26,6 +26,7 @@ from fhirplatform.fhir.models import Resource, ResourceVersion
 from fhirplatform.fhir.search.extract import resource_values
 from fhirplatform.fhir.search.values import ReferenceValue
 from fhirplatform.schemas import schema_activate, schema_public, tenant_schema
+from tests.consent.enforcement_support import DENY_ALL, consent
 from tests.fhir.rest_support import FhirClient, generous_limits, observation, patient
 from tests.fhir.test_search_indexing import SYNTHEA, synthea_resources
 
@@ -381,24 +382,6 @@ def test_a_transaction_records_its_patients_and_types_for_one_callback(
         schema_public()
 
 
-def _consent(patient_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "policyRule": {"coding": [{"system": "urn:policy", "code": "opt-in"}]},
-    }
-
-
 @pytest.mark.django_db
 def test_a_bundle_is_one_callback_and_a_consent_is_flagged(
     api, cast, django_capture_on_commit_callbacks
@@ -410,7 +393,7 @@ def test_a_bundle_is_one_callback_and_a_consent_is_flagged(
         "entry": [
             {"fullUrl": subject, "resource": patient(), "request": {"method": "POST"}},
             {"resource": observation(subject), "request": {"method": "POST"}},
-            {"resource": _consent("x") | {"patient": {"reference": subject}}},
+            {"resource": consent("x", DENY_ALL) | {"patient": {"reference": subject}}},
         ],
     }
     for entry in bundle["entry"]:
@@ -515,7 +498,7 @@ def test_the_caches_are_told_after_commit_at_once_in_autocommit_and_never_on_rol
     try:
         assert not connection.in_atomic_block
         services.resource_create(
-            resource_type="Consent", content=_consent(b.logical_id), source=SOURCE
+            resource_type="Consent", content=consent(b.logical_id, DENY_ALL), source=SOURCE
         )
         assert changed(start) == {names[1], names[3]}
     finally:
