@@ -71,6 +71,7 @@ _Plan = tuple[_Subsets, tuple[tuple[frozenset[str], _Subsets, tuple[str, ...]], 
 
 def _type_plan(guard: "ConsentGuard", resource_type: str) -> _Plan:
     snapshot = guard.snapshot
+    snapshot.patients_load()
     explicit = snapshot.policy.explicit_labels
     default_denied = _denied_subsets(guard, resource_type, None, explicit)
     groups: dict[tuple[frozenset[str], _Subsets], list[str]] = {}

@@ -48,6 +48,11 @@ _CONSENTS_OF_PATIENT = (
     "WHERE i.resource_type = 'Consent' AND i.param = 'patient' "
     "AND i.target_type = 'Patient' AND i.target_id = %s) ORDER BY r.id"
 )
+_CONSENTS_BY_PATIENT = (
+    "SELECT i.target_id, r.content::text FROM {references} i JOIN {resources} r "
+    "ON r.id = i.resource_id WHERE i.resource_type = 'Consent' AND i.param = 'patient' "
+    "AND i.target_type = 'Patient' AND NOT r.deleted ORDER BY r.id"
+)
 _CONSENTED_PATIENTS = (
     "SELECT DISTINCT i.target_id FROM {references} i JOIN {resources} r ON r.id = i.resource_id "
     "WHERE i.resource_type = 'Consent' AND i.param = 'patient' AND i.target_type = 'Patient' "
@@ -121,6 +126,20 @@ def patient_consents(*, patient_id: str) -> list[dict[str, Any]]:
     with schema_named_cursor() as cursor:
         cursor.execute(statement, [patient_id])
         return [json.loads(text) for (text,) in cursor.fetchall()]
+
+
+def consents_by_patient() -> dict[str, list[dict[str, Any]]]:
+    """Every current Consent resource of the tenant by its patient, oldest first: what a
+    search's consent filter reads at once instead of one patient after another."""
+    statement = _CONSENTS_BY_PATIENT.format(
+        resources=schema_table(Resource), references=schema_table(ReferenceIndex)
+    )
+    found: dict[str, list[dict[str, Any]]] = {}
+    with schema_named_cursor() as cursor:
+        cursor.execute(statement)
+        for patient_id, text in cursor.fetchall():
+            found.setdefault(patient_id, []).append(json.loads(text))
+    return found
 
 
 def consented_patients() -> frozenset[str]:

@@ -19,7 +19,7 @@ the round trip of its cache lookup, before it reads any tenant data, so:
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,12 @@ from django.conf import settings
 
 from consent.decision import ConsentPolicy
 from consent.provisions import consent_edges, consent_labels
-from consent.selectors import consented_patients, patient_consents, policy_current
+from consent.selectors import (
+    consented_patients,
+    consents_by_patient,
+    patient_consents,
+    policy_current,
+)
 from fhirplatform.cache.generations import generations_local_epoch
 
 
@@ -42,6 +47,15 @@ class PatientConsents:
 
 
 _NONE = PatientConsents((), frozenset(), ())
+
+
+def _patient_consents(consents: Iterable[Mapping[str, Any]]) -> PatientConsents:
+    held = tuple(consents)
+    return PatientConsents(
+        consents=held,
+        labels=frozenset().union(*(consent_labels(consent=c) for c in held)),
+        edges=tuple(edge for c in held for edge in consent_edges(consent=c)),
+    )
 
 
 @dataclass
@@ -62,15 +76,24 @@ class ConsentSnapshot:
             return _NONE
         found = self._patients.get(patient_id)
         if found is None:
-            consents = tuple(patient_consents(patient_id=patient_id))
-            found = PatientConsents(
-                consents=consents,
-                labels=frozenset().union(*(consent_labels(consent=c) for c in consents)),
-                edges=tuple(edge for c in consents for edge in consent_edges(consent=c)),
-            )
+            found = _patient_consents(patient_consents(patient_id=patient_id))
             with self._lock:
                 self._patients[patient_id] = found
         return found
+
+    def patients_load(self) -> None:
+        """Every consented patient's Consents, in one statement, unless all are held: a
+        search's consent filter reads them all."""
+        if len(self._patients) >= len(self.consented):
+            return
+        loaded = {
+            patient_id: _patient_consents(consents)
+            for patient_id, consents in consents_by_patient().items()
+            if patient_id in self.consented
+        }
+        with self._lock:
+            for patient_id, found in loaded.items():
+                self._patients.setdefault(patient_id, found)
 
     def fresh(self, tokens: tuple[str, str] | None) -> bool:
         return (

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from consent.codes import CONSENT_REASON, DeniedAnswer, Effect
 from tenants.services import client_create
@@ -244,3 +246,18 @@ def test_a_patch_is_decided_like_a_read_of_what_it_patches(fresh):
 
     assert response.status_code == 404
     assert fresh.writer.get(f"Observation/{obs_id}").json()["status"] == "final"
+
+
+def test_a_search_reads_every_consented_patients_consents_in_one_statement(fresh):
+    patients = [_patient_with_data(fresh)[0] for _ in range(3)]
+    for patient_id in patients:
+        _deny_reader(fresh, patient_id)
+    reader = fresh.client(fresh.reader)
+
+    with CaptureQueriesContext(connection) as captured:
+        bundle = reader.get("Observation", subject=",".join(patients), _total="accurate")
+
+    assert bundle.json()["total"] == 0
+    texts = [query["sql"] for query in captured.captured_queries]
+    assert sum("SELECT i.target_id, r.content" in text for text in texts) == 1
+    assert not any("i.target_id = " in text for text in texts)  # no patient one by one
