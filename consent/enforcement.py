@@ -10,14 +10,18 @@ it; one in none follows the tenant policy. Searches leave denied resources out i
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db.models import Q
+from django.db.models import Model, QuerySet
 
 from consent.codes import CONSENT_REASON, DeniedAnswer
 from consent.decision import ConsentRequest, Decision, consent_decide
+from consent.filters import consent_exclusion
 from consent.snapshots import ConsentSnapshot
 from fhirplatform.errors import FhirError, IssueCode, not_found
+
+# Resource and ResourceVersion rows: both carry compartment and security_labels.
+_Row = TypeVar("_Row", bound=Model)
 
 
 @dataclass
@@ -102,11 +106,13 @@ class ConsentGuard:
             )
         return not_found()
 
-    def exclusion(self, *, resource_types: Sequence[str]) -> "Exclusion":
-        """What a search over `resource_types` must leave out (consent/filters.py)."""
-        from consent.filters import consent_exclusion
-
-        return consent_exclusion(guard=self, resource_types=resource_types)
+    def visible(self, rows: QuerySet[_Row], *, resource_types: Sequence[str]) -> QuerySet[_Row]:
+        """`rows` (current resources or versions, of `resource_types`) without those the
+        decision denies, left out in SQL (consent/filters.py)."""
+        exclusion = consent_exclusion(guard=self, resource_types=resource_types)
+        if exclusion.everything:
+            return rows.none()
+        return rows if exclusion.q is None else rows.exclude(exclusion.q)
 
     def settles_by(self, instant: datetime | None) -> None:
         """Note that what this request was decided on may change at `instant`."""
@@ -117,11 +123,3 @@ class ConsentGuard:
         """Until when every decision this request made stays as it is: the next instant a
         provision period of a Consent it consulted starts or ends (None: no such instant)."""
         return self._settled
-
-
-@dataclass(frozen=True)
-class Exclusion:
-    """What a search leaves out: everything, or the rows `q` matches (None: nothing)."""
-
-    everything: bool = False
-    q: Q | None = None

@@ -16,6 +16,7 @@ tenant's snapshot until the next provision period edge.
 """
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import reduce
 from itertools import combinations
 from operator import or_
@@ -26,7 +27,7 @@ from django.db.models import Q
 from consent.codes import DecisionBasis
 
 if TYPE_CHECKING:
-    from consent.enforcement import ConsentGuard, Exclusion
+    from consent.enforcement import ConsentGuard
 
 # A patient whose provisions match on more labels than this has every resource of the
 # searched type left out (fail safe): 2^12 decisions per patient is the most we spend.
@@ -36,9 +37,15 @@ _MEMO_ENTRIES = 256
 _Subsets = frozenset[frozenset[str]]
 
 
-def consent_exclusion(*, guard: "ConsentGuard", resource_types: Sequence[str]) -> "Exclusion":
-    from consent.enforcement import Exclusion
+@dataclass(frozen=True)
+class Exclusion:
+    """What a search leaves out: everything, or the rows `q` matches (None: nothing)."""
 
+    everything: bool = False
+    q: Q | None = None
+
+
+def consent_exclusion(*, guard: "ConsentGuard", resource_types: Sequence[str]) -> Exclusion:
     snapshot = guard.snapshot
     key = (guard.client_id, guard.partner, guard.purpose, tuple(sorted(resource_types)))
     memo = snapshot.memo.get(key)
@@ -109,10 +116,9 @@ def _plan_condition(guard: "ConsentGuard", plan: _Plan) -> Q | None:
         )
     for universe, denied, patients in groups:
         condition = _labels_condition(denied, universe)
+        assert condition is not None  # a group holds patients who deny something
         named = Q(compartment__overlap=list(patients))
-        conditions.append(
-            named if condition is _EVERYTHING or condition is None else named & condition
-        )
+        conditions.append(named if condition is _EVERYTHING else named & condition)
     return reduce(or_, conditions) if conditions else None
 
 

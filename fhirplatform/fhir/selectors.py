@@ -199,11 +199,7 @@ def history_page(
     if query.since:
         versions = versions.filter(last_updated__gte=query.since)
     types = [query.resource_type] if query.resource_type else sorted(R4_RESOURCE_TYPES)
-    exclusion = consent.exclusion(resource_types=types)
-    if exclusion.everything:
-        versions = versions.none()
-    elif exclusion.q is not None:
-        versions = versions.exclude(exclusion.q)
+    versions = consent.visible(versions, resource_types=types)
     if cursor:
         after, last_id = _history_after(caller, query, cursor)
         versions = versions.filter(

@@ -88,11 +88,7 @@ def _matching(
             chain_filter(chain=chain, resource_types=types, base_url=base_url)
         )
     if consent is not None:
-        exclusion = consent.exclusion(resource_types=types)
-        if exclusion.everything:
-            return queryset.none()
-        if exclusion.q is not None:
-            queryset = queryset.exclude(exclusion.q)
+        queryset = consent.visible(queryset, resource_types=types)
     return queryset
 
 
