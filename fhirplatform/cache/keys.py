@@ -22,22 +22,44 @@ class Namespace(StrEnum):
     RESPONSE = "r"
     SEMANTIC = "s"
 
+    @property
+    def counter_prefix(self) -> str:
+        """Each tier counts its own hits, misses and fills in the tenant's stats hash."""
+        return "" if self is Namespace.RESPONSE else "semantic_"
+
 
 _ENTRY_TAIL = re.compile(r"^[rs]:[0-9a-f]{40}$")
 
 
 class StatField:
-    """The counters of a tenant's stats hash (written by Lua and by Python)."""
+    """The counters of a tenant's stats hash (written by Lua and by Python): the response
+    tier's, the semantic tier's (Namespace.counter_prefix), and the tenant's."""
 
     HITS = "hits"
     MISSES = "misses"
     BYPASSES = "bypasses"
     FILLS = "fills"
     FILLS_SKIPPED = "fills_skipped"
+    SEMANTIC_HITS = "semantic_hits"
+    SEMANTIC_MISSES = "semantic_misses"
+    SEMANTIC_FILLS = "semantic_fills"
+    SEMANTIC_FILLS_SKIPPED = "semantic_fills_skipped"
     INVALIDATIONS = "invalidations"
     DENIALS = "denials"
 
-    ALL = (HITS, MISSES, BYPASSES, FILLS, FILLS_SKIPPED, INVALIDATIONS, DENIALS)
+    ALL = (
+        HITS,
+        MISSES,
+        BYPASSES,
+        FILLS,
+        FILLS_SKIPPED,
+        SEMANTIC_HITS,
+        SEMANTIC_MISSES,
+        SEMANTIC_FILLS,
+        SEMANTIC_FILLS_SKIPPED,
+        INVALIDATIONS,
+        DENIALS,
+    )
 
 
 def tenant_prefix(tenant_schema: str) -> str:
@@ -67,8 +89,10 @@ def refresh_lock_key(entry_key: str) -> str:
     return entry_key + ":swr"
 
 
-def entry_key_check(*, key: str, tenant_schema: str) -> None:
-    """An entry key must be the tenant's own: its stats, index and generations are."""
+def entry_key_check(*, key: str, tenant_schema: str) -> Namespace:
+    """An entry key must be the tenant's own: its stats, index and generations are.
+    Returns the entry's tier."""
     prefix = tenant_prefix(tenant_schema)
     if not key.startswith(prefix) or not _ENTRY_TAIL.match(key[len(prefix) :]):
         raise ValueError(f"{key!r} is not an entry key of {tenant_schema!r}")
+    return Namespace(key[len(prefix)])

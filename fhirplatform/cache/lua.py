@@ -51,7 +51,8 @@ return out
 # KEYS: entry, stats hash, key index, refresh lock, then the tenant generation keys whose
 #       tokens are returned.
 # ARGV: token base, generation ttl, refresh lock seconds, bypasses this process counted
-#       while Redis was unreachable (folded into the stats here: no round trip of their own).
+#       while Redis was unreachable (folded into the stats here: no round trip of their own),
+#       the prefix of the entry's tier in the counters ('' response, 'semantic_').
 # Returns: outcome, payload, stored-at, age in ms, then the tokens of the generation keys.
 #   outcome: hit | stale (past ttl, within swr: served while another refreshes) |
 #            refresh (past ttl, within swr: this caller took the lock and refreshes) |
@@ -87,9 +88,9 @@ if e[1] then
   end
 end
 if outcome == 'hit' or outcome == 'stale' then
-  redis.call('HINCRBY', KEYS[2], 'hits', 1)
+  redis.call('HINCRBY', KEYS[2], ARGV[5] .. 'hits', 1)
 else
-  redis.call('HINCRBY', KEYS[2], 'misses', 1)
+  redis.call('HINCRBY', KEYS[2], ARGV[5] .. 'misses', 1)
 end
 local folded = tonumber(ARGV[4])
 if folded > 0 then redis.call('HINCRBY', KEYS[2], 'bypasses', folded) end
@@ -103,14 +104,15 @@ return out
 
 # KEYS: entry, stats hash, key index, refresh lock, epoch, then the generation keys the
 #       entry depends on.
-# ARGV: the epoch token the lookup saw, payload, ttl, swr, token base, generation ttl.
+# ARGV: the epoch token the lookup saw, payload, ttl, swr, token base, generation ttl, the
+#       prefix of the entry's tier in the counters (as LOOKUP's).
 # Returns 1 when stored; 0 when the epoch changed since the lookup (a change committed
 # while the answer was read, so the answer may predate tokens read now): nothing stored.
 FILL = (
     _READ_OR_CREATE
     + r"""
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then
-  redis.call('HINCRBY', KEYS[2], 'fills_skipped', 1)
+  redis.call('HINCRBY', KEYS[2], ARGV[7] .. 'fills_skipped', 1)
   redis.call('DEL', KEYS[4])
   return 0
 end
@@ -128,7 +130,7 @@ redis.call('HSET', KEYS[1], 'p', ARGV[2], 'at', tostring(now), 'ttl', ARGV[3],
 redis.call('EXPIRE', KEYS[1], ttl + swr)
 redis.call('ZADD', KEYS[3], now + ttl + swr, KEYS[1])
 redis.call('DEL', KEYS[4])
-redis.call('HINCRBY', KEYS[2], 'fills', 1)
+redis.call('HINCRBY', KEYS[2], ARGV[7] .. 'fills', 1)
 return 1
 """
 )

@@ -49,6 +49,13 @@ TENANT_COUNTERS = (
         "fhirplatform_cache_fills_skipped",
         "Fills refused: the tenant changed between lookup and fill",
     ),
+    (
+        "semantic_hits",
+        "fhirplatform_cache_semantic_hits",
+        "Semantic tier hits (a search's total, page ids or include ids)",
+    ),
+    ("semantic_misses", "fhirplatform_cache_semantic_misses", "Semantic tier misses"),
+    ("semantic_fills", "fhirplatform_cache_semantic_fills", "Semantic tier entries stored"),
     ("invalidations", "fhirplatform_cache_invalidations", "Generation bumps"),
     ("denials", "fhirplatform_cache_consent_denials", "Consent denials"),
 )
@@ -77,12 +84,20 @@ class TenantCacheCollector(Collector):
         ratio = GaugeMetricFamily(
             "fhirplatform_cache_hit_ratio", "hits / (hits + misses)", labels=["tenant"]
         )
+        semantic_ratio = GaugeMetricFamily(
+            "fhirplatform_cache_semantic_hit_ratio",
+            "semantic_hits / (semantic_hits + semantic_misses)",
+            labels=["tenant"],
+        )
         for slug, stats in rows:
             entries.add_metric([slug], float(stats.entries))
             if stats.hit_ratio is not None:
                 ratio.add_metric([slug], stats.hit_ratio)
+            if stats.semantic_hit_ratio is not None:
+                semantic_ratio.add_metric([slug], stats.semantic_hit_ratio)
         yield entries
         yield ratio
+        yield semantic_ratio
 
     def describe(self) -> Iterator[Metric]:
         # Nothing at registration: describing would read PostgreSQL and Redis.

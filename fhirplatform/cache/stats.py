@@ -17,13 +17,27 @@ class TenantStats:
     counters: dict[str, int]  # every StatField, 0 when never counted
     entries: int  # live members of the key index
 
-    @property
-    def hit_ratio(self) -> float | None:
-        hits, misses = self.counters[StatField.HITS], self.counters[StatField.MISSES]
+    def _ratio(self, hits_field: str, misses_field: str) -> float | None:
+        hits, misses = self.counters[hits_field], self.counters[misses_field]
         return hits / (hits + misses) if hits + misses else None
 
+    @property
+    def hit_ratio(self) -> float | None:
+        """The response tier's: answers served whole from the cache."""
+        return self._ratio(StatField.HITS, StatField.MISSES)
+
+    @property
+    def semantic_hit_ratio(self) -> float | None:
+        """The semantic tier's: searches' totals, pages and includes found computed."""
+        return self._ratio(StatField.SEMANTIC_HITS, StatField.SEMANTIC_MISSES)
+
     def as_dict(self) -> dict[str, int | float | None]:
-        return {**self.counters, "entries": self.entries, "hit_ratio": self.hit_ratio}
+        return {
+            **self.counters,
+            "entries": self.entries,
+            "hit_ratio": self.hit_ratio,
+            "semantic_hit_ratio": self.semantic_hit_ratio,
+        }
 
 
 def cache_stats_many(*, tenant_schemas: Sequence[str]) -> dict[str, TenantStats] | None:
@@ -51,8 +65,8 @@ def cache_stats_many(*, tenant_schemas: Sequence[str]) -> dict[str, TenantStats]
 
 
 def cache_stats(*, tenant_schema: str) -> dict[str, int | float | None]:
-    """hits, misses, bypasses, fills, fills_skipped, invalidations, denials, entries and
-    hit_ratio (None before the first lookup) of one tenant; {} when Redis is unreachable."""
+    """Every StatField counter, entries, hit_ratio and semantic_hit_ratio (None before the
+    tier's first lookup) of one tenant; {} when Redis is unreachable."""
     stats = cache_stats_many(tenant_schemas=[tenant_schema])
     return {} if stats is None else stats[tenant_schema].as_dict()
 

@@ -129,7 +129,7 @@ def cache_lookup(*, key: str, tenant_schema: str, tenant_names: Sequence[str]) -
     request refreshes it) and filled under generations that are all still current; always
     the current tokens of `tenant_names` (EPOCH added). Hits and misses are counted in the
     same script. Redis unreachable: Lookup(bypass=True) after one timeout at most."""
-    entry_key_check(key=key, tenant_schema=tenant_schema)
+    tier = entry_key_check(key=key, tenant_schema=tenant_schema)
     names = list(dict.fromkeys([EPOCH.value, *tenant_names]))
     if not link.available():
         bypasses.add(tenant_schema)
@@ -142,6 +142,7 @@ def cache_lookup(*, key: str, tenant_schema: str, tenant_names: Sequence[str]) -
         settings.CACHE_GENERATION_TTL_SECONDS,
         settings.CACHE_REFRESH_LOCK_SECONDS,
         folded,
+        tier.counter_prefix,
     ]
     try:
         client, scripts = link.connect()
@@ -180,7 +181,7 @@ def cache_fill(
     names; missing ones created), for ttl seconds (+ swr stale), unless the tenant's epoch
     is no longer `epoch_seen` (a change committed since the lookup): then nothing is stored
     and False returned. False too when not cacheable (ttl 0, too large) or Redis is down."""
-    entry_key_check(key=key, tenant_schema=tenant_schema)
+    tier = entry_key_check(key=key, tenant_schema=tenant_schema)
     if ttl <= 0 or swr < 0:
         return False
     if len(payload) > settings.CACHE_MAX_PAYLOAD_BYTES:
@@ -203,6 +204,7 @@ def cache_fill(
         swr,
         token_base(),
         settings.CACHE_GENERATION_TTL_SECONDS,
+        tier.counter_prefix,
     ]
     try:
         client, scripts = link.connect()

@@ -17,6 +17,11 @@ decision, and depends on the generations that decision and that data stand on:
 
 Its ttl is the type's rule (the shortest of a search's types), cut to the next instant a
 Consent provision period starts or ends.
+
+A search that missed may still find what its search part computed in the semantic tier
+(fhirplatform/fhir/search/semantic.py), through its SearchCache: one more lookup per
+entry it asks for, and its fills join the response's at the exit, under the same
+dependencies and ttl, only when the whole answer was a 200 worth caching.
 """
 
 import json
@@ -72,6 +77,8 @@ class CacheState:
     depends_on: list[str] = field(default_factory=list)  # set by the handler
     resource_types: list[str] = field(default_factory=list)  # whose rules give the ttl
     guard: ConsentGuard | None = None
+    # The semantic tier's entries a search computed: (key, payload), filled at the exit.
+    semantic_fills: list[tuple[str, bytes]] = field(default_factory=list)
 
     @property
     def tokens(self) -> dict[str, str] | None:
@@ -178,6 +185,46 @@ def depends_on_search(*, state: CacheState, resource_types: set[str]) -> None:
     state.depends_on = names + [gen_type(t) for t in state.resource_types]
 
 
+class SearchCache:
+    """What a search asks of the cache (search_bundle's `cache`): the types it touches
+    (its dependencies), and the semantic tier's entries of the caller's searches."""
+
+    def __init__(self, *, caller: "Caller", state: CacheState) -> None:
+        self.caller = caller
+        self.state = state
+
+    def touches(self, resource_types: set[str]) -> None:
+        depends_on_search(state=self.state, resource_types=resource_types)
+
+    def _key(self, parts: list[Any]) -> str:
+        caller = self.caller
+        return cache_key(
+            namespace=Namespace.SEMANTIC,
+            tenant_schema=caller.tenant.schema_name,
+            client_id=caller.client.client_id,
+            scopes=scopes_text(caller.scopes),
+            purpose=caller.purpose,
+            request=json.dumps(parts, separators=(",", ":"), default=str),
+        )
+
+    def get(self, parts: list[Any]) -> bytes | None:
+        """The entry named by `parts`, while the generations it was filled under hold;
+        None when there is none, or the answer is not cached (no lookup, Redis
+        unreachable, a type that is never cached)."""
+        state = self.state
+        if state.tokens is None or _rule(state) is None:
+            return None
+        lookup = cache_lookup(
+            key=self._key(parts), tenant_schema=self.caller.tenant.schema_name, tenant_names=()
+        )
+        return lookup.payload if lookup.hit else None
+
+    def put(self, parts: list[Any], payload: bytes) -> None:
+        """Keep `payload` under `parts`, once the whole answer is known to be cacheable."""
+        if self.state.tokens is not None:
+            self.state.semantic_fills.append((self._key(parts), payload))
+
+
 def cache_finish(*, caller: "Caller", state: CacheState, response: HttpResponseBase) -> None:
     """The exit's first step: count consent denials, fill the cache with a fresh 200, and
     say what the cache did (X-Cache, Age)."""
@@ -191,15 +238,17 @@ def cache_finish(*, caller: "Caller", state: CacheState, response: HttpResponseB
         ttl = _ttl(rule, state.guard)
         tokens = state.tokens
         if ttl > 0 and tokens is not None:
-            cache_fill(
-                key=state.key,
-                tenant_schema=schema,
-                epoch_seen=tokens[EPOCH.value],
-                depends_on=state.depends_on,
-                payload=_payload(response),
-                ttl=ttl,
-                swr=rule.swr,
-            )
+            fills = [(state.key, _payload(response)), *state.semantic_fills]
+            for key, payload in fills:
+                cache_fill(
+                    key=key,
+                    tenant_schema=schema,
+                    epoch_seen=tokens[EPOCH.value],
+                    depends_on=state.depends_on,
+                    payload=payload,
+                    ttl=ttl,
+                    swr=rule.swr,
+                )
     if response.status_code in (200, 304):
         # Only answers say what the cache did: an error must look the same whether it came
         # from a lookup (a missing resource) or before one (another tenant's URL).

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from fhirplatform.errors import FHIR_JSON, FhirError, Issue, IssueCode, Severity, operation_outcome
 from fhirplatform.fhir import bundle_processing, bundles, selectors, services
-from fhirplatform.fhir.caching import depends_on_resource, depends_on_search
+from fhirplatform.fhir.caching import SearchCache, depends_on_resource
 from fhirplatform.fhir.capability import capability_statement
 from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser
 from fhirplatform.fhir.models import Resource
@@ -109,7 +109,6 @@ class BaseFhirView(FhirView):
         self, request: Request, resource_type: str | None, params: list[tuple[str, str]]
     ) -> Response:
         strict = _prefer(request).get("handling") == "strict"
-        touched: set[str] = set()
         bundle = search_bundle(
             caller=self.caller,
             resource_type=resource_type,
@@ -118,9 +117,8 @@ class BaseFhirView(FhirView):
             strict=strict,
             consent=self.consent,
             as_stored=True,
-            touched=touched,
+            cache=SearchCache(caller=self.caller, state=self.state.cache),
         )
-        depends_on_search(state=self.state.cache, resource_types=touched)
         return Response(bundle, content_type=FHIR_JSON)
 
 

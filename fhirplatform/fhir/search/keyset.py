@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import models
 from django.db.models import Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet, TextField
@@ -21,6 +21,9 @@ from fhirplatform.fhir.search.parsing import Control, SearchRequest, SortKey
 from fhirplatform.fhir.search.registry import ParamType
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.tokens import Caller
+
+if TYPE_CHECKING:
+    from fhirplatform.fhir.search.semantic import SearchMemo
 
 
 def with_stored_text(queryset: QuerySet[Resource]) -> QuerySet[Resource]:
@@ -216,10 +219,18 @@ def _rows_by_column(
     return list(queryset.order_by(*ordering)[:limit])
 
 
-def page_read(*, caller: Caller, queryset: QuerySet[Resource], request: SearchRequest) -> Page:
-    """The page of `queryset` the request's cursor points at (the first without one), in
-    sort order, with cursors for the pages before and after it where rows lie there."""
-    position = _position(caller, request, request.cursor) if request.cursor else None
+@dataclass(frozen=True)
+class Located:
+    """A page before its cursors: its rows in page order, and whether rows lie beyond it."""
+
+    rows: list[Resource]
+    has_next: bool
+    has_previous: bool
+
+
+def _locate(
+    queryset: QuerySet[Resource], request: SearchRequest, position: Position | None
+) -> Located:
     direction = position.direction if position else Direction.NEXT
     # Reading backwards (previous page) flips the order; the rows are reversed afterwards.
     descending = request.sort.descending != (direction == Direction.PREVIOUS)
@@ -233,12 +244,59 @@ def page_read(*, caller: Caller, queryset: QuerySet[Resource], request: SearchRe
     # Going forward, a cursor means rows lie behind; going backward, rows lie ahead.
     has_next = more if direction == Direction.NEXT else position is not None
     has_previous = position is not None if direction == Direction.NEXT else more
+    return Located(rows=rows, has_next=has_next, has_previous=has_previous)
+
+
+def position_parts(position: Position | None) -> list[Any] | None:
+    """A position as JSON, for the semantic cache's key of the page it starts."""
+    if position is None:
+        return None
+    return [str(position.direction), _key_json(position.key), position.pk]
+
+
+def located_encode(located: Located) -> list[Any]:
+    """A located page as JSON: each row's sort key and id, and the two flags."""
+    keys = [[_key_json(row.sort_key), row.pk] for row in located.rows]  # type: ignore[attr-defined]
+    return [keys, located.has_next, located.has_previous]
+
+
+def located_decode(request: SearchRequest, stored: list[Any]) -> Located | None:
+    """The page `located_encode` stored, its rows read again by id (one statement);
+    None when one of them is gone since (deleted, or the entry is not one of ours)."""
+    keys, has_next, has_previous = stored
+    found = with_stored_text(Resource.objects.filter(deleted=False)).in_bulk([pk for _, pk in keys])
+    rows = []
+    for raw, pk in keys:
+        resource = found.get(pk)
+        if resource is None:
+            return None
+        resource.sort_key = _key_value(request.sort, raw)  # type: ignore[attr-defined]
+        rows.append(resource)
+    return Located(rows=rows, has_next=bool(has_next), has_previous=bool(has_previous))
+
+
+def page_read(
+    *,
+    caller: Caller,
+    queryset: QuerySet[Resource],
+    request: SearchRequest,
+    memo: "SearchMemo | None" = None,
+) -> Page:
+    """The page of `queryset` the request's cursor points at (the first without one), in
+    sort order, with cursors for the pages before and after it where rows lie there.
+    `memo`: the search's semantic cache, which may know the page's rows by id."""
+    position = _position(caller, request, request.cursor) if request.cursor else None
+    if memo is None:
+        located = _locate(queryset, request, position)
+    else:
+        located = memo.page(position, lambda: _locate(queryset, request, position))
+    rows = located.rows
     return Page(
         rows=rows,
         next_cursor=_cursor(caller, request, Direction.NEXT, rows[-1])
-        if rows and has_next
+        if rows and located.has_next
         else None,
         previous_cursor=_cursor(caller, request, Direction.PREVIOUS, rows[0])
-        if rows and has_previous
+        if rows and located.has_previous
         else None,
     )

@@ -19,6 +19,7 @@ from tenants.tokens import Caller
 
 if TYPE_CHECKING:
     from consent.enforcement import ConsentGuard
+    from fhirplatform.fhir.search.semantic import SearchMemo
 
 MAX_INCLUDED = 1000
 SUBSETTED = {
@@ -115,16 +116,20 @@ def searchset_entries(
     base: str,
     as_stored: bool,
     consent: "ConsentGuard | None",
+    memo: "SearchMemo",
 ) -> list[dict[str, Any]]:
     """The page's matches, what they include, and an outcome naming ignored parameters.
 
     `as_stored`: each resource as the JsonText PostgreSQL returned, for the response
-    (shaped ones by _elements/_summary aside); else parsed, for a caller that reads it."""
+    (shaped ones by _elements/_summary aside); else parsed, for a caller that reads it.
+    `memo`: the search's semantic cache, which may know what the page includes."""
     entries = [_entry(base, r, "match", request, as_stored) for r in rows]
-    entries += [
-        _entry(base, r, "include", request, as_stored)
-        for r in _included(caller, request, rows, consent)
-    ]
+    included = (
+        memo.included(rows, lambda: _included(caller, request, rows, consent))
+        if rows and (request.includes or request.revincludes)
+        else []
+    )
+    entries += [_entry(base, r, "include", request, as_stored) for r in included]
     if request.unknown:
         outcome = operation_outcome(
             Issue(

@@ -16,12 +16,14 @@ from fhirplatform.fhir.search.parsing import SearchRequest, search_parse
 from fhirplatform.fhir.search.query import chain_filter, column_filter, index_filter
 from fhirplatform.fhir.search.registry import Column
 from fhirplatform.fhir.search.searchset import searchset_entries, searchset_link
+from fhirplatform.fhir.search.semantic import SearchMemo
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.scopes import Interaction, scope_require, scopes_allow
 from tenants.tokens import Caller
 
 if TYPE_CHECKING:
     from consent.enforcement import ConsentGuard
+    from fhirplatform.fhir.caching import SearchCache
 
 
 def _system_scope_check(caller: Caller, request: SearchRequest) -> None:
@@ -114,7 +116,7 @@ def search_bundle(
     strict: bool,
     consent: "ConsentGuard | None",
     as_stored: bool = False,
-    touched: set[str] | None = None,
+    cache: "SearchCache | None" = None,
 ) -> dict[str, Any]:
     """Run a search for `caller` and render the searchset Bundle (one page of it).
 
@@ -122,21 +124,22 @@ def search_bundle(
     (a conditional create's duplicate check), never for what a caller is shown.
     `as_stored`: the entries' resources are the JsonText of their stored JSON, which the
     response renders without parsing it (the REST views); else parsed dicts.
-    `touched`: filled with every type whose data the answer depends on ("*": any), for
-    the response cache."""
+    `cache`: the response cache of the request, told every type whose data the answer
+    depends on, and the semantic cache's store (semantic.py); None: not cached."""
     base = base_url.rstrip("/")
     request = search_parse(resource_type=resource_type, params=params, strict=strict)
     _hops_scope_check(caller, request)
-    if touched is not None:
-        touched |= _types_touched(request)
+    if cache is not None:
+        cache.touches(_types_touched(request))
+    memo = SearchMemo(cache=cache, request=request)
     path = resource_type or ""
     queryset = _matching(request, base, consent)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if request.summary_count or request.count == 0:  # _count=0 asks for the total only
-        bundle["total"] = queryset.count()
+        bundle["total"] = memo.total(queryset.count)
         bundle["link"] = [searchset_link(relation="self", base=base, path=path, request=request)]
         return bundle
-    page = page_read(caller=caller, queryset=queryset, request=request)
+    page = page_read(caller=caller, queryset=queryset, request=request, memo=memo)
     cursors = {"self": request.cursor, "next": page.next_cursor, "previous": page.previous_cursor}
     bundle["link"] = [
         searchset_link(relation=relation, base=base, path=path, request=request, cursor=cursor)
@@ -144,7 +147,7 @@ def search_bundle(
         if relation == "self" or cursor
     ]
     if request.total_accurate:
-        bundle["total"] = queryset.count()
+        bundle["total"] = memo.total(queryset.count)
     elif request.cursor is None and page.next_cursor is None:
         bundle["total"] = len(page.rows)  # the whole result is on this page: counting is free
     entries = searchset_entries(
@@ -154,6 +157,7 @@ def search_bundle(
         base=base,
         as_stored=as_stored,
         consent=consent,
+        memo=memo,
     )
     if entries:
         bundle["entry"] = entries
