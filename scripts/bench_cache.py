@@ -41,6 +41,9 @@ warmed for --warm seconds first. Printed:
 1. uncached vs cached read and search, p50/p99 and ratios (goal: cached >= 3x faster);
    the hit share of each cached measurement from the tenant's statistics (cache_stats
    before and after) and the X-Cache of a sample sent after the rounds;
+   and the same searches spelled anew each time (`variant`: a random `_elements` of three
+   of ten elements, 720 spellings each): the response tier rarely holds that spelling,
+   the semantic tier holds the search's page (hit shares of both tiers, cache_stats);
 2. the consent-on uncached read against the bare view (goal p50 <= 1.5x) and against
    the consent-trivial tenant (what the consent decision adds);
 3. the mixed workload's hit ratio (reads and searches over ids picked with a skew, 5% of
@@ -261,6 +264,8 @@ def _targets(
         of("on", "read1_on", "read, cached, 1 connection"),
         of("off", "search1_off", "search, uncached, 1 connection", "search"),
         of("on", "search1_on", "search, cached, 1 connection", "search"),
+        of("off", "variant_off", "search variants, uncached", "variant"),
+        of("on", "variant_on", "search variants, cached", "variant"),
         MixedTarget(
             "mixed",
             f"mixed ({args.write_share:.0%} writes)",
@@ -299,6 +304,10 @@ def _rounds(
             hit = stats_hit_share(delta)
             result["stats_hit_share"] = -1.0 if hit is None else hit
             extra = f"hits (cache_stats) {percent(hit)}" if role in ("on", "mixed") else ""
+            if target.kind == "variant" and role == "on":
+                semantic = stats_hit_share(delta, prefix="semantic_")
+                result["stats_semantic_share"] = -1.0 if semantic is None else semantic
+                extra += f", semantic {percent(semantic)}"
             if isinstance(target, MixedTarget):
                 counted = xcache_counts(target.report)
                 mixed_xcache["xcache"].update(counted)
@@ -312,7 +321,7 @@ def _rounds(
 def _for(bench: Bench, target: Target, args: argparse.Namespace) -> Bench:
     # Searches over --search-ids patients: few enough distinct searches for the warm-up to
     # fill them, so the cached rows measure hits (an uncached search costs ~20 ms of CPU).
-    if target.kind != "search":
+    if target.kind not in ("search", "variant"):
         return bench
     return dataclasses.replace(bench, ids=bench.ids[: args.search_ids])
 

@@ -157,8 +157,9 @@ def stats_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
 
 
-def stats_hit_share(delta: dict[str, float]) -> float | None:
-    hits, misses = delta.get("hits", 0.0), delta.get("misses", 0.0)
+def stats_hit_share(delta: dict[str, float], prefix: str = "") -> float | None:
+    """The response tier's hit share (prefix "semantic_": the semantic tier's)."""
+    hits, misses = delta.get(prefix + "hits", 0.0), delta.get(prefix + "misses", 0.0)
     return share(hits, hits + misses)
 
 
@@ -317,16 +318,21 @@ def report_wrk(
 ) -> dict[str, float]:
     print("\n1. uncached / cached (x faster when cached)")
     goals = {}
-    for kind in ("read", "search", "read1", "search1"):
+    for kind in ("read", "search", "read1", "search1", "variant"):
         p50 = ratio(medians, f"{kind}_off", f"{kind}_on", "p50_ms")
         p99_x = ratio(medians, f"{kind}_off", f"{kind}_on", "p99_ms")
         rps = ratio(medians, f"{kind}_on", f"{kind}_off", "rps")
         cpu = ratio(medians, f"{kind}_off", f"{kind}_on", "cpu_ms_per_request")
         hit = medians[f"{kind}_on"]["stats_hit_share"]
-        name = kind.replace("1", ", 1 connection")
+        name = kind.replace("1", ", 1 connection").replace("variant", "search variants")
+        semantic = medians[f"{kind}_on"].get("stats_semantic_share")
+        tiers = ""
+        if semantic is not None:  # measured: -1 when the tier was never looked up
+            tiers = f", semantic {percent(semantic if semantic >= 0 else None)}"
         print(
             f"   {name:<20}: p50 x{p50:.2f}  p99 x{p99_x:.2f}  req/s x{rps:.2f}  CPU/req "
-            f"x{cpu:.2f}  (hits while measured, cache_stats: {percent(hit if hit >= 0 else None)})"
+            f"x{cpu:.2f}  (hits while measured, cache_stats: "
+            f"{percent(hit if hit >= 0 else None)}{tiers})"
         )
         goals[f"{kind}_speedup_p50"] = p50
     looked = sum(sample.values())

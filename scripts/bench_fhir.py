@@ -210,7 +210,7 @@ class Target:
     server: Server
     prefix: str
     headers: Callable[[], dict[str, str]]  # called per measurement: a fresh token each time
-    kind: str = "read"  # or search, create
+    kind: str = "read"  # or search, variant, create
     expected: frozenset[int] = OK  # what one request answers before anything is timed
 
     def load(self) -> Load:
@@ -225,7 +225,7 @@ class Target:
             )
         else:
             path = f"Patient/{patient_id}"
-            if self.kind == "search":
+            if self.kind in ("search", "variant"):
                 path = f"Observation?patient={patient_id}&code=http://loinc.org|{code}"
             response = requests.get(f"{base}/{path}", headers=self.headers(), timeout=30)
         if response.status_code not in self.expected:

@@ -2,6 +2,9 @@
 
 wrk runs a generated Lua script that picks a random patient per request (reads, searches
 and creates alike) and reports its totals and latency percentiles from its `done` hook.
+A `variant` is the search of `search` spelled anew each time: three of ten elements in
+`_elements`, in random order (720 spellings of each search), which the response cache
+answers only when that very spelling came before and the semantic cache answers always.
 The server's CPU time is the user + system time of its gunicorn master and every
 descendant (the workers), from /proc/<pid>/stat, read just before and after wrk runs.
 """
@@ -64,12 +67,33 @@ local function pick(list)
   return list[math.random(#list)]
 end
 
+local elements = {"status", "code", "subject", "effectiveDateTime", "valueQuantity",
+  "category", "issued", "performer", "interpretation", "note"}
+
+local function three_elements()
+  local chosen, used = {}, {}
+  while #chosen < 3 do
+    local name = pick(elements)
+    if not used[name] then
+      used[name] = true
+      table.insert(chosen, name)
+    end
+  end
+  return table.concat(chosen, ",")
+end
+
+local function search_path()
+  return prefix .. "/Observation?patient=" .. pick(ids)
+    .. "&code=http%3A%2F%2Floinc.org%7C" .. pick(codes) .. "&date=ge2018-01-01"
+end
+
 function request()
   if kind == "read" then
     return wrk.format("GET", prefix .. "/Patient/" .. pick(ids), headers)
   elseif kind == "search" then
-    return wrk.format("GET", prefix .. "/Observation?patient=" .. pick(ids)
-      .. "&code=http%3A%2F%2Floinc.org%7C" .. pick(codes) .. "&date=ge2018-01-01", headers)
+    return wrk.format("GET", search_path(), headers)
+  elseif kind == "variant" then
+    return wrk.format("GET", search_path() .. "&_elements=" .. three_elements(), headers)
   end
   local body = string.format(create_body, pick(ids), math.random(50, 110))
   return wrk.format("POST", prefix .. "/Observation", headers, body)
@@ -94,7 +118,8 @@ def lua_string(text: str) -> str:
 
 @dataclass(frozen=True)
 class Load:
-    """What wrk sends: `kind` (read, search or create) under `prefix`, with `headers`."""
+    """What wrk sends: `kind` (read, search, variant or create) under `prefix`, with
+    `headers`."""
 
     kind: str
     prefix: str

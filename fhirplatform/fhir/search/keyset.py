@@ -5,6 +5,7 @@ what page 1 costs. The edge travels in a cursor of the one signed scheme of
 fhirplatform/fhir/paging.py, bound to the tenant, the client and a digest of the search.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -278,18 +279,16 @@ def located_decode(request: SearchRequest, stored: list[Any]) -> Located | None:
 def page_read(
     *,
     caller: Caller,
-    queryset: QuerySet[Resource],
+    matching: Callable[[], QuerySet[Resource]],
     request: SearchRequest,
-    memo: "SearchMemo | None" = None,
+    memo: "SearchMemo",
 ) -> Page:
-    """The page of `queryset` the request's cursor points at (the first without one), in
-    sort order, with cursors for the pages before and after it where rows lie there.
-    `memo`: the search's semantic cache, which may know the page's rows by id."""
+    """The page of the search's matches (`matching` builds their queryset) that the
+    request's cursor points at (the first without one), in sort order, with cursors for
+    the pages before and after it where rows lie there. `memo`: the search's semantic
+    cache, which may know the page's rows by id (then `matching` is never built)."""
     position = _position(caller, request, request.cursor) if request.cursor else None
-    if memo is None:
-        located = _locate(queryset, request, position)
-    else:
-        located = memo.page(position, lambda: _locate(queryset, request, position))
+    located = memo.page(position, lambda: _locate(matching(), request, position))
     rows = located.rows
     return Page(
         rows=rows,

@@ -5,6 +5,7 @@ tables (query.py), one page is cut by a keyset cursor (keyset.py) and rendered w
 includes and links (searchset.py).
 """
 
+from functools import cache as cache_once
 from typing import TYPE_CHECKING, Any
 
 from django.db.models import QuerySet
@@ -133,13 +134,19 @@ def search_bundle(
         cache.touches(_types_touched(request))
     memo = SearchMemo(cache=cache, request=request)
     path = resource_type or ""
-    queryset = _matching(request, base, consent)
+
+    @cache_once
+    def matching() -> QuerySet[Resource]:
+        # Built only when the semantic tier does not know the answer: building the
+        # criteria and the consent exclusion is most of what a search costs in Python.
+        return _matching(request, base, consent)
+
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if request.summary_count or request.count == 0:  # _count=0 asks for the total only
-        bundle["total"] = memo.total(queryset.count)
+        bundle["total"] = memo.total(lambda: matching().count())
         bundle["link"] = [searchset_link(relation="self", base=base, path=path, request=request)]
         return bundle
-    page = page_read(caller=caller, queryset=queryset, request=request, memo=memo)
+    page = page_read(caller=caller, matching=matching, request=request, memo=memo)
     cursors = {"self": request.cursor, "next": page.next_cursor, "previous": page.previous_cursor}
     bundle["link"] = [
         searchset_link(relation=relation, base=base, path=path, request=request, cursor=cursor)
@@ -147,7 +154,7 @@ def search_bundle(
         if relation == "self" or cursor
     ]
     if request.total_accurate:
-        bundle["total"] = memo.total(queryset.count)
+        bundle["total"] = memo.total(lambda: matching().count())
     elif request.cursor is None and page.next_cursor is None:
         bundle["total"] = len(page.rows)  # the whole result is on this page: counting is free
     entries = searchset_entries(
