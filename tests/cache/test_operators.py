@@ -7,6 +7,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from fhirplatform.cache.generations import gen_patient, generations_changed
+from fhirplatform.cache.keys import Namespace
 from fhirplatform.cache.models import CacheRule
 from fhirplatform.cache.stats import cache_stats, cache_stats_denial
 from tests.cache.conftest import fill, key_for, lookup
@@ -44,7 +45,7 @@ def test_the_overview_shows_every_tenant_with_its_statistics_and_rules(operator,
     page = operator.get(OVERVIEW)
     assert page.status_code == 200
     html = page.content.decode()
-    assert "Cache and consent" in html and "Hit ratio" in html
+    assert "Cache and consent" in html and "Hit ratio" in html and "Semantic hit ratio" in html
     assert cast.tenant_a.slug in html and cast.tenant_b.slug in html
     assert "Observation</a>:" in html and "9 s" in html
     rows = {row.tenant.slug: row for row in page.context["rows"]}
@@ -106,6 +107,9 @@ def test_metrics_show_the_per_tenant_series(db, cast):
     key = key_for(schema, request="GET /Patient/metrics")
     fill(schema, key)
     lookup(schema, key)
+    semantic = key_for(schema, request="total of a search", namespace=Namespace.SEMANTIC)
+    fill(schema, semantic, payload=b"3")  # a miss, then a fill
+    lookup(schema, semantic)  # a hit
     cache_stats_denial(tenant_schema=schema)
     generations_changed(tenant_schema=schema, patients=["metrics"])
     denials = cache_stats(tenant_schema=schema)["denials"]
@@ -119,4 +123,8 @@ def test_metrics_show_the_per_tenant_series(db, cast):
     assert _sample(text, "fhirplatform_cache_consent_denials_total", slug) == denials
     assert _sample(text, "fhirplatform_cache_entries", slug) >= 1
     assert 0 <= _sample(text, "fhirplatform_cache_hit_ratio", slug) <= 1
+    assert _sample(text, "fhirplatform_cache_semantic_hits_total", slug) >= 1
+    assert _sample(text, "fhirplatform_cache_semantic_misses_total", slug) >= 1
+    assert _sample(text, "fhirplatform_cache_semantic_fills_total", slug) >= 1
+    assert 0 < _sample(text, "fhirplatform_cache_semantic_hit_ratio", slug) < 1
     assert f'tenant="{cast.tenant_a.slug}"' in text
