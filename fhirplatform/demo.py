@@ -1,5 +1,7 @@
 """The demo platform: an operator, a provider and a payer tenant, a sandbox tenant,
-a demo partner with a secret-based client and a key-based client, and their data.
+a demo partner with a secret-based client and a key-based client, and their data; in the
+provider tenant, one patient's Consent that keeps the analytics client out, and the policy
+test that says so.
 
 Idempotent: a second run reuses what exists. Secrets are only known when they are
 made, so they are kept for the local demo in .data/demo-credentials.json (0600).
@@ -16,10 +18,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.db import transaction
 from jwt.algorithms import RSAAlgorithm
 
+from consent.codes import CLIENT_ID_SYSTEM
+from consent.models import PolicyTest
+from consent.services import policy_test_create
 from fhirplatform.fhir.loading import fhir_generate
 from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.services import resource_create
 from fhirplatform.schemas import tenant_schema
 from tenants.models import ApiClient, Partner, Tenant
 from tenants.selectors import tenant_fhir_base, token_endpoint_url
@@ -43,6 +50,9 @@ AUDITOR_USERNAME = "auditor"
 # The auditor reads what operators manage: tenants, clients and grants, and rate limits.
 AUDITOR_APPS = ("tenants", "limits")
 PARTNER_USERNAME = "acme-dev"
+CONSENT_TENANT = "demo-provider"
+OPTED_OUT_CLIENT = "analytics-backend"  # the demo client a patient's Consent keeps out
+CONSENT_TEST_NAME = "A patient who opted out of analytics is not shown to Acme Analytics"
 
 
 @dataclass
@@ -53,6 +63,7 @@ class DemoReport:
     tenants: dict[str, str] = field(default_factory=dict)
     clients: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    consent: str | None = None  # the demo patient's opt-out, once there is data
 
 
 def _credentials_path() -> Path:
@@ -213,7 +224,70 @@ def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoRe
     ]
     _save_credentials(credentials)
     report.data = _demo_data(patients=patients, observations_per_patient=observations_per_patient)
+    report.consent = _demo_consent(credentials["clients"][OPTED_OUT_CLIENT]["client_id"])
     return report
+
+
+def _opt_out(patient_id: str, client_id: str) -> dict[str, Any]:
+    """A patient's Consent: share with everyone, except the named client."""
+    recipient = {
+        "coding": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                "code": "IRCP",
+            }
+        ]
+    }
+    actor = {
+        "role": recipient,
+        "reference": {"identifier": {"system": CLIENT_ID_SYSTEM, "value": client_id}},
+    }
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "provision": {"type": "permit", "provision": [{"type": "deny", "actor": [actor]}]},
+    }
+
+
+def _demo_consent(client_id: str) -> str | None:
+    """The provider tenant's first patient opts out of analytics (once), through the same
+    store as a FHIR create, and a policy test states the decision an auditor may check."""
+    tenant = Tenant.objects.get(slug=CONSENT_TENANT)
+    with tenant_schema(tenant):
+        patients = Resource.objects.filter(resource_type="Patient", deleted=False)
+        first = patients.order_by("pk").values_list("logical_id", flat=True).first()
+        if first is None:
+            return None
+        naming_client = {
+            "content__provision__provision__0__actor__0__reference__identifier__value": client_id
+        }
+        if not Resource.objects.filter(resource_type="Consent", **naming_client).exists():
+            with transaction.atomic():
+                content = _opt_out(first, client_id)
+                resource_create(resource_type="Consent", content=content, source="demo")
+        tested = PolicyTest.objects.filter(name=CONSENT_TEST_NAME).exists()
+    if not tested:
+        policy_test_create(
+            tenant=tenant,
+            by="demo",
+            name=CONSENT_TEST_NAME,
+            client_id=client_id,
+            resource_type="Observation",
+            expected="deny",
+            purpose="TREAT",
+            patient_id=first,
+        )
+    return f"Patient/{first} opted out of {OPTED_OUT_CLIENT} ({client_id}) in {CONSENT_TENANT}"
 
 
 def _demo_data(*, patients: int, observations_per_patient: int) -> dict[str, Any]:

@@ -44,3 +44,5 @@ class Command(BaseCommand):
             out(f"    scope         {client['scope']}  tenants: {', '.join(client['tenants'])}")
         for slug, loaded in report.data.items():
             out(f"Data in {slug}: {loaded}")
+        if report.consent:
+            out(f"Consent: {report.consent} (docs/consent.md)")
