@@ -13,7 +13,9 @@ decision, and depends on the generations that decision and that data stand on:
   (a write to any resource of the patient, or to its Consents, bumps them), or the
   resource type's for a resource of no patient;
 - a search: POLICY, CONSENT (a Consent of anyone may change what it leaves out) and each
-  type it touched (searched, included, chained), or EPOCH when it may touch any.
+  type it touched (searched, included, chained), or EPOCH when it may touch any; a
+  search whose criterion names its patients (`Observation?patient=x`) stands on those
+  patients' generations instead of its searched type's.
 
 Its ttl is the type's rule (the shortest of a search's types), cut to the next instant a
 Consent provision period starts or ends.
@@ -48,6 +50,7 @@ from fhirplatform.cache.generations import (
 from fhirplatform.cache.rules import Rule, cache_rules_for
 from fhirplatform.cache.stats import cache_stats_denial
 from fhirplatform.cache.store import Lookup, Namespace, cache_fill, cache_key, cache_lookup
+from fhirplatform.fhir.compartments import PatientScope
 from fhirplatform.fhir.representation import etag_version
 from tenants.scopes import Interaction, scopes_text
 
@@ -176,13 +179,22 @@ def depends_on_resource(*, state: CacheState, resource_type: str, patients: list
     state.depends_on = [POLICY.value, *dependencies]
 
 
-def depends_on_search(*, state: CacheState, resource_types: set[str]) -> None:
-    """A search's answer stands on every type it touched, CONSENT and POLICY."""
+def depends_on_search(
+    *, state: CacheState, resource_types: set[str], scope: PatientScope | None = None
+) -> None:
+    """A search's answer stands on every type it touched, CONSENT and POLICY. `scope`: every
+    match of the searched type is in these patients' compartments (a criterion names them),
+    so that type stands on their generations instead of its own, and a write for another
+    patient leaves the answer cached (a write that moves a resource into or out of their
+    compartments bumps them: before and after)."""
     state.resource_types = sorted(t for t in resource_types if t != ANY_TYPE)
     names = [POLICY.value, CONSENT.value]
     if ANY_TYPE in resource_types:
         names.append(EPOCH.value)
-    state.depends_on = names + [gen_type(t) for t in state.resource_types]
+    scoped = scope.resource_type if scope is not None else None
+    names += [gen_type(t) for t in state.resource_types if t != scoped]
+    names += [gen_patient(patient) for patient in scope.patients] if scope is not None else []
+    state.depends_on = names
 
 
 class SearchCache:
@@ -193,8 +205,8 @@ class SearchCache:
         self.caller = caller
         self.state = state
 
-    def touches(self, resource_types: set[str]) -> None:
-        depends_on_search(state=self.state, resource_types=resource_types)
+    def touches(self, resource_types: set[str], *, scope: PatientScope | None) -> None:
+        depends_on_search(state=self.state, resource_types=resource_types, scope=scope)
 
     def _key(self, parts: list[Any]) -> str:
         caller = self.caller

@@ -15,12 +15,12 @@ import json
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhirplatform.fhir.models import id_valid
 from fhirplatform.fhir.search.extract import CHOICE_SUFFIXES, resource_values
-from fhirplatform.fhir.search.registry import search_parameter
-from fhirplatform.fhir.search.values import ReferenceValue
+from fhirplatform.fhir.search.registry import ParamType, SearchParameter, search_parameter
+from fhirplatform.fhir.search.values import ReferenceValue, reference_parse
 
 COMPARTMENT_FILE = Path(__file__).with_name("compartment-patient.json")
 PATIENT = "Patient"
@@ -94,6 +94,62 @@ def resource_patients(*, resource_type: str, logical_id: str, content: dict[str,
     if isinstance(content, dict):
         patients.update(_patient_targets(resource_type, content))
     return sorted(patients)
+
+
+class PatientScope(NamedTuple):
+    """Every resource of `resource_type` a search finds is in one of these patients'
+    compartments."""
+
+    resource_type: str
+    patients: list[str]
+
+
+@cache
+def _compartment_paths(resource_type: str) -> frozenset[str]:
+    """The element paths whose Patient references put a resource of the type in a
+    compartment (`Observation.subject`, `Observation.performer`, ...)."""
+    paths: set[str] = set()
+    for name in compartment_parameters().get(resource_type, ()):
+        parameter = search_parameter(resource_type, name)
+        if parameter is not None:
+            paths.update(path.expression for path in parameter.paths)
+    return frozenset(paths)
+
+
+def criterion_patients(
+    *,
+    resource_type: str,
+    parameter: SearchParameter | None,
+    modifier: str | None,
+    values: tuple[str, ...],
+    base_url: str,
+) -> list[str] | None:
+    """The patients a search criterion names, when every resource of `resource_type` it
+    matches is in one of their compartments: a reference parameter that reads only
+    compartment paths (`patient`, `subject`, `performer` of an Observation), each value a
+    Patient for certain (`Patient/x`, or a bare id where the parameter or its `:Patient`
+    modifier can only mean a Patient). None for anything else."""
+    if parameter is None or parameter.type is not ParamType.REFERENCE:
+        return None
+    if modifier not in (None, PATIENT) or not parameter.paths:
+        return None
+    if any(path.expression not in _compartment_paths(resource_type) for path in parameter.paths):
+        return None
+    patients = []
+    for value in values:
+        if value.startswith(base_url + "/"):
+            value = value[len(base_url) + 1 :]
+        if "/" not in value and ":" not in value:  # a bare id
+            types = [modifier] if modifier else list(parameter.targets)
+            if types != [PATIENT] or not id_valid(value):
+                return None
+            patients.append(value)
+            continue
+        parsed = reference_parse(value)
+        if parsed is None or parsed.target_type != PATIENT or not id_valid(parsed.target_id):
+            return None
+        patients.append(parsed.target_id)
+    return sorted(set(patients)) or None
 
 
 def security_labels(content: dict[str, Any]) -> list[str]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from django.db.models import QuerySet
 
 from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.compartments import PatientScope, criterion_patients
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.search.keyset import page_read
 from fhirplatform.fhir.search.parsing import SearchRequest, search_parse
@@ -95,10 +96,10 @@ def _matching(
     return queryset
 
 
-def _types_touched(request: SearchRequest) -> set[str]:
-    """The searched types, the types its chains reach and what it includes ("*" when an
-    _include or _revinclude may reach any type, or the search spans every type)."""
-    types = set(request.resource_types) or {"*"}
+def _types_reached(request: SearchRequest) -> set[str]:
+    """The types its chains reach and what it includes ("*" when an _include or
+    _revinclude may reach any type)."""
+    types: set[str] = set()
     for chain in request.chains:
         types |= set(chain.targets)
     for _source, _, target in request.includes:
@@ -106,6 +107,34 @@ def _types_touched(request: SearchRequest) -> set[str]:
     for source, _, _ in request.revincludes:
         types.add(source)
     return types
+
+
+def _types_touched(request: SearchRequest) -> set[str]:
+    """The searched types ("*" when the search spans every type) and those it reaches."""
+    return (set(request.resource_types) or {"*"}) | _types_reached(request)
+
+
+def _patients_scoping(request: SearchRequest, base_url: str) -> PatientScope | None:
+    """The patients every match of a one-type search is in the compartment of, when one of
+    its criteria says so (`Observation?patient=x`) and nothing else of the search reads
+    that type; None when it may find anyone's."""
+    if request.system_level or len(request.resource_types) != 1:
+        return None
+    searched = request.resource_types[0]
+    reached = _types_reached(request)
+    if searched in reached or "*" in reached:
+        return None
+    for criterion, parameter in request.criteria:
+        patients = criterion_patients(
+            resource_type=searched,
+            parameter=parameter,
+            modifier=criterion.modifier,
+            values=criterion.values,
+            base_url=base_url,
+        )
+        if patients is not None:
+            return PatientScope(searched, patients)
+    return None
 
 
 def search_bundle(
@@ -131,7 +160,7 @@ def search_bundle(
     request = search_parse(resource_type=resource_type, params=params, strict=strict)
     _hops_scope_check(caller, request)
     if cache is not None:
-        cache.touches(_types_touched(request))
+        cache.touches(_types_touched(request), scope=_patients_scoping(request, base))
     memo = SearchMemo(cache=cache, request=request)
     path = resource_type or ""
 
