@@ -268,8 +268,19 @@ def mixed_text(counted: dict[str, int] | Counter[str]) -> str:
     return "X-Cache: " + ", ".join(parts) + f", writes {counted.get('write', 0)}"
 
 
+# The issue's goal for write or revocation -> first denial, p99.
+GOAL_MS = 50.0
+
+
 def percentiles_text(values: list[float]) -> str:
-    return bench_revocation._percentiles(values) + f"  (n={len(values)})"
+    """p50/p99 (p99 is the worst but one of 200, the worst of 100), the worst, and how many
+    took 50 ms (the goal) or more: on a shared machine one stalled trial is the p99."""
+    slow = sum(1 for value in values if value >= GOAL_MS)
+    worst = max(values, default=float("nan"))
+    return (
+        bench_revocation._percentiles(values)
+        + f"  max {worst:6.1f} ms  >= {GOAL_MS:.0f} ms: {slow}  (n={len(values)})"
+    )
 
 
 def report_trials(
@@ -374,8 +385,8 @@ def goals_print(goals: dict[str, float]) -> None:
         ("cached read p50 x faster, loaded (>= 3)", goals["read_speedup_p50"], 3, None),
         ("cached search p50 x faster, loaded (>= 3)", goals["search_speedup_p50"], 3, None),
         ("consent-on read / bare view p50 (<= 1.5)", goals["read_vs_bare_p50"], 1.5, "le"),
-        ("consent write -> denial p99 ms (< 50)", goals["consent_p99"], 50, "lt"),
-        ("token revocation -> denial p99 ms (< 50)", goals["token_p99"], 50, "lt"),
+        ("consent write -> denial p99 ms (< 50)", goals["consent_p99"], GOAL_MS, "lt"),
+        ("token revocation -> denial p99 ms (< 50)", goals["token_p99"], GOAL_MS, "lt"),
         ("served after write/revocation or never denied (= 0)", goals["late"], 0, "eq"),
     ):
         ok = {None: value >= bound, "le": value <= bound, "lt": value < bound}.get(

@@ -53,7 +53,8 @@ return out
 # ARGV: token base, generation ttl, refresh lock seconds, bypasses this process counted
 #       while Redis was unreachable (folded into the stats here: no round trip of their own),
 #       the prefix of the entry's tier in the counters ('' response, 'semantic_').
-# Returns: outcome, payload, stored-at, age in ms, then the tokens of the generation keys.
+# Returns: outcome, payload, stored-at, age in ms, the entry's ttl (seconds), then the
+#   tokens of the generation keys.
 #   outcome: hit | stale (past ttl, within swr: served while another refreshes) |
 #            refresh (past ttl, within swr: this caller took the lock and refreshes) |
 #            miss (none, expired, or filled under a generation that changed since).
@@ -63,7 +64,7 @@ LOOKUP = (
     + r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local outcome, payload, at, age_ms = 'miss', '', '0', 0
+local outcome, payload, at, age_ms, ttl_out = 'miss', '', '0', 0, '0'
 local e = redis.call('HMGET', KEYS[1], 'p', 'at', 'ttl', 'swr', 'g')
 if e[1] then
   if current(e[5]) then
@@ -79,7 +80,7 @@ if e[1] then
       end
     end
     if outcome == 'hit' or outcome == 'stale' then
-      payload, at, age_ms = e[1], e[2], math.floor(age * 1000)
+      payload, at, age_ms, ttl_out = e[1], e[2], math.floor(age * 1000), e[3]
     end
   else
     -- Unreachable for good: gone now rather than at the purge.
@@ -94,7 +95,7 @@ else
 end
 local folded = tonumber(ARGV[4])
 if folded > 0 then redis.call('HINCRBY', KEYS[2], 'bypasses', folded) end
-local out = {outcome, payload, at, tostring(age_ms)}
+local out = {outcome, payload, at, tostring(age_ms), ttl_out}
 for i = 5, #KEYS do
   table.insert(out, token_of(i, ARGV[1], ARGV[2]))
 end

@@ -40,6 +40,7 @@ class Lookup:
     payload: bytes | None = None  # the stored bytes, on a hit
     stored_at: float | None = None  # epoch seconds (Redis TIME), on a hit
     age: int = 0  # whole seconds since stored (the Age header), on a hit
+    fresh_for: float = 0.0  # seconds until it goes past its ttl (<= 0: stale), on a hit
     stale: bool = False  # a hit past its ttl, within its stale-while-revalidate window
     refreshing: bool = False  # a miss that holds the refresh lock: this caller refreshes
     bypass: bool = False  # Redis unreachable: nothing was read, no tokens
@@ -154,13 +155,14 @@ def cache_lookup(*, key: str, tenant_schema: str, tenant_names: Sequence[str]) -
         return _BYPASS
     link.mark_up()
     outcome = reply[0].decode()
-    tokens = {name: token.decode() for name, token in zip(names, reply[4:], strict=True)}
+    tokens = {name: token.decode() for name, token in zip(names, reply[5:], strict=True)}
     if outcome in ("hit", "stale"):
         return Lookup(
             hit=True,
             payload=bytes(reply[1]),
             stored_at=float(reply[2]),
             age=int(reply[3]) // 1000,
+            fresh_for=int(reply[4]) - int(reply[3]) / 1000,
             stale=outcome == "stale",
             tokens=tokens,
         )

@@ -82,6 +82,9 @@ class CacheState:
     guard: ConsentGuard | None = None
     # The semantic tier's entries a search computed: (key, payload), filled at the exit.
     semantic_fills: list[tuple[str, bytes]] = field(default_factory=list)
+    # Seconds the semantic entries the answer was built from stay fresh (the least of
+    # them): the answer must not be cached longer than what it stands on.
+    semantic_fresh_for: float | None = None
 
     @property
     def tokens(self) -> dict[str, str] | None:
@@ -229,7 +232,12 @@ class SearchCache:
         lookup = cache_lookup(
             key=self._key(parts), tenant_schema=self.caller.tenant.schema_name, tenant_names=()
         )
-        return lookup.payload if lookup.hit else None
+        if not lookup.hit or lookup.stale:
+            # A stale entry would make a fresh answer: the search is run instead.
+            return None
+        known = state.semantic_fresh_for
+        state.semantic_fresh_for = min(lookup.fresh_for, known if known is not None else 1e9)
+        return lookup.payload
 
     def put(self, parts: list[Any], payload: bytes) -> None:
         """Keep `payload` under `parts`, once the whole answer is known to be cacheable."""
@@ -247,7 +255,7 @@ def cache_finish(*, caller: "Caller", state: CacheState, response: HttpResponseB
         return
     rule = _rule(state)
     if rule is not None and response.status_code == 200 and state.depends_on:
-        ttl = _ttl(rule, state.guard)
+        ttl = _ttl(rule, state)
         tokens = state.tokens
         if ttl > 0 and tokens is not None:
             fills = [(state.key, _payload(response)), *state.semantic_fills]
@@ -280,11 +288,16 @@ def _rule(state: CacheState) -> Rule | None:
     return Rule(ttl=min(r.ttl for r in rules), swr=min(r.swr for r in rules))
 
 
-def _ttl(rule: Rule, guard: ConsentGuard | None) -> int:
-    settled: datetime | None = guard.settled_until() if guard is not None else None
-    if settled is None:
-        return rule.ttl
-    return min(rule.ttl, int((settled - timezone.now()).total_seconds()))
+def _ttl(rule: Rule, state: CacheState) -> int:
+    """The rule's ttl, cut to the next instant a Consent period the decision read starts or
+    ends, and to the freshness left of the semantic entries the answer was built from."""
+    ttl = rule.ttl
+    settled: datetime | None = state.guard.settled_until() if state.guard is not None else None
+    if settled is not None:
+        ttl = min(ttl, int((settled - timezone.now()).total_seconds()))
+    if state.semantic_fresh_for is not None:
+        ttl = min(ttl, int(state.semantic_fresh_for))
+    return ttl
 
 
 def _payload(response: HttpResponseBase) -> bytes:

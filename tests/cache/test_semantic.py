@@ -3,6 +3,7 @@ includes are found once and shared by every variant of the search (page size asi
 `_summary`, `_elements`, `_total`, `_include` spelled anew; never across callers, and
 never past a write, a Consent or a policy change."""
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from fhirplatform.cache.link import cache_redis
+from fhirplatform.cache.services import cache_rule_delete, cache_rule_set
 from fhirplatform.cache.stats import cache_stats
 from tests.consent.enforcement_support import (
     DENY_ALL,
@@ -149,3 +152,29 @@ def test_a_write_a_policy_edit_and_a_consent_each_make_the_entries_unreachable(w
     assert total(_summary="count") == 4 == total(_count="0")
     world.created(consent(patient_id, DENY_ALL))
     assert total(_summary="count") == 0 == total(_total="accurate")
+
+
+def test_an_answer_built_from_semantic_entries_is_cached_no_longer_than_they_live(
+    world, patient_id
+):
+    schema = world.tenant.schema_name
+    rule = cache_rule_set(tenant=world.tenant, resource_type="Observation", ttl_seconds=4)
+    try:
+        reader = world.client(world.reader)
+        _search(reader, patient=patient_id)  # fills the page entry, ttl 4
+        time.sleep(1.5)
+        variant, sql = _search(reader, patient=patient_id, _elements="status")
+        assert variant["X-Cache"] == "MISS" and not _searched(sql)
+
+        redis = cache_redis()
+
+        def stored(key: bytes) -> tuple[float, int]:
+            at, ttl = redis.hmget(key, "at", "ttl")
+            assert at is not None and ttl is not None
+            return float(at), int(ttl)
+
+        keys = redis.scan_iter(f"fp:c:{schema}:r:*")
+        _, newest_ttl = max(stored(key) for key in keys if not key.endswith(b":swr"))
+        assert newest_ttl <= 2  # what was left of the page entry, not the rule's 4
+    finally:
+        cache_rule_delete(rule=rule)
