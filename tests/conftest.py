@@ -28,6 +28,7 @@ from scripts.loopback import gunicorn
 from tenants.models import ApiClient, Grant, Tenant
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, tenant_create, token_issue
+from tests.consent.enforcement_support import ConsentWorld, consent_world
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,6 +112,14 @@ def committed(django_db_setup: Cast, django_db_blocker: pytest.FixtureRequest) -
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         yield
         schema_public()
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup: Cast, django_db_blocker: Any) -> Iterator[ConsentWorld]:
+    """A consent tenant of the module's own (tests/consent/enforcement_support.py): its
+    policy and Consents would leak into other modules' tests otherwise."""
+    with django_db_blocker.unblock():
+        yield consent_world(uuid.uuid4().hex[:8])
 
 
 @pytest.fixture

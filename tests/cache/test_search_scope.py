@@ -2,7 +2,6 @@
 a write for another patient leaves it cached; a write for one of them, a resource moved
 into or out of their compartment, or a delete, reaches it at once."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from fhirplatform.fhir.compartments import criterion_patients
 from fhirplatform.fhir.search.parsing import search_parse
 from fhirplatform.fhir.search.selectors import _patients_scoping
-from tests.consent.enforcement_support import ConsentWorld, consent_world, observation, unique
+from tests.consent.enforcement_support import ConsentWorld, observation
 
 BASE = "http://testserver/fhir/t"
 
@@ -65,12 +64,6 @@ def test_a_parameter_outside_the_compartment_never_scopes():
         )
         is None
     )
-
-
-@pytest.fixture(scope="module")
-def world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ConsentWorld]:
-    with django_db_blocker.unblock():
-        yield consent_world(unique())
 
 
 def _patient(world: ConsentWorld, family: str) -> str:

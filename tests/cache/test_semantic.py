@@ -4,7 +4,6 @@ includes are found once and shared by every variant of the search (page size asi
 never past a write, a Consent or a policy change."""
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,16 +17,8 @@ from tests.consent.enforcement_support import (
     DENY_ALL,
     ConsentWorld,
     consent,
-    consent_world,
     observation,
-    unique,
 )
-
-
-@pytest.fixture(scope="module")
-def world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ConsentWorld]:
-    with django_db_blocker.unblock():
-        yield consent_world(unique())
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ a denial: the write's on-commit generation bump is done before its response leav
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,21 +15,12 @@ import requests
 
 from fhirplatform.limits.engine import limits_reset_local_state
 from tests.consent.enforcement_support import (
-    ConsentWorld,
     client_actor,
     consent,
-    consent_world,
     observation,
-    unique,
 )
 
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture(scope="module")
-def world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ConsentWorld]:
-    with django_db_blocker.unblock():
-        yield consent_world(unique())
 
 
 def _bearer(client: Any) -> dict[str, str]:

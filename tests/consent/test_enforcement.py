@@ -2,7 +2,6 @@
 _include), Bundles, the denied answer, purposes, explicit labels, and the response cache's
 keys (a cached answer of one caller is never another's)."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,18 +14,11 @@ from tests.consent.enforcement_support import (
     ConsentWorld,
     client_actor,
     consent,
-    consent_world,
     observation,
     partner_actor,
     unique,
 )
 from tests.fhir.rest_support import generous_limits
-
-
-@pytest.fixture(scope="module")
-def world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ConsentWorld]:
-    with django_db_blocker.unblock():
-        yield consent_world(unique())
 
 
 @pytest.fixture
