@@ -268,10 +268,11 @@ def _demo_consent(client_id: str) -> str | None:
         first = patients.order_by("pk").values_list("logical_id", flat=True).first()
         if first is None:
             return None
-        naming_client = {
-            "content__provision__provision__0__actor__0__reference__identifier__value": client_id
+        opt_out = {
+            "content__patient__reference": f"Patient/{first}",
+            "content__provision__provision__0__actor__0__reference__identifier__value": client_id,
         }
-        if not Resource.objects.filter(resource_type="Consent", **naming_client).exists():
+        if not Resource.objects.filter(resource_type="Consent", deleted=False, **opt_out).exists():
             with transaction.atomic():
                 content = _opt_out(first, client_id)
                 resource_create(resource_type="Consent", content=content, source="demo")
