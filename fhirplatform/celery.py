@@ -37,9 +37,14 @@ app.conf.update(
             "task": "tenants.tasks.tokens_purge_expired",
             "schedule": crontab(minute="*/15"),
         },
+        # Events wait this long at most to be sealed (docs/audit.md).
+        "audit-seal": {
+            "task": "audit.seal_all",
+            "schedule": float(os.environ.get("AUDIT_SEAL_SECONDS", "10")),
+        },
     },
 )
-app.autodiscover_tasks(["tenants", "fhirplatform.fhir"])
+app.autodiscover_tasks(["tenants", "fhirplatform.fhir", "audit"])
 
 
 class TenantTask(SignedTask):

@@ -6,6 +6,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from fhirplatform.env import env_bool, env_int, env_list, env_str
+from fhirplatform.release import release_from_checkout
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -17,6 +18,8 @@ if not DEBUG and (SECRET_KEY.startswith("dev-only") or len(SECRET_KEY) < 32):
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 # Absolute URLs (token endpoint, FHIR base, Bundle links) are built from this, never from Host.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
+# What the audit trail records as the code release (fhirplatform/release.py).
+CODE_RELEASE = env_str("CODE_RELEASE", "") or release_from_checkout()
 
 # `tenants` comes first so its create_tenant command wins over django-tenants' own.
 SHARED_APPS = [
@@ -31,11 +34,13 @@ SHARED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "audit",  # the public trail: refusals with no trusted tenant, governance actions
 ]
 TENANT_APPS = [
     "fhirplatform.fhir",
     "fhirplatform.fhir.search",
     "consent",
+    "audit",  # the tenant's own trail
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 

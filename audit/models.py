@@ -1,0 +1,124 @@
+"""The audit trail: one row per access, append-only.
+
+The app is in both SHARED_APPS and TENANT_APPS, so each tenant schema has its own table
+(events about that tenant's data, recorded under the caller's tenant) and the public
+schema has one too (refusals with no trusted tenant, and governance actions).
+
+PostgreSQL refuses UPDATE, DELETE and TRUNCATE on it for every role (migration 0001): the
+only way to change a row is to disable the trigger, which only a superuser can, and the
+row's digest (digests.py) is what then shows the change.
+"""
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+
+
+class Interaction(models.TextChoices):
+    """What the access was (BALP's subtype): a FHIR interaction, a token request, or an
+    operator's or partner's action on governance or tenant data."""
+
+    READ = "read"
+    VREAD = "vread"
+    SEARCH = "search"
+    HISTORY = "history"
+    CREATE = "create"
+    UPDATE = "update"
+    PATCH = "patch"
+    DELETE = "delete"
+    BATCH = "batch"
+    TRANSACTION = "transaction"
+    EXPORT = "export"
+    TOKEN = "token"  # noqa: S105 - an interaction's name, not a secret
+    CAPABILITIES = "capabilities"
+    ADMIN = "admin"
+
+
+class AuditEvent(models.Model):
+    """One access, with the fields of the IHE Basic Audit Log Patterns.
+
+    Text fields are blank rather than null when they do not apply, so that the digest of a
+    row has one spelling. `xact` is the writing transaction's id (set by PostgreSQL): the
+    sealer takes only events of transactions that have ended."""
+
+    recorded = models.DateTimeField(db_index=True)
+    xact = models.BigIntegerField(
+        editable=False,
+        db_index=True,
+        db_default=models.Func(function="txid_current", output_field=models.BigIntegerField()),
+    )
+    request_id = models.CharField(max_length=64, blank=True)
+    tenant = models.CharField(max_length=63, blank=True, help_text="The caller's tenant slug")
+    client_id = models.CharField(max_length=64, blank=True, db_index=True)
+    partner = models.CharField(max_length=100, blank=True, help_text="The partner's slug")
+    actor = models.CharField(max_length=150, blank=True, help_text="A person: an admin user")
+    source_address = models.CharField(max_length=64, blank=True)
+    interaction = models.CharField(max_length=16, choices=Interaction.choices, db_index=True)
+    resource_type = models.CharField(max_length=64, blank=True)
+    resource_id = models.CharField(max_length=64, blank=True)
+    patients = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    query = models.TextField(blank=True)
+    purpose = models.CharField(max_length=64, blank=True)
+    consent = models.CharField(max_length=10, blank=True, help_text="permit, deny or blank")
+    consent_basis = models.CharField(
+        max_length=200, blank=True, help_text="The deciding Consent or policy, and its version"
+    )
+    scopes = models.TextField(blank=True)
+    status = models.PositiveSmallIntegerField()
+    outcome = models.CharField(
+        max_length=64, blank=True, help_text="OperationOutcome code or throttle reason"
+    )
+    latency_us = models.PositiveBigIntegerField(default=0)
+    release = models.CharField(max_length=64, blank=True, help_text="The code release")
+    digest = models.CharField(max_length=64, editable=False)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["recorded", "id"], name="audit_event_time"),
+            GinIndex(fields=["patients"], name="audit_event_patients"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recorded:%Y-%m-%d %H:%M:%S} {self.interaction} {self.status}"
+
+
+class AuditSeal(models.Model):
+    """A block of events, sealed by the sealer (sealing.py): the chain over its events'
+    ids and digests, and this seal's digest, which the next seal names. Append-only."""
+
+    seq = models.PositiveBigIntegerField(unique=True)
+    sealed_at = models.DateTimeField()
+    # Every transaction with a smaller id had ended when the block was taken: an event of
+    # one of them that is in no seal was not written by the application.
+    horizon = models.BigIntegerField()
+    count = models.PositiveIntegerField()
+    chain_before = models.CharField(max_length=64)  # the previous seal's `chain`
+    chain = models.CharField(max_length=64)  # after the block's last event
+    previous = models.CharField(max_length=64, blank=True)  # the previous seal's digest
+    digest = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["seq"]
+
+    def __str__(self) -> str:
+        return f"seal {self.seq} ({self.count} events)"
+
+
+class AuditSealEntry(models.Model):
+    """An event's place in a seal, and its digest when it was sealed. No foreign key to
+    the event: a deleted event must show as missing, not stop the deletion."""
+
+    event_id = models.BigIntegerField(unique=True)
+    seal_seq = models.PositiveBigIntegerField()
+    position = models.PositiveIntegerField()
+    digest = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["seal_seq", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["seal_seq", "position"], name="audit_seal_position")
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.event_id} in seal {self.seal_seq}"
