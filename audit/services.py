@@ -3,11 +3,14 @@ here, from exactly what is stored."""
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
+from django_tenants.utils import quote_schema_name
 
-from audit.digests import event_digest
+from audit.digests import DIGEST_FIELDS, event_digest
 from audit.models import AuditEvent, Interaction
+from fhirplatform.db.named import schema_named_cursor
 
 # A query is recorded whole up to this many characters; longer ones are cut and marked,
 # so that a client cannot make the trail store whatever it sends.
@@ -46,7 +49,7 @@ def _text(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - len(_CUT)] + _CUT
 
 
-def _fields(record: AuditRecord) -> dict[str, object]:
+def _fields(record: AuditRecord) -> dict[str, Any]:
     limits = {f.name: f.max_length for f in AuditEvent._meta.concrete_fields if f.max_length}
     fields = asdict(record)
     for name, value in fields.items():
@@ -59,8 +62,22 @@ def _fields(record: AuditRecord) -> dict[str, object]:
     return fields
 
 
-def audit_write(*, record: AuditRecord) -> AuditEvent:
-    """Store one event in the current schema (the caller's tenant, or public) and return
-    it. Raises what the database raises: an access that cannot be recorded must fail."""
+_COLUMNS = (*DIGEST_FIELDS, "digest")
+
+
+def audit_write(*, record: AuditRecord, schema: str) -> int:
+    """Store one event in `schema`'s trail (the caller's tenant's, or "public") and return
+    its id: one INSERT naming its schema, so it needs no search_path. Inside a transaction
+    it commits with it (a FHIR write and its event); outside one it is committed when this
+    returns. Raises what the database raises: an access that cannot be recorded fails."""
     fields = _fields(record)
-    return AuditEvent.objects.create(**fields, digest=event_digest(fields))
+    fields["digest"] = event_digest(fields)
+    table = f"{quote_schema_name(schema)}.{AuditEvent._meta.db_table}"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(_COLUMNS)}) "
+        f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) RETURNING id"
+    )
+    with schema_named_cursor() as cursor:
+        cursor.execute(sql, [fields[column] for column in _COLUMNS])
+        (event_id,) = cursor.fetchone()
+    return int(event_id)

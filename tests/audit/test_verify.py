@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 
 from audit.digests import event_digest
 from audit.models import AuditEvent, AuditSeal, Interaction
@@ -48,7 +48,7 @@ def _write(tenant: Tenant, count: int) -> list[int]:
                 resource_id=f"p{number}",
                 patients=(f"p{number}",),
             )
-            ids.append(audit_write(record=record).pk)
+            ids.append(audit_write(record=record, schema=tenant.schema_name))
     return ids
 
 
@@ -178,7 +178,7 @@ def test_an_event_of_a_running_transaction_waits_for_the_next_seal(tenant):
     def slow_writer() -> None:
         try:
             with tenant_schema(tenant):  # one transaction, held open
-                _write_in_current_schema()
+                _write_one(tenant.schema_name)
                 written.set()
                 commit.wait(10)
         finally:
@@ -197,21 +197,14 @@ def test_an_event_of_a_running_transaction_waits_for_the_next_seal(tenant):
     assert report.ok and (report.events, report.unsealed) == (2, 0)
 
 
-def _write_in_current_schema() -> None:
-    audit_write(
-        record=AuditRecord(recorded=datetime.now(UTC), interaction=Interaction.SEARCH, status=200)
-    )
+def _write_one(schema: str, interaction: Interaction = Interaction.SEARCH) -> None:
+    record = AuditRecord(recorded=datetime.now(UTC), interaction=interaction, status=200)
+    audit_write(record=record, schema=schema)
 
 
 def test_the_task_seals_every_trail(tenant):
     _write(tenant, 3)
-    with transaction.atomic():
-        schema_public()
-        audit_write(
-            record=AuditRecord(
-                recorded=datetime.now(UTC), interaction=Interaction.TOKEN, status=401
-            )
-        )
+    _write_one("public", Interaction.TOKEN)
     sealed = audit_seal_all()
     assert sealed[tenant.slug] == 3 and sealed["public"] >= 1
     assert _verify(tenant).ok
