@@ -35,6 +35,8 @@ class ConsentGuard:
     purpose: str | None
     now: datetime
     denials: int = 0  # resources this request was denied, for the tenant's statistics
+    # The last decision made, with what decided it: a read's, for its audit event.
+    last_decision: Decision | None = None
     _decided: dict[tuple[str, tuple[str, ...], frozenset[str]], Decision] = field(
         default_factory=dict
     )
@@ -48,6 +50,7 @@ class ConsentGuard:
         label_set = frozenset(labels)
         key = (resource_type, tuple(patients), label_set)
         if (known := self._decided.get(key)) is not None:
+            self.last_decision = known
             return known
         decision: Decision | None = None
         for patient_id in patients or (None,):
@@ -74,6 +77,7 @@ class ConsentGuard:
                 break
         assert decision is not None
         self._decided[key] = decision
+        self.last_decision = decision
         return decision
 
     def permits(

@@ -32,7 +32,7 @@ class RequestContextMiddleware:
         request_id = request_id_from_header(request.headers.get(REQUEST_ID_HEADER))
         request.request_id = request_id  # type: ignore[attr-defined]
         context_begin(request_id=request_id)
-        started = time.perf_counter()
+        started = request.started = time.perf_counter()  # type: ignore[attr-defined]
         try:
             response = self.get_response(request)
             response[REQUEST_ID_HEADER] = request_id

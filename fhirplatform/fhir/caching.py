@@ -27,6 +27,7 @@ dependencies and ttl, only when the whole answer was a 200 worth caching.
 """
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -55,6 +56,7 @@ from fhirplatform.fhir.representation import etag_version
 from tenants.scopes import Interaction, scopes_text
 
 if TYPE_CHECKING:
+    from fhirplatform.fhir.auditing import AuditState
     from tenants.tokens import Caller
 
 CACHEABLE = {Interaction.READ, Interaction.VREAD, Interaction.SEARCH}
@@ -132,13 +134,20 @@ def cache_begin(*, caller: "Caller", interaction: Interaction, request: Request)
     return state
 
 
-def cached_response(*, state: CacheState, request: Request) -> HttpResponseBase | None:
-    """The stored answer of a hit, with X-Cache and Age (a 304 for a matching If-None-Match)."""
+def cached_response(
+    *, state: CacheState, request: Request, audit: "AuditState"
+) -> HttpResponseBase | None:
+    """The stored answer of a hit, with X-Cache and Age (a 304 for a matching If-None-Match);
+    the patients it shows go to the request's audit event."""
     lookup = state.lookup
     if lookup is None or not lookup.hit or lookup.payload is None:
         return None
-    head, _, body = lookup.payload.partition(b"\n")
-    headers = json.loads(head)
+    head_line, _, body = lookup.payload.partition(b"\n")
+    head = json.loads(head_line)
+    if not isinstance(head, dict) or not isinstance(head.get("headers"), dict):
+        return None  # an entry of another format: answered anew, and filled again
+    headers = head["headers"]
+    audit.saw(head.get("patients") or ())
     if_none_match = request.headers.get("If-None-Match")
     if (
         if_none_match
@@ -245,9 +254,16 @@ class SearchCache:
             self.state.semantic_fills.append((self._key(parts), payload))
 
 
-def cache_finish(*, caller: "Caller", state: CacheState, response: HttpResponseBase) -> None:
-    """The exit's first step: count consent denials, fill the cache with a fresh 200, and
-    say what the cache did (X-Cache, Age)."""
+def cache_finish(
+    *,
+    caller: "Caller",
+    state: CacheState,
+    response: HttpResponseBase,
+    patients: Iterable[str] = (),
+) -> None:
+    """The exit's first step: count consent denials, fill the cache with a fresh 200 (with
+    the `patients` it shows, for the audit events of its hits), and say what the cache
+    did (X-Cache, Age)."""
     schema = caller.tenant.schema_name
     if state.guard is not None and state.guard.denials:
         cache_stats_denial(tenant_schema=schema)
@@ -258,7 +274,7 @@ def cache_finish(*, caller: "Caller", state: CacheState, response: HttpResponseB
         ttl = _ttl(rule, state)
         tokens = state.tokens
         if ttl > 0 and tokens is not None:
-            fills = [(state.key, _payload(response)), *state.semantic_fills]
+            fills = [(state.key, _payload(response, patients)), *state.semantic_fills]
             for key, payload in fills:
                 cache_fill(
                     key=key,
@@ -300,12 +316,13 @@ def _ttl(rule: Rule, state: CacheState) -> int:
     return ttl
 
 
-def _payload(response: HttpResponseBase) -> bytes:
-    """The stored headers as one line of JSON, then the body as it was sent: a hit parses
-    the short line only, never the body."""
+def _payload(response: HttpResponseBase, patients: Iterable[str]) -> bytes:
+    """One line of JSON (the stored headers, and the patients the answer shows), then the
+    body as it was sent: a hit parses the short line only, never the body."""
     render = getattr(response, "render", None)
     if render is not None:
         render()
     body: bytes = getattr(response, "content", b"")
     headers = {name: response[name] for name in _STORED_HEADERS if response.has_header(name)}
-    return json.dumps(headers).encode() + b"\n" + body
+    head = {"headers": headers, "patients": sorted(patients)}
+    return json.dumps(head).encode() + b"\n" + body

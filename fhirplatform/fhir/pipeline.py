@@ -26,8 +26,11 @@ DESIGN.md fixes, and every answer leaves through one exit:
                           SQL. It needs the resource, so it runs with the handler; a cache
                           hit was filled only after a permit under generations that still hold
       handler             the view's get/post/put/patch/delete
-    exit                pipeline_finish: cache fill → [audit event] → idempotency
-                        completion → headers → admission release
+      audit event         written in the tenant part's transaction when it answered, so a
+                          write and its event commit together (fhirplatform/fhir/auditing.py)
+    exit                pipeline_finish: cache fill → audit event (unless written above;
+                        refusals and reads) → idempotency completion → headers → admission
+                        release
 
 An Idempotency-Key is claimed once the request is admitted (a throttled retry claims
 nothing). Answers, refusals and crashes alike leave through the exit with their headers;
@@ -49,7 +52,8 @@ from rest_framework.views import APIView
 from fhirplatform.context import context_update
 from fhirplatform.db.faults import database_fault
 from fhirplatform.db.transactions import transaction_run
-from fhirplatform.errors import FhirError
+from fhirplatform.errors import FhirError, fhir_error_json
+from fhirplatform.fhir.auditing import AuditState, audit_event_write
 from fhirplatform.fhir.caching import CacheState, cache_begin, cache_finish, cached_response
 from fhirplatform.fhir.caching import consent_guard as consent_guard_for
 from fhirplatform.fhir.http import fhir_error_response
@@ -106,6 +110,10 @@ class PipelineState:
     replayed: bool = False
     # The response cache's lookup and fill, and the consent guard (caching.py).
     cache: CacheState = field(default_factory=lambda: CacheState(key=None))
+    # The audit event's part (auditing.py), and what the URL named, for it.
+    audit: AuditState = field(default_factory=AuditState)
+    request: HttpRequest | None = None
+    url: dict[str, Any] = field(default_factory=dict)
 
 
 class FhirView(APIView):
@@ -145,7 +153,7 @@ class FhirView(APIView):
 
     def setup(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
         super().setup(request, *args, **kwargs)
-        self.state = PipelineState()
+        self.state = PipelineState(request=request, url=dict(kwargs))
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
@@ -184,7 +192,9 @@ class FhirView(APIView):
                 interaction=self.state.description.interaction,
                 request=drf_request,
             )
-            hit = cached_response(state=self.state.cache, request=drf_request)
+            hit = cached_response(
+                state=self.state.cache, request=drf_request, audit=self.state.audit
+            )
             response = hit or self._tenant_part(drf_request, *args, **kwargs)
         except Exception as exc:
             response = self.handle_exception(exc)
@@ -217,11 +227,18 @@ class FhirView(APIView):
             runs += 1
             if runs > 1:
                 self.describe(request, **kwargs)
+            self.state.audit.attempt()
             with tenant_schema(self.caller.tenant, atomic=False):  # in transaction_run's
                 response: Response = handler(request, *args, **kwargs)
+                # In the transaction: the write and its event commit together, or neither.
+                audit_write_for(self.state, response)
                 return response
 
-        return transaction_run(work=run)
+        try:
+            return transaction_run(work=run)
+        except BaseException:
+            self.state.audit.written = False  # rolled back with the transaction
+            raise
 
     def _authenticate(
         self, request: Request, *, url_tenant_slug: str, fresh: bool = False
@@ -297,14 +314,31 @@ class FhirView(APIView):
         return pipeline_finish(state=self.state, response=response)
 
 
+def audit_write_for(state: PipelineState, response: HttpResponseBase) -> None:
+    """The request's audit event, once (auditing.py); raises the 503 when it cannot be."""
+    description, url = state.description, state.url
+    described_type = description.resource_type if description else ""
+    audit_event_write(
+        audit=state.audit,
+        caller=state.caller,
+        interaction=description.interaction if description else None,
+        resource_type=url.get("resource_type") or described_type,
+        resource_id=str(url.get("logical_id", "")),
+        guard=state.cache.guard,
+        request=state.request,  # type: ignore[arg-type]
+        response=response,
+    )
+
+
 def pipeline_finish(*, state: PipelineState, response: HttpResponseBase) -> HttpResponseBase:
     """The one exit of the pipeline, for answers, refusals and crashes alike, in this order:
 
     1. cache fill — the response cache stores a fresh 200 of a read or search, before
        anything below touches the response, and X-Cache/Age say what it did; the
        request's consent denials are counted;
-    2. audit event — written here (to come), for refusals too: DESIGN says every step
-       that denies still writes one;
+    2. audit event — unless the tenant part's transaction holds it already: for reads,
+       refusals and failures (DESIGN: every step that denies still writes one), committed
+       before the response leaves; when it cannot be written, the answer is a 503;
     3. idempotency completion — the response is stored for replays (a 503, where nothing
        was applied, frees the key instead);
     4. headers — the admission's rate-limit headers, or a refusal's budget headers;
@@ -314,7 +348,16 @@ def pipeline_finish(*, state: PipelineState, response: HttpResponseBase) -> Http
     admission, state.admission = state.admission, None
     try:
         if state.caller is not None:
-            cache_finish(caller=state.caller, state=state.cache, response=response)
+            cache_finish(
+                caller=state.caller,
+                state=state.cache,
+                response=response,
+                patients=state.audit.patients,
+            )
+        try:
+            audit_write_for(state, response)
+        except FhirError as unrecorded:
+            response = fhir_error_json(unrecorded)
         if state.idempotency is not None:
             state.idempotency.complete(response)
             state.idempotency = None

@@ -10,6 +10,7 @@ from rest_framework.parsers import FormParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from audit.models import Interaction as AuditInteraction
 from fhirplatform.errors import FHIR_JSON, FhirError, Issue, IssueCode, Severity, operation_outcome
 from fhirplatform.fhir import bundle_processing, bundles, selectors, services
 from fhirplatform.fhir.caching import SearchCache, depends_on_resource
@@ -84,9 +85,16 @@ class BaseFhirView(FhirView):
             raise FhirError(400, IssueCode.STRUCTURE, "The request needs a body")
         return data
 
+    def shown(self, resource_type: str, patients: list[str]) -> None:
+        """A resource the answer shows: the cache entry stands on its patients, and the
+        audit event names them."""
+        depends_on_resource(state=self.state.cache, resource_type=resource_type, patients=patients)
+        self.state.audit.saw(patients)
+
     def written(
         self, request: Request, resource: Resource, status: int, location: bool = False
     ) -> Response:
+        self.state.audit.saw(resource.compartment)
         headers = version_headers(resource)
         if location:
             headers["Location"] = version_url(self.base_url, resource)
@@ -118,6 +126,7 @@ class BaseFhirView(FhirView):
             consent=self.consent,
             as_stored=True,
             cache=SearchCache(caller=self.caller, state=self.state.cache),
+            seen=self.state.audit.saw,
         )
         return Response(bundle, content_type=FHIR_JSON)
 
@@ -216,9 +225,7 @@ class InstanceView(BaseFhirView):
         resource = selectors.resource_read(
             resource_type=resource_type, logical_id=logical_id, consent=self.consent
         )
-        depends_on_resource(
-            state=self.state.cache, resource_type=resource_type, patients=resource.compartment
-        )
+        self.shown(resource_type, resource.compartment)
         headers = version_headers(resource)
         if_none_match = request.headers.get("If-None-Match")
         if if_none_match and etag_version(if_none_match) == resource.version_id:
@@ -273,6 +280,7 @@ class InstanceView(BaseFhirView):
             logical_id=logical_id,
             if_match=etag_version(request.headers.get("If-Match")),
         )
+        self.state.audit.saw(resource.compartment)
         return Response(None, status=204, headers={"ETag": etag(resource.version_id)})
 
 
@@ -297,9 +305,7 @@ class VersionView(BaseFhirView):
             version_id=version_id,
             consent=self.consent,
         )
-        depends_on_resource(
-            state=self.state.cache, resource_type=resource_type, patients=version.compartment
-        )
+        self.shown(resource_type, version.compartment)
         return Response(version.content, headers=version_headers(version))
 
 
@@ -344,6 +350,8 @@ class HistoryView(BaseFhirView):
         if page.next_cursor:
             next_query = kept | {"_count": str(query.count), "_cursor": page.next_cursor}
             next_url = f"{self.base_url}/{path}?{urlencode(next_query)}"
+        for version in page.versions:
+            self.state.audit.saw(version.compartment)
         bundle = history_bundle(
             versions=page.versions, base_url=self.base_url, self_url=self_url, next_url=next_url
         )
@@ -367,6 +375,8 @@ class SystemView(BaseFhirView):
         payload_check(request.META)
         # Planned once: the plan prices the request here and is what post() runs.
         self.planned = bundles.bundle_plan(bundle=request.data, base_url=self.base_url)
+        self.state.audit.interaction = AuditInteraction(self.planned.kind)
+        self.state.audit.resource_type = "Bundle"
         # The pipeline checks the first entry's scope; every entry is checked as it runs.
         first = self.planned.entries[0] if self.planned.entries else None
         interaction = first.interaction if first else Interaction.SEARCH

@@ -1,9 +1,11 @@
 """What each FHIR interaction costs PostgreSQL, counted on the wire so that it cannot creep
 back: a read and a vread are one statement naming their schema; a transaction pays one
 round trip for its schema (its BEGIN and SET LOCAL go in one message); a create is one
-write statement; an update and the searches are pinned too. Those are counted with the
-response cache off for the types read (`uncached`); a cached read is pinned at no
-statement at all, and at one round trip to the cache's Redis beside the limiter's.
+write statement; an update and the searches are pinned too. Every request adds one more:
+its audit event, one INSERT naming the caller's schema (in the transaction when there is
+one, so a write and its event commit together). Those are counted with the response cache
+off for the types read (`uncached`); a cached read is pinned at its audit event alone, and
+at one round trip to the cache's Redis beside the limiter's.
 
 The counts are taken through the real pipeline (Django's test client) on a connection that
 runs through a counting proxy (scripts/wire_count.py), outside any test transaction, so
@@ -29,6 +31,12 @@ from scripts.wire_count import PostgresCounter, RedisCounter
 from tests.fhir.rest_support import FHIR_JSON, generous_plans_committed, observation, patient
 
 BEGIN_WITH_PATH = 'BEGIN; SET LOCAL search_path = "t_provider_a","public"'
+AUDIT_EVENT = 'INSERT INTO "t_provider_a".audit_auditevent '
+
+
+def _audited(texts: tuple[str, ...], at: int) -> bool:
+    """The statement at `at` is the request's audit event, in the caller's trail."""
+    return texts[at].startswith(AUDIT_EVENT)
 
 
 @dataclass(frozen=True)
@@ -103,41 +111,44 @@ def _created(api: Client, resource: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def test_a_read_is_one_statement_naming_its_schema(api, uncached, wire):
+def test_a_read_is_one_statement_naming_its_schema_and_its_audit_event(api, uncached, wire):
     stored = _created(api, patient("Readcount"))
     path = f"/fhir/provider-a/Patient/{stored['id']}"
 
     response, counted = _counted(wire, lambda: api.get(path))
 
     assert response.status_code == 200 and response.json() == stored
-    assert (counted.statements, counted.round_trips) == (1, 1)
+    assert (counted.statements, counted.round_trips) == (2, 2)
     assert counted.texts[0].startswith("SELECT version_id, last_updated, deleted")
+    assert _audited(counted.texts, 1)
     assert '"t_provider_a"."fhir_resource"' in counted.texts[0]
     assert response["ETag"] == 'W/"1"'
 
 
-def test_a_conditional_read_answered_304_is_one_statement(api, uncached, wire):
+def test_a_conditional_read_answered_304_is_one_statement_and_its_audit_event(api, uncached, wire):
     stored = _created(api, patient("Notmodified"))
     path = f"/fhir/provider-a/Patient/{stored['id']}"
 
     response, counted = _counted(wire, lambda: api.get(path, HTTP_IF_NONE_MATCH='W/"1"'))
 
     assert response.status_code == 304
-    assert (counted.statements, counted.round_trips) == (1, 1)
+    assert (counted.statements, counted.round_trips) == (2, 2) and _audited(counted.texts, 1)
 
 
-def test_a_vread_is_one_statement_naming_its_schema(api, uncached, wire):
+def test_a_vread_is_one_statement_naming_its_schema_and_its_audit_event(api, uncached, wire):
     stored = _created(api, patient("Vreadcount"))
     path = f"/fhir/provider-a/Patient/{stored['id']}/_history/1"
 
     response, counted = _counted(wire, lambda: api.get(path))
 
     assert response.status_code == 200 and response.json() == stored
-    assert (counted.statements, counted.round_trips) == (1, 1)
+    assert (counted.statements, counted.round_trips) == (2, 2) and _audited(counted.texts, 1)
     assert '"t_provider_a"."fhir_resourceversion"' in counted.texts[0]
 
 
-def test_the_other_tenants_resource_is_not_found_in_one_statement(api, uncached, wire, cast):
+def test_the_other_tenants_resource_is_not_found_in_one_statement_and_audited_as_ours(
+    api, uncached, wire, cast
+):
     with tenant_schema(cast.tenant_b):
         theirs = services.resource_create(
             resource_type="Patient", content=patient("Theirs"), source="test"
@@ -147,8 +158,9 @@ def test_the_other_tenants_resource_is_not_found_in_one_statement(api, uncached,
     response, counted = _counted(wire, lambda: api.get(path))
 
     assert response.status_code == 404
-    assert (counted.statements, counted.round_trips) == (1, 1)
+    assert (counted.statements, counted.round_trips) == (2, 2)
     assert '"t_provider_a"."fhir_resource"' in counted.texts[0]
+    assert _audited(counted.texts, 1)  # the caller's trail, never the URL tenant's
 
 
 def _stored_text(tenant: Any, logical_id: str) -> str:
@@ -198,10 +210,10 @@ def test_a_create_is_one_write_statement_in_one_transaction(api, wire):
     response, counted = _counted(wire, lambda: _created(api, resource))
 
     assert response["valueQuantity"]["value"] == 72.5
-    assert (counted.statements, counted.round_trips) == (4, 3)
+    assert (counted.statements, counted.round_trips) == (5, 4)
     assert counted.texts[:2] == tuple(BEGIN_WITH_PATH.split("; "))
     assert counted.texts[2].startswith("WITH doc AS")
-    assert counted.texts[3] == "COMMIT"
+    assert _audited(counted.texts, 3) and counted.texts[4] == "COMMIT"
 
 
 def test_an_update_locks_then_writes_in_one_statement(api, wire):
@@ -216,10 +228,11 @@ def test_an_update_locks_then_writes_in_one_statement(api, wire):
     response, counted = _counted(wire, update)
 
     assert response.json()["meta"]["versionId"] == "3"
-    assert (counted.statements, counted.round_trips) == (5, 4)
+    assert (counted.statements, counted.round_trips) == (6, 5)
     assert counted.texts[:2] == tuple(BEGIN_WITH_PATH.split("; "))
     assert counted.texts[2].startswith('SELECT "fhir_resource"."id"')
     assert counted.texts[3].startswith("WITH doc AS")
+    assert _audited(counted.texts, 4) and counted.texts[5] == "COMMIT"
 
 
 @pytest.mark.parametrize(
@@ -242,9 +255,9 @@ def test_a_search_is_one_select_in_one_transaction(api, uncached, wire, resource
     response, counted = _counted(wire, search)
 
     assert response.status_code == 200 and response.json()["total"] >= 1
-    assert (counted.statements, counted.round_trips) == (4, 3)
+    assert (counted.statements, counted.round_trips) == (5, 4)
     assert counted.texts[:2] == tuple(BEGIN_WITH_PATH.split("; "))
-    assert counted.texts[3] == "COMMIT"
+    assert _audited(counted.texts, 3) and counted.texts[4] == "COMMIT"
 
 
 @pytest.fixture
@@ -265,12 +278,13 @@ def limiter_wire(settings: Any) -> Iterator[RedisCounter]:
             limits_reset_local_state()
 
 
-def test_a_warm_read_is_one_statement_and_one_redis_round_trip(
+def test_a_warm_read_is_its_statement_its_audit_event_and_one_redis_round_trip(
     api, uncached, wire, limiter_wire, cache_wire
 ):
     """The whole hot path, pinned: token (cache), scope, limits and slot (one EVALSHA that
     also carries the previous request's release), the cache lookup (one EVALSHA, which
-    brings the consent snapshot's generations), the read (one statement)."""
+    brings the consent snapshot's generations), the read (one statement), its audit event
+    (one INSERT)."""
     stored = _created(api, patient("Hotpath"))
     path = f"/fhir/provider-a/Patient/{stored['id']}"
     assert api.get(path).status_code == 200  # the process warms up
@@ -281,7 +295,7 @@ def test_a_warm_read_is_one_statement_and_one_redis_round_trip(
         assert response.status_code == 200 and response["X-Cache"] == "BYPASS"
     sql_delta, limiter_delta = wire.delta(sql), limiter_wire.delta(limiter)
     cache_delta = cache_wire.delta(cache)
-    assert (sql_delta.statements, sql_delta.round_trips) == (reads, reads)
+    assert (sql_delta.statements, sql_delta.round_trips) == (2 * reads, 2 * reads)
     assert (limiter_delta.commands, limiter_delta.round_trips) == (reads, reads)
     assert dict(limiter_delta.by_name) == {"EVALSHA": reads}
     assert dict(cache_delta.by_name) == {"EVALSHA": reads}
@@ -304,8 +318,9 @@ def cache_wire(settings: Any) -> Iterator[RedisCounter]:
             store_reset_local_state()
 
 
-def test_a_cached_read_is_no_statement_and_one_cache_round_trip(api, wire, cache_wire):
-    """A miss is the read's statement, a lookup and a fill; a hit is the lookup alone."""
+def test_a_cached_read_is_its_audit_event_alone_and_one_cache_round_trip(api, wire, cache_wire):
+    """A miss is the read's statement, its audit event, a lookup and a fill; a hit is the
+    lookup and its audit event."""
     stored = _created(api, patient("Cachedread"))
     path = f"/fhir/provider-a/Patient/{stored['id']}"
     # A warm process: the consent snapshot and the cache rules are held in memory.
@@ -314,12 +329,12 @@ def test_a_cached_read_is_no_statement_and_one_cache_round_trip(api, wire, cache
     missed = api.get(path)
     sql_delta, cache_delta = wire.delta(sql), cache_wire.delta(cache)
     assert missed["X-Cache"] == "MISS"
-    assert sql_delta.statements == 1 and dict(cache_delta.by_name) == {"EVALSHA": 2}
+    assert sql_delta.statements == 2 and dict(cache_delta.by_name) == {"EVALSHA": 2}
 
     sql, cache = wire.snapshot(), cache_wire.snapshot()
     hit = api.get(path)
     sql_delta, cache_delta = wire.delta(sql), cache_wire.delta(cache)
     assert hit["X-Cache"] == "HIT" and hit.content == missed.content
     assert hit["ETag"] == missed["ETag"] and hit["Last-Modified"] == missed["Last-Modified"]
-    assert sql_delta.statements == 0
+    assert sql_delta.statements == 1  # its audit event alone
     assert (cache_delta.commands, cache_delta.round_trips) == (1, 1)

@@ -2,6 +2,7 @@
 _include/_revinclude entries of the page, the outcome entry, and the page links."""
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -117,12 +118,14 @@ def searchset_entries(
     as_stored: bool,
     consent: "ConsentGuard | None",
     memo: "SearchMemo",
+    seen: "Callable[[list[str]], None] | None" = None,
 ) -> list[dict[str, Any]]:
     """The page's matches, what they include, and an outcome naming ignored parameters.
 
     `as_stored`: each resource as the JsonText PostgreSQL returned, for the response
     (shaped ones by _elements/_summary aside); else parsed, for a caller that reads it.
-    `memo`: the search's semantic cache, which may know what the page includes."""
+    `memo`: the search's semantic cache, which may know what the page includes.
+    `seen`: told the patients of each resource shown (the audit event's)."""
     entries = [_entry(base, r, "match", request, as_stored) for r in rows]
     included = (
         memo.included(rows, lambda: _included(caller, request, rows, consent))
@@ -130,6 +133,9 @@ def searchset_entries(
         else []
     )
     entries += [_entry(base, r, "include", request, as_stored) for r in included]
+    if seen is not None:
+        for row in (*rows, *included):
+            seen(row.compartment)
     if request.unknown:
         outcome = operation_outcome(
             Issue(

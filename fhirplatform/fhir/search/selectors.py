@@ -5,6 +5,7 @@ tables (query.py), one page is cut by a keyset cursor (keyset.py) and rendered w
 includes and links (searchset.py).
 """
 
+from collections.abc import Callable
 from functools import cache as cache_once
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,7 @@ def search_bundle(
     consent: "ConsentGuard | None",
     as_stored: bool = False,
     cache: "SearchCache | None" = None,
+    seen: "Callable[[list[str]], None] | None" = None,
 ) -> dict[str, Any]:
     """Run a search for `caller` and render the searchset Bundle (one page of it).
 
@@ -155,7 +157,9 @@ def search_bundle(
     `as_stored`: the entries' resources are the JsonText of their stored JSON, which the
     response renders without parsing it (the REST views); else parsed dicts.
     `cache`: the response cache of the request, told every type whose data the answer
-    depends on, and the semantic cache's store (semantic.py); None: not cached."""
+    depends on, and the semantic cache's store (semantic.py); None: not cached.
+    `seen`: told the patients of every resource the page shows (matches and includes),
+    for the request's audit event."""
     base = base_url.rstrip("/")
     request = search_parse(resource_type=resource_type, params=params, strict=strict)
     _hops_scope_check(caller, request)
@@ -194,6 +198,7 @@ def search_bundle(
         as_stored=as_stored,
         consent=consent,
         memo=memo,
+        seen=seen,
     )
     if entries:
         bundle["entry"] = entries

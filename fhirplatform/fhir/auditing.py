@@ -1,0 +1,184 @@
+"""The audit event of a FHIR request, as the pipeline writes it (the trail is audit/).
+
+One event for every request that reaches a FHIR view, refusals included:
+
+- **where**: the caller's tenant's trail once the token is good, also when it named
+  another tenant's URL (the event is the caller's, never the URL tenant's); the public
+  trail when no tenant is trusted (no token, a refused one, an unknown tenant);
+- **when**: a request whose tenant part ran in a transaction and answered writes its
+  event in that transaction, so that a write and its event commit together or not at
+  all; every other event is written at the exit, committed before the response leaves;
+- **or not at all**: an event that cannot be written fails the request with a 503
+  (`transient`), and a write is rolled back with it.
+
+The event names the caller (client, partner, scopes, purpose), what was asked (the
+interaction, the resource, the path and query), every patient whose data the answer
+showed or the write touched, the consent decision and what decided it, and the outcome
+(status, OperationOutcome code and reason, latency).
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.db import DatabaseError
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from django.utils import timezone
+
+from audit.models import Interaction as AuditInteraction
+from audit.services import AuditRecord, audit_write
+from fhirplatform.errors import FhirError, IssueCode
+from tenants.scopes import Interaction, scopes_text
+
+if TYPE_CHECKING:
+    from consent.enforcement import ConsentGuard
+    from tenants.tokens import Caller
+
+PUBLIC = "public"
+
+_INTERACTIONS = {
+    Interaction.READ: AuditInteraction.READ,
+    Interaction.VREAD: AuditInteraction.VREAD,
+    Interaction.SEARCH: AuditInteraction.SEARCH,
+    Interaction.HISTORY_INSTANCE: AuditInteraction.HISTORY,
+    Interaction.HISTORY_TYPE: AuditInteraction.HISTORY,
+    Interaction.HISTORY_SYSTEM: AuditInteraction.HISTORY,
+    Interaction.CREATE: AuditInteraction.CREATE,
+    Interaction.UPDATE: AuditInteraction.UPDATE,
+    Interaction.PATCH: AuditInteraction.PATCH,
+    Interaction.DELETE: AuditInteraction.DELETE,
+    Interaction.EXPORT: AuditInteraction.EXPORT,
+}
+# What a request refused before its view said what it is was, by its method.
+_BY_METHOD = {
+    "GET": AuditInteraction.READ,
+    "HEAD": AuditInteraction.READ,
+    "POST": AuditInteraction.CREATE,
+    "PUT": AuditInteraction.UPDATE,
+    "PATCH": AuditInteraction.PATCH,
+    "DELETE": AuditInteraction.DELETE,
+}
+
+
+@dataclass
+class AuditState:
+    """The audit part of one request: what the handlers report, and whether its event is
+    written already (in the tenant part's transaction)."""
+
+    interaction: AuditInteraction | None = None
+    resource_type: str = ""
+    patients: set[str] = field(default_factory=set)
+    written: bool = False
+
+    def attempt(self) -> None:
+        """A new run of the tenant part: what a rolled-back one saw and wrote is gone."""
+        self.patients.clear()
+        self.written = False
+
+    def saw(self, patients: Any) -> None:
+        """Patients whose data the answer shows or the request wrote."""
+        self.patients.update(p for p in patients or () if p)
+
+
+def audit_unavailable() -> FhirError:
+    return FhirError(
+        503,
+        IssueCode.TRANSIENT,
+        "The access could not be recorded in the audit trail, so it was not carried out; "
+        "retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _interaction(
+    state: AuditState, interaction: Interaction | None, method: str
+) -> AuditInteraction:
+    if state.interaction is not None:
+        return state.interaction
+    if interaction is not None:
+        return _INTERACTIONS.get(interaction, AuditInteraction.READ)
+    return _BY_METHOD.get(method, AuditInteraction.READ)
+
+
+def _outcome(response: HttpResponseBase) -> str:
+    """The OperationOutcome's first issue code, and its reason code when it has one
+    (`throttled/client-rate`, `forbidden/consent`)."""
+    if response.status_code < 400:
+        return ""
+    data = getattr(response, "data", None)
+    issues = data.get("issue") if isinstance(data, dict) else None
+    if not isinstance(issues, list) or not issues or not isinstance(issues[0], dict):
+        return ""
+    issue = issues[0]
+    code = str(issue.get("code", ""))
+    codings = (issue.get("details") or {}).get("coding") or []
+    reason = codings[0].get("code") if codings and isinstance(codings[0], dict) else None
+    return f"{code}/{reason}" if reason else code
+
+
+def _consent(guard: "ConsentGuard | None") -> tuple[str, str]:
+    """permit or deny, and what decided: the deciding Consent and its version, or the
+    policy version and its rule."""
+    if guard is None or guard.last_decision is None:
+        return "", ""
+    decision = guard.last_decision
+    effect = "deny" if guard.denials else decision.effect.value
+    if decision.consent_id:
+        basis = f"Consent/{decision.consent_id}"
+        if decision.consent_version:
+            basis += f"/_history/{decision.consent_version}"
+    else:
+        basis = f"policy v{decision.policy_version} ({decision.rule})"
+    if guard.denials:
+        basis += f"; {guard.denials} denied"
+    return effect, basis
+
+
+def _latency_us(request: HttpRequest) -> int:
+    started = getattr(request, "started", None)
+    return int((time.perf_counter() - started) * 1_000_000) if started else 0
+
+
+def audit_event_write(
+    *,
+    audit: AuditState,
+    caller: "Caller | None",
+    interaction: Interaction | None,
+    resource_type: str,
+    resource_id: str,
+    guard: "ConsentGuard | None",
+    request: HttpRequest,
+    response: HttpResponseBase,
+) -> None:
+    """Write the request's event into the caller's trail (public without one), once.
+    Raises audit_unavailable() when the database will not take it."""
+    if audit.written:
+        return
+    consent, basis = _consent(guard)
+    record = AuditRecord(
+        recorded=timezone.now(),
+        interaction=_interaction(audit, interaction, request.method or ""),
+        status=response.status_code,
+        request_id=str(getattr(request, "request_id", "")),
+        tenant=caller.tenant.slug if caller else "",
+        client_id=caller.client.client_id if caller else "",
+        partner=caller.partner_slug if caller else "",
+        source_address=request.META.get("REMOTE_ADDR", ""),
+        resource_type=audit.resource_type or resource_type,
+        resource_id=resource_id,
+        patients=tuple(audit.patients),
+        query=request.get_full_path(),
+        purpose=(caller.purpose or "") if caller else "",
+        consent=consent,
+        consent_basis=basis,
+        scopes=scopes_text(caller.scopes) if caller else "",
+        outcome=_outcome(response),
+        latency_us=_latency_us(request),
+    )
+    schema = caller.tenant.schema_name if caller else PUBLIC
+    try:
+        audit_write(record=record, schema=schema)
+    except DatabaseError as error:
+        raise audit_unavailable() from error
+    audit.written = True
