@@ -79,10 +79,12 @@ def test_a_read_is_one_statement_that_names_its_schema(cast):
     with CaptureQueriesContext(connection) as captured:
         assert client.get(path).status_code == 200
 
-    # No transaction and no path: the statement says whose table it reads.
+    # No transaction and no path: the statement says whose table it reads, and the audit
+    # event's INSERT whose table it writes.
     store = [sql for sql in _statements(captured) if "tenants_" not in sql]
-    assert len(store) == 1
+    assert len(store) == 2
     assert 'FROM "t_provider_a"."fhir_resource"' in store[0]
+    assert store[1].startswith('INSERT INTO "t_provider_a".audit_auditevent ')
 
 
 @pytest.mark.usefixtures("committed")
@@ -96,8 +98,9 @@ def test_a_write_sets_its_schema_once_with_its_begin(cast):
 
     store = [sql for sql in _statements(captured) if "tenants_" not in sql]
     # BEGIN and the SET LOCAL travel as one message (the backend's connection class);
-    # the log lists them as the two statements they are. Nothing else sets a path.
-    assert [sql.split(" ")[0] for sql in store] == ["BEGIN", "SET", "WITH", "COMMIT"]
+    # the log lists them as the two statements they are. Nothing else sets a path. The
+    # audit event is written in the same transaction.
+    assert [sql.split(" ")[0] for sql in store] == ["BEGIN", "SET", "WITH", "INSERT", "COMMIT"]
     assert store[1] == 'SET LOCAL search_path = "t_provider_a","public"'
 
 

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from audit.models import Interaction as AuditInteraction
 from audit.services import AuditRecord, audit_write
+from fhirplatform.db.faults import database_fault
 from fhirplatform.errors import FhirError, IssueCode
 from tenants.scopes import Interaction, scopes_text
 
@@ -180,5 +181,5 @@ def audit_event_write(
     try:
         audit_write(record=record, schema=schema)
     except DatabaseError as error:
-        raise audit_unavailable() from error
+        raise (database_fault(error) or audit_unavailable()) from error
     audit.written = True

@@ -357,7 +357,8 @@ def pipeline_finish(*, state: PipelineState, response: HttpResponseBase) -> Http
         try:
             audit_write_for(state, response)
         except FhirError as unrecorded:
-            response = fhir_error_json(unrecorded)
+            if response.status_code < 500:  # a failure already shows nothing: it stays
+                response = fhir_error_json(unrecorded)
         if state.idempotency is not None:
             state.idempotency.complete(response)
             state.idempotency = None
