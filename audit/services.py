@@ -1,7 +1,7 @@
 """Writing the audit trail. The only writer of AuditEvent rows: each row's digest is made
 here, from exactly what is stored."""
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +43,10 @@ class AuditRecord:
     latency_us: int = 0
 
 
+_RECORDED = tuple(f.name for f in fields(AuditRecord))
+_LIMITS = {f.name: f.max_length for f in AuditEvent._meta.concrete_fields if f.max_length}
+
+
 def _text(value: str, limit: int) -> str:
     """As PostgreSQL can store it (no NUL), within `limit` characters."""
     value = value.replace("\x00", "\ufffd")
@@ -50,16 +54,15 @@ def _text(value: str, limit: int) -> str:
 
 
 def _fields(record: AuditRecord) -> dict[str, Any]:
-    limits = {f.name: f.max_length for f in AuditEvent._meta.concrete_fields if f.max_length}
-    fields = asdict(record)
-    for name, value in fields.items():
+    values: dict[str, Any] = {name: getattr(record, name) for name in _RECORDED}
+    for name, value in values.items():
         if isinstance(value, str):
-            fields[name] = _text(value, limits.get(name) or MAX_QUERY)
-    fields["interaction"] = Interaction(record.interaction).value
-    fields["patients"] = sorted({_text(p, 64) for p in record.patients})
-    fields["latency_us"] = max(0, int(record.latency_us))
-    fields["release"] = settings.CODE_RELEASE
-    return fields
+            values[name] = _text(value, _LIMITS.get(name) or MAX_QUERY)
+    values["interaction"] = Interaction(record.interaction).value
+    values["patients"] = sorted({_text(p, 64) for p in record.patients})
+    values["latency_us"] = max(0, int(record.latency_us))
+    values["release"] = settings.CODE_RELEASE
+    return values
 
 
 _COLUMNS = (*DIGEST_FIELDS, "digest")

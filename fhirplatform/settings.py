@@ -20,6 +20,9 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
 # What the audit trail records as the code release (fhirplatform/release.py).
 CODE_RELEASE = env_str("CODE_RELEASE", "") or release_from_checkout()
+# Only scripts/bench_audit_settings.py turns it on (the audit app refuses to start with it
+# anywhere else): what the audit trail costs is measured against the same server without.
+AUDIT_DISABLED_FOR_BENCHMARK = False
 
 # `tenants` comes first so its create_tenant command wins over django-tenants' own.
 SHARED_APPS = [

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.db import connection, connections
+from django.db.utils import IntegrityError
 
 from audit.digests import event_digest
 from audit.models import AuditEvent, AuditSeal, Interaction
@@ -210,3 +211,26 @@ def test_the_task_seals_every_trail(tenant):
     assert _verify(tenant).ok
     schema_public()
     assert audit_verify(schema="public").ok
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit_auditseal SET count = 0",
+        "DELETE FROM audit_auditseal",
+        "TRUNCATE audit_auditseal",
+        "UPDATE audit_auditsealentry SET position = 9",
+        "DELETE FROM audit_auditsealentry",
+        "TRUNCATE audit_auditsealentry",
+    ],
+)
+def test_seals_and_their_entries_are_append_only_too(tenant, statement):
+    _write(tenant, 2)
+    _sealed(tenant)
+    with (
+        pytest.raises(IntegrityError, match="append-only"),
+        tenant_schema(tenant),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(statement)
+    assert _verify(tenant).ok
