@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.views.decorators.csrf import csrf_exempt
 from django_ratelimit.core import get_usage
 
+from audit.token_requests import token_request_audited
 from fhirplatform.errors import FhirError, IssueCode, fhir_error_json
 from tenants.assertions import assertion_client_id, assertion_verify
 from tenants.models import ApiClient
@@ -167,9 +168,13 @@ def _authenticate(credentials: ClientCredentials) -> ApiClient:
 
 
 def _guarded(handler: Any) -> Any:
-    """Render the endpoint's refusals: OAuth errors, throttling, and failing closed."""
+    """Render the endpoint's refusals: OAuth errors, throttling, and failing closed; and
+    record every request in the audit trail (audit/token_requests.py)."""
 
     def view(request: HttpRequest) -> HttpResponse:
+        return token_request_audited(request, _answered(request))
+
+    def _answered(request: HttpRequest) -> HttpResponse:
         if request.method != "POST":
             response = JsonResponse(
                 OAuthError(OAuthErrorCode.INVALID_REQUEST, "Use POST").body(), status=405
@@ -221,8 +226,8 @@ def token(request: HttpRequest) -> HttpResponse:
         raise OAuthError(
             OAuthErrorCode.UNSUPPORTED_GRANT_TYPE, "grant_type must be client_credentials"
         )
-    client = _authenticate(credentials)
-    issued = token_request_issue(
+    client = request.audit_client = _authenticate(credentials)  # type: ignore[attr-defined]
+    issued = request.audit_issued = token_request_issue(  # type: ignore[attr-defined]
         client=client,
         auth_method=credentials.method,
         resource=form.get("resource") or form.get("aud", ""),
@@ -248,7 +253,7 @@ def revoke(request: HttpRequest) -> HttpResponse:
     form = _form(request)
     credentials = _credentials(request, form)
     _token_rate_limit(request, credentials.client_id)
-    client = _authenticate(credentials)
+    client = request.audit_client = _authenticate(credentials)  # type: ignore[attr-defined]
     record = token_for_client(client=client, token=form.get("token", ""))
     # RFC 7009: an unknown token, or another client's, is answered 200 all the same.
     if record is not None:

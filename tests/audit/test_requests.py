@@ -3,8 +3,10 @@ allowed, denied by consent, by scope, by the token, invalid, on another tenant's
 answered from the cache; a write and its event commit together, and an access whose
 event cannot be written is refused (503) with nothing carried out."""
 
+import base64
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from django.conf import settings
@@ -15,6 +17,7 @@ from audit.models import AuditEvent
 from fhirplatform.fhir.models import Resource
 from fhirplatform.schemas import schema_public, tenant_schema
 from tenants.models import Tenant
+from tenants.selectors import tenant_fhir_base
 from tests.consent.enforcement_support import DENY_ALL, ConsentWorld, consent, observation
 
 
@@ -148,3 +151,35 @@ def test_an_access_that_cannot_be_recorded_is_refused_and_changes_nothing(
 
     read = world.client(world.reader).get(f"Patient/{patient_id}")
     assert read.status_code == 503 and b"Audited" not in read.content
+
+
+def test_token_requests_are_recorded_without_their_secrets(cast):
+    grant = cast.client_a
+    form = urlencode(
+        {"grant_type": "client_credentials", "resource": tenant_fhir_base(cast.tenant_a)}
+    )
+
+    def ask(secret: str) -> Any:
+        return Client().post(
+            "/oauth/token",
+            form,
+            content_type="application/x-www-form-urlencoded",
+            HTTP_AUTHORIZATION=_basic(grant.client.client_id, secret),
+        )
+
+    issued = ask(grant.secret)
+    assert issued.status_code == 200, issued.content
+    event = _only(cast.tenant_a, issued)
+    assert (event.interaction, event.status, event.tenant) == ("token", 200, cast.tenant_a.slug)
+    assert event.client_id == grant.client.client_id and event.scopes
+    assert event.query == "/oauth/token" and grant.secret not in event.query
+
+    refused = ask("wrong")
+    assert refused.status_code == 401
+    event = _only(None, refused)
+    assert (event.interaction, event.status, event.outcome) == ("token", 401, "invalid_client")
+    assert _events(cast.tenant_a, refused) == []
+
+
+def _basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
