@@ -14,7 +14,7 @@ from io import StringIO
 from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.db.utils import IntegrityError
 
@@ -234,3 +234,45 @@ def test_seals_and_their_entries_are_append_only_too(tenant, statement):
     ):
         cursor.execute(statement)
     assert _verify(tenant).ok
+
+
+def test_an_export_holds_the_period_of_one_trail_and_is_recorded(tenant, cast, tmp_path):
+    ids = _write(tenant, 3)
+    with tenant_schema(cast.tenant_b):  # another tenant's events of the same period
+        audit_write(
+            record=AuditRecord(
+                recorded=datetime.now(UTC), interaction=Interaction.READ, status=200
+            ),
+            schema=cast.tenant_b.schema_name,
+        )
+    out = tmp_path / "events.ndjson"
+    today = datetime.now(UTC).date()
+    call_command(
+        "audit_export",
+        "--tenant",
+        tenant.slug,
+        "--since",
+        str(today),
+        "--until",
+        f"{today.isoformat()}T23:59:59.999999+00:00",
+        "--output",
+        str(out),
+        stderr=StringIO(),
+    )
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    exported = [line["id"] for line in lines if line["interaction"] == "read"]
+    assert exported == ids
+    assert all(event_digest(line) == line["digest"] for line in lines)
+    # The export was recorded before it read the trail: it is in the export itself.
+    with tenant_schema(tenant):
+        recorded = AuditEvent.objects.filter(interaction="export").get()
+    assert recorded.resource_type == "AuditEvent" and recorded.actor
+    assert [line["interaction"] for line in lines].count("export") == 1
+
+
+def test_an_export_refuses_a_bad_period(tenant):
+    with pytest.raises(CommandError, match="not an ISO"):
+        call_command("audit_export", "--tenant", tenant.slug, "--since", "x", "--until", "y")
+    with pytest.raises(CommandError, match="after"):
+        period = ["--since", "2026-02-01", "--until", "2026-01-01"]
+        call_command("audit_export", "--tenant", tenant.slug, *period)
