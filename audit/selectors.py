@@ -5,8 +5,14 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Q
+
 from audit.digests import DIGEST_FIELDS
 from audit.models import AuditEvent
+from fhirplatform.schemas import tenant_schema
+from tenants.models import Tenant
+
+PAGE = 100
 
 _CHUNK = 2000
 
@@ -27,3 +33,26 @@ def events_between(*, since: datetime, until: datetime) -> Iterator[dict[str, An
     )
     for row in rows.values("id", *DIGEST_FIELDS, "digest").iterator(_CHUNK):
         yield event_as_dict(row)
+
+
+def trail_page(*, tenant: Tenant, filters: dict[str, Any]) -> list[AuditEvent]:
+    """One page (PAGE events, newest first) of the tenant's trail, read in its schema:
+    `filters` are TrailFilterForm's cleaned data; `before` pages back by event id."""
+    query = Q()
+    for name in ("client_id", "partner", "actor", "interaction"):
+        if filters.get(name):
+            query &= Q(**{name: filters[name]})
+    if filters.get("patient"):
+        query &= Q(patients__contains=[filters["patient"]])
+    if filters.get("outcome") == "ok":
+        query &= Q(status__lt=400)
+    elif filters.get("outcome") == "refused":
+        query &= Q(status__gte=400)
+    if filters.get("since"):
+        query &= Q(recorded__gte=filters["since"])
+    if filters.get("until"):
+        query &= Q(recorded__lt=filters["until"])
+    if filters.get("before"):
+        query &= Q(id__lt=filters["before"])
+    with tenant_schema(tenant):
+        return list(AuditEvent.objects.filter(query).order_by("-id")[:PAGE])

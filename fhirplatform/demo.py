@@ -47,8 +47,9 @@ DEMO_TENANTS = [
 ]
 OPERATOR_USERNAME = "operator"
 AUDITOR_USERNAME = "auditor"
-# The auditor reads what operators manage: tenants, clients and grants, and rate limits.
-AUDITOR_APPS = ("tenants", "limits")
+# The auditor reads what operators manage (tenants, clients and grants, rate limits) and
+# the audit trails.
+AUDITOR_APPS = ("tenants", "limits", "audit")
 PARTNER_USERNAME = "acme-dev"
 CONSENT_TENANT = "demo-provider"
 OPTED_OUT_CLIENT = "analytics-backend"  # the demo client a patient's Consent keeps out

@@ -13,6 +13,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from audit.admin_views import AuditTrailViews, audit_trail_link
 from consent.admin_views import ConsentPolicyViews, consent_policy_link
 from tenants import services
 from tenants.forms import (
@@ -97,7 +98,14 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "status", "plan", "data_region", "isolation_tier", "created"]
     list_filter = ["status", "data_region", "isolation_tier", "plan"]
     search_fields = ["slug", "name"]
-    readonly_fields = ["schema_name", "fhir_base", "consent_policy", "created", "deactivated_at"]
+    readonly_fields = [
+        "schema_name",
+        "fhir_base",
+        "consent_policy",
+        "audit_trail",
+        "created",
+        "deactivated_at",
+    ]
     inlines = [GrantInline]
     actions = ["suspend", "activate"]
 
@@ -113,9 +121,15 @@ class TenantAdmin(admin.ModelAdmin):
     def consent_policy(self, tenant: Tenant) -> str:
         return consent_policy_link(tenant)
 
+    @admin.display(description="Audit")
+    def audit_trail(self, tenant: Tenant) -> str:
+        return audit_trail_link(tenant)
+
     def get_urls(self) -> list[Any]:
-        # The tenant's consent policy pages live under its change page (consent/admin_views.py).
-        return ConsentPolicyViews(self.admin_site).urls() + super().get_urls()
+        # The tenant's consent policy and audit trail pages live under its change page
+        # (consent/admin_views.py, audit/admin_views.py).
+        tenant_pages = ConsentPolicyViews(self.admin_site).urls()
+        return tenant_pages + AuditTrailViews(self.admin_site).urls() + super().get_urls()
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
