@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
+from audit.fhir import SEARCH_PARAMETERS as AUDIT_SEARCH_PARAMETERS
 from fhirplatform.fhir.search.parsing import Control
 from fhirplatform.fhir.search.registry import search_parameters_for
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
@@ -68,8 +69,20 @@ def _resources() -> tuple[dict[str, Any], ...]:
             "conditionalDelete": "not-supported",
         }
         entry["searchParam"] = _search_params(resource_type)
-        resources.append(entry)
+        resources.append(_audit_trail(entry) if resource_type == "AuditEvent" else entry)
     return tuple(resources)
+
+
+def _audit_trail(entry: dict[str, Any]) -> dict[str, Any]:
+    """AuditEvent is the platform's audit trail (audit/fhir.py): read and searched only,
+    by its own parameters."""
+    return {
+        "type": "AuditEvent",
+        "profile": entry["profile"],
+        "documentation": "The tenant's audit trail (docs/audit.md): read and search only",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [p for p in entry["searchParam"] if p["name"] in AUDIT_SEARCH_PARAMETERS],
+    }
 
 
 def capability_statement(*, base_url: str) -> dict[str, Any]:

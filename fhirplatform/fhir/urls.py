@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from fhirplatform.fhir import views
+from fhirplatform.fhir import audit_views, views
 from fhirplatform.fhir.smart import SmartConfigurationView
 from fhirplatform.resource_types import TYPE_CHARS
 
@@ -17,6 +17,11 @@ urlpatterns: list = [
     path("", views.SystemView.as_view(), name="fhir-system"),
     path("metadata", views.MetadataView.as_view(), name="fhir-metadata"),
     path("_history", views.HistoryView.as_view(), name="fhir-history-system"),
+    # The audit trail, served from the trail itself: before the store's own type routes.
+    path("AuditEvent", audit_views.AuditEventSearchView.as_view(), name="fhir-audit-search"),
+    re_path(
+        rf"^AuditEvent/{_ID}$", audit_views.AuditEventReadView.as_view(), name="fhir-audit-read"
+    ),
     re_path(rf"^{_TYPE}$", views.TypeView.as_view(), name="fhir-type"),
     re_path(rf"^{_TYPE}/_search$", views.TypeSearchView.as_view(), name="fhir-search"),
     re_path(rf"^{_TYPE}/_history$", views.HistoryView.as_view(), name="fhir-history-type"),

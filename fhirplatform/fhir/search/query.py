@@ -310,10 +310,15 @@ def column_filter(column: Column, criterion: Criterion) -> Q:
                 raise bad_value(criterion, f"'{value}' is not a resource id")
             combined |= Q(logical_id=value)
         else:
-            prefix, text = _prefixed(criterion, value)
-            low, high = _date_bounds(criterion, text)
-            combined |= instant_q(prefix, low, high, "last_updated")
+            combined |= instant_value_q(criterion, value, "last_updated")
     return combined
+
+
+def instant_value_q(criterion: Criterion, value: str, field: str) -> Q:
+    """One value of a date criterion, prefix included, against a stored instant column."""
+    prefix, text = _prefixed(criterion, value)
+    low, high = _date_bounds(criterion, text)
+    return instant_q(prefix, low, high, field)
 
 
 def index_filter(
