@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -18,6 +19,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from audit.governance import governance_recorded
 from consent.forms import PolicyForm, PolicyTestForm, policy_form_initial, service_errors_add
 from consent.governance import policy_tests_run
 from consent.selectors import policy_page
@@ -128,12 +130,21 @@ class ConsentPolicyViews:
         form = PolicyForm(request.POST)
         if form.is_valid():
             try:
-                saved = policy_update(
-                    tenant=tenant,
-                    by=request.user.get_username(),
-                    note=form.cleaned_data["note"],
-                    **form.policy_values(),
-                )
+                with transaction.atomic():  # the change and its audit event, or neither
+                    saved = policy_update(
+                        tenant=tenant,
+                        by=request.user.get_username(),
+                        note=form.cleaned_data["note"],
+                        **form.policy_values(),
+                    )
+                    governance_recorded(
+                        request=request,
+                        what="consent.policy",
+                        object_id=str(saved.version),
+                        action="changed",
+                        tenant=tenant.slug,
+                        detail=form.cleaned_data["note"],
+                    )
             except ConsentPolicyError as exc:
                 service_errors_add(form, exc)
             else:
@@ -147,9 +158,18 @@ class ConsentPolicyViews:
         form = PolicyTestForm(request.POST)
         if form.is_valid():
             try:
-                policy_test_create(
-                    tenant=tenant, by=request.user.get_username(), **form.cleaned_data
-                )
+                with transaction.atomic():
+                    test = policy_test_create(
+                        tenant=tenant, by=request.user.get_username(), **form.cleaned_data
+                    )
+                    governance_recorded(
+                        request=request,
+                        what="consent.policytest",
+                        object_id=str(test.pk),
+                        action="added",
+                        tenant=tenant.slug,
+                        detail=test.name,
+                    )
             except ConsentPolicyError as exc:
                 service_errors_add(form, exc)
             else:
@@ -162,7 +182,15 @@ class ConsentPolicyViews:
         _require(request, DELETE_TEST)
         tenant = self._tenant(tenant_id)
         try:
-            policy_test_delete(tenant=tenant, test_id=test_id)
+            with transaction.atomic():
+                policy_test_delete(tenant=tenant, test_id=test_id)
+                governance_recorded(
+                    request=request,
+                    what="consent.policytest",
+                    object_id=str(test_id),
+                    action="deleted",
+                    tenant=tenant.slug,
+                )
         except ConsentPolicyError as exc:
             messages.error(request, str(exc))
         else:

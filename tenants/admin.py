@@ -14,6 +14,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from audit.admin_views import AuditTrailViews, audit_trail_link
+from audit.governance import AuditedAdmin
 from consent.admin_views import ConsentPolicyViews, consent_policy_link
 from tenants import services
 from tenants.forms import (
@@ -51,7 +52,7 @@ def _adopt(obj: Any, saved: Any) -> None:
 
 
 @admin.register(RatePlan)
-class RatePlanAdmin(admin.ModelAdmin):
+class RatePlanAdmin(AuditedAdmin):
     list_display = [
         "name",
         "priority",
@@ -93,7 +94,7 @@ class GrantInline(admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(AuditedAdmin):
     form = TenantForm
     list_display = ["slug", "name", "status", "plan", "data_region", "isolation_tier", "created"]
     list_filter = ["status", "data_region", "isolation_tier", "plan"]
@@ -142,12 +143,14 @@ class TenantAdmin(admin.ModelAdmin):
     def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
         for tenant in queryset:
             services.tenant_set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+            self.log_change(request, tenant, "Suspended")
         self.message_user(request, f"Suspended {queryset.count()} tenant(s).", messages.SUCCESS)
 
     @admin.action(description="Activate selected tenants", permissions=["change"])
     def activate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
         for tenant in queryset:
             services.tenant_set_status(tenant=tenant, status=TenantStatus.ACTIVE)
+            self.log_change(request, tenant, "Activated")
         self.message_user(request, f"Activated {queryset.count()} tenant(s).", messages.SUCCESS)
 
 
@@ -164,7 +167,7 @@ class ApiClientInline(admin.TabularInline):
 
 
 @admin.register(Partner)
-class PartnerAdmin(admin.ModelAdmin):
+class PartnerAdmin(AuditedAdmin):
     list_display = ["name", "slug", "contact_email", "created"]
     search_fields = ["name", "slug", "contact_email"]
     # Set once at creation: patients' Consents name the partner by it.
@@ -207,7 +210,7 @@ class ClientSecretInline(admin.TabularInline):
 
 
 @admin.register(ApiClient)
-class ApiClientAdmin(admin.ModelAdmin):
+class ApiClientAdmin(AuditedAdmin):
     form = ApiClientForm
     list_display = ["client_id", "name", "partner", "status", "created", "revoked_at"]
     list_filter = ["status", "partner"]
@@ -235,17 +238,19 @@ class ApiClientAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiClient]) -> None:
         for client in queryset.filter(status=ClientStatus.ACTIVE):
             services.client_revoke(client=client)
+            self.log_change(request, client, "Revoked")
         self.message_user(request, "Revoked; their tokens stop working now.", messages.SUCCESS)
 
     @admin.action(description="Re-activate selected clients", permissions=["change"])
     def activate(self, request: HttpRequest, queryset: QuerySet[ApiClient]) -> None:
         for client in queryset.filter(status=ClientStatus.REVOKED):
             services.client_activate(client=client)
+            self.log_change(request, client, "Re-activated")
         self.message_user(request, "Re-activated.", messages.SUCCESS)
 
 
 @admin.register(Grant)
-class GrantAdmin(admin.ModelAdmin):
+class GrantAdmin(AuditedAdmin):
     form = GrantForm
     list_display = ["client", "tenant", "plan", "status", "scopes", "created"]
     list_filter = ["status", "plan", "tenant"]
@@ -265,11 +270,12 @@ class GrantAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[Grant]) -> None:
         for grant in queryset.filter(status=GrantStatus.ACTIVE):
             services.grant_revoke(grant=grant)
+            self.log_change(request, grant, "Revoked")
         self.message_user(request, "Revoked.", messages.SUCCESS)
 
 
 @admin.register(AccessToken)
-class AccessTokenAdmin(admin.ModelAdmin):
+class AccessTokenAdmin(AuditedAdmin):
     list_display = [
         "id",
         "client",
@@ -305,4 +311,5 @@ class AccessTokenAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
         for token in queryset.filter(revoked_at__isnull=True):
             services.token_revoke(token=token)
+            self.log_change(request, token, "Revoked")
         self.message_user(request, "Revoked.", messages.SUCCESS)

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
+from audit.governance import AuditedAdmin
 from fhirplatform.cache.models import CacheRule
 from fhirplatform.cache.selectors import cache_overview
 from fhirplatform.cache.services import cache_rule_delete, cache_rule_set
@@ -17,7 +18,7 @@ from fhirplatform.cache.type_classes import NOT_CACHED_BY_DEFAULT, REFERENCE_DAT
 
 
 @admin.register(CacheRule)
-class CacheRuleAdmin(admin.ModelAdmin):
+class CacheRuleAdmin(AuditedAdmin):
     list_display = ["tenant", "resource_type", "ttl_seconds", "swr_seconds", "updated"]
     list_filter = ["tenant"]
     search_fields = ["tenant__slug", "resource_type"]

@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from audit.governance import AuditedAdmin
 from fhirplatform.limits.models import LimiterSwitch, LimitOverride, ThrottleEvent
 from fhirplatform.limits.services import (
     limit_override_delete,
@@ -16,7 +17,7 @@ from fhirplatform.limits.services import (
 
 
 @admin.register(LimitOverride)
-class LimitOverrideAdmin(admin.ModelAdmin):
+class LimitOverrideAdmin(AuditedAdmin):
     list_display = [
         "__str__",
         "per_minute",
@@ -42,7 +43,7 @@ class LimitOverrideAdmin(admin.ModelAdmin):
 
 
 @admin.register(LimiterSwitch)
-class LimiterSwitchAdmin(admin.ModelAdmin):
+class LimiterSwitchAdmin(AuditedAdmin):
     list_display = ["__str__", "limits_enabled", "updated"]
     actions = ["turn_limits_off", "turn_limits_on"]
 
@@ -57,17 +58,19 @@ class LimiterSwitchAdmin(admin.ModelAdmin):
 
     @admin.action(description="Kill switch: turn all limits OFF (report only)")
     def turn_limits_off(self, request: HttpRequest, queryset: QuerySet[LimiterSwitch]) -> None:
-        limiter_switch_set(enabled=False)
+        switch = limiter_switch_set(enabled=False)
+        self.log_change(request, switch, "Kill switch: limits turned off")
         self.message_user(request, "Limits are off platform-wide.", messages.WARNING)
 
     @admin.action(description="Turn limits back ON")
     def turn_limits_on(self, request: HttpRequest, queryset: QuerySet[LimiterSwitch]) -> None:
-        limiter_switch_set(enabled=True)
+        switch = limiter_switch_set(enabled=True)
+        self.log_change(request, switch, "Kill switch: limits turned on")
         self.message_user(request, "Limits are enforced again.")
 
 
 @admin.register(ThrottleEvent)
-class ThrottleEventAdmin(admin.ModelAdmin):
+class ThrottleEventAdmin(AuditedAdmin):
     list_display = [
         "occurred",
         "tenant",
