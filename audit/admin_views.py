@@ -11,14 +11,13 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET
 
 from audit.forms import TrailFilterForm
 from audit.models import Interaction
 from audit.selectors import PAGE, trail_page
-from audit.services import AuditRecord, audit_write
+from audit.services import AuditRecord, audit_write, request_basics
 from tenants.models import Tenant
 
 VIEW_TRAIL = "audit.view_auditevent"
@@ -51,13 +50,11 @@ class AuditTrailViews:
         # Reading the trail is an access to it: recorded before the page is shown.
         audit_write(
             record=AuditRecord(
-                recorded=timezone.now(),
+                **request_basics(request),
                 interaction=Interaction.ADMIN,
                 status=200 if valid else 400,
-                request_id=str(getattr(request, "request_id", "")),
                 tenant=tenant.slug,
                 actor=request.user.get_username(),
-                source_address=request.META.get("REMOTE_ADDR", ""),
                 resource_type="AuditEvent",
                 query=request.get_full_path(),
             ),

@@ -8,6 +8,7 @@ seal, breaks a link that audit_verify recomputes.
 
 import hashlib
 from datetime import UTC, datetime
+from typing import Protocol
 
 GENESIS = "0" * 64
 
@@ -16,16 +17,21 @@ def link(chain: str, event_id: int, digest: str) -> str:
     return hashlib.sha256(f"{chain}:{event_id}:{digest}".encode()).hexdigest()
 
 
-def seal_digest(
-    *,
-    seq: int,
-    sealed_at: datetime,
-    horizon: int,
-    count: int,
-    chain_before: str,
-    chain: str,
-    previous: str,
-) -> str:
-    stamp = sealed_at.astimezone(UTC).isoformat(timespec="microseconds")
-    text = f"{seq}|{stamp}|{horizon}|{count}|{chain_before}|{chain}|{previous}"
-    return hashlib.sha256(text.encode()).hexdigest()
+class SealFields(Protocol):
+    """What a seal's digest covers (an AuditSeal, before or after it is saved)."""
+
+    seq: int
+    sealed_at: datetime
+    horizon: int
+    count: int
+    chain_before: str
+    chain: str
+    previous: str
+
+
+def seal_digest(seal: SealFields) -> str:
+    stamp = seal.sealed_at.astimezone(UTC).isoformat(timespec="microseconds")
+    text = "|".join(
+        map(str, (seal.seq, stamp, seal.horizon, seal.count, seal.chain_before, seal.chain))
+    )
+    return hashlib.sha256(f"{text}|{seal.previous}".encode()).hexdigest()

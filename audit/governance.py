@@ -13,10 +13,9 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
 from audit.models import Interaction
-from audit.services import AuditRecord, audit_write
+from audit.services import AuditRecord, audit_write, request_basics
 
 PUBLIC = "public"
 
@@ -42,13 +41,11 @@ def governance_recorded(
     page) on `what` (`app.model`, or a name of our own pages) in the public trail."""
     audit_write(
         record=AuditRecord(
-            recorded=timezone.now(),
+            **request_basics(request),
             interaction=Interaction.ADMIN,
             status=200,
-            request_id=str(getattr(request, "request_id", "")),
             tenant=tenant,
             actor=request.user.get_username(),
-            source_address=request.META.get("REMOTE_ADDR", ""),
             resource_type=what,
             resource_id=object_id,
             query=f"{request.method} {request.path}: {detail}" if detail else request.path,

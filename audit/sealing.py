@@ -61,15 +61,7 @@ def audit_seal(*, max_events: int = MAX_BLOCK) -> AuditSeal | None:
             chain=chain,
             previous=last.digest if last else "",
         )
-        seal.digest = seal_digest(
-            seq=seal.seq,
-            sealed_at=seal.sealed_at,
-            horizon=seal.horizon,
-            count=seal.count,
-            chain_before=seal.chain_before,
-            chain=seal.chain,
-            previous=seal.previous,
-        )
+        seal.digest = seal_digest(seal)
         seal.save()
         AuditSealEntry.objects.bulk_create(
             AuditSealEntry(event_id=event_id, seal_seq=seal.seq, position=position, digest=d)

@@ -1,11 +1,14 @@
 """Writing the audit trail. The only writer of AuditEvent rows: each row's digest is made
 here, from exactly what is stored."""
 
+import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest
+from django.utils import timezone
 from django_tenants.utils import quote_schema_name
 
 from audit.digests import DIGEST_FIELDS, event_digest
@@ -41,6 +44,36 @@ class AuditRecord:
     scopes: str = ""
     outcome: str = ""
     latency_us: int = 0
+
+
+def outcome_text(body: Any) -> str:
+    """What a refused or failed answer's body says, as an event's `outcome`: an OAuth error
+    code (`invalid_client`), or an OperationOutcome's first issue code with its reason
+    code when it has one (`throttled/client-rate`, `forbidden/consent`)."""
+    if not isinstance(body, dict):
+        return ""
+    if "error" in body:
+        return str(body["error"])
+    issues = body.get("issue")
+    if not isinstance(issues, list) or not issues or not isinstance(issues[0], dict):
+        return ""
+    issue = issues[0]
+    code = str(issue.get("code", ""))
+    codings = (issue.get("details") or {}).get("coding") or []
+    reason = codings[0].get("code") if codings and isinstance(codings[0], dict) else None
+    return f"{code}/{reason}" if reason else code
+
+
+def request_basics(request: HttpRequest) -> dict[str, Any]:
+    """An event's fields every request gives alike: when, which request (its
+    X-Request-ID), from where, and how long since it arrived."""
+    started = getattr(request, "started", None)
+    return {
+        "recorded": timezone.now(),
+        "request_id": str(getattr(request, "request_id", "")),
+        "source_address": request.META.get("REMOTE_ADDR", ""),
+        "latency_us": int((time.perf_counter() - started) * 1_000_000) if started else 0,
+    }
 
 
 _RECORDED = tuple(f.name for f in fields(AuditRecord))

@@ -8,15 +8,12 @@ No secret is recorded: the query holds the path only, never the form.
 """
 
 import json
-import time
-from typing import Any
 
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
-from django.utils import timezone
 
 from audit.models import Interaction
-from audit.services import AuditRecord, audit_write
+from audit.services import AuditRecord, audit_write, outcome_text, request_basics
 from fhirplatform.db.faults import database_fault
 from fhirplatform.errors import FhirError, IssueCode, fhir_error_json
 
@@ -24,21 +21,12 @@ PUBLIC = "public"
 
 
 def _outcome(response: HttpResponse) -> str:
-    """An OAuth error code (`invalid_client`), or an OperationOutcome's code/reason."""
     if response.status_code < 400:
         return ""
     try:
-        body: Any = json.loads(response.content)
+        return outcome_text(json.loads(response.content))
     except (ValueError, UnicodeDecodeError):
         return ""
-    if not isinstance(body, dict):
-        return ""
-    if "error" in body:
-        return str(body["error"])
-    issue = (body.get("issue") or [{}])[0]
-    codings = (issue.get("details") or {}).get("coding") or [{}]
-    reason = codings[0].get("code")
-    return f"{issue.get('code', '')}/{reason}" if reason else str(issue.get("code", ""))
 
 
 def token_request_audited(request: HttpRequest, response: HttpResponse) -> HttpResponse:
@@ -47,21 +35,17 @@ def token_request_audited(request: HttpRequest, response: HttpResponse) -> HttpR
     client = getattr(request, "audit_client", None)
     issued = getattr(request, "audit_issued", None)
     tenant = issued.tenant if issued is not None else None
-    started = getattr(request, "started", None)
     record = AuditRecord(
-        recorded=timezone.now(),
+        **request_basics(request),
         interaction=Interaction.TOKEN,
         status=response.status_code,
-        request_id=str(getattr(request, "request_id", "")),
         tenant=tenant.slug if tenant else "",
         client_id=client.client_id if client else "",
         partner=client.partner.slug if client else "",
-        source_address=request.META.get("REMOTE_ADDR", ""),
         query=request.path,
         purpose=(issued.purpose or "") if issued else "",
         scopes=issued.scope if issued else "",
         outcome=_outcome(response),
-        latency_us=int((time.perf_counter() - started) * 1_000_000) if started else 0,
     )
     try:
         audit_write(record=record, schema=tenant.schema_name if tenant else PUBLIC)

@@ -63,15 +63,7 @@ def _seals_check(report: VerifyReport) -> list[AuditSeal]:
             report.problems.append(f"seal {expected} is missing (found seal {seal.seq} next)")
         if seal.previous != previous or seal.chain_before != chain:
             report.problems.append(f"seal {seal.seq} does not follow seal {seal.seq - 1}")
-        recomputed = seal_digest(
-            seq=seal.seq,
-            sealed_at=seal.sealed_at,
-            horizon=seal.horizon,
-            count=seal.count,
-            chain_before=seal.chain_before,
-            chain=seal.chain,
-            previous=seal.previous,
-        )
+        recomputed = seal_digest(seal)
         if recomputed != seal.digest:
             report.problems.append(f"seal {seal.seq} was altered")
         chain, previous = seal.chain, seal.digest

@@ -17,7 +17,6 @@ showed or the write touched, the consent decision and what decided it, and the o
 (status, OperationOutcome code and reason, latency).
 """
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +24,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
-from django.utils import timezone
 
 from audit.models import Interaction as AuditInteraction
-from audit.services import AuditRecord, audit_write
+from audit.services import AuditRecord, audit_write, outcome_text, request_basics
 from fhirplatform.db.faults import database_fault
 from fhirplatform.errors import FhirError, IssueCode
 from tenants.scopes import Interaction, scopes_text
@@ -104,19 +102,9 @@ def _interaction(
 
 
 def _outcome(response: HttpResponseBase) -> str:
-    """The OperationOutcome's first issue code, and its reason code when it has one
-    (`throttled/client-rate`, `forbidden/consent`)."""
     if response.status_code < 400:
         return ""
-    data = getattr(response, "data", None)
-    issues = data.get("issue") if isinstance(data, dict) else None
-    if not isinstance(issues, list) or not issues or not isinstance(issues[0], dict):
-        return ""
-    issue = issues[0]
-    code = str(issue.get("code", ""))
-    codings = (issue.get("details") or {}).get("coding") or []
-    reason = codings[0].get("code") if codings and isinstance(codings[0], dict) else None
-    return f"{code}/{reason}" if reason else code
+    return outcome_text(getattr(response, "data", None))
 
 
 def _consent(guard: "ConsentGuard | None") -> tuple[str, str]:
@@ -137,11 +125,6 @@ def _consent(guard: "ConsentGuard | None") -> tuple[str, str]:
     return effect, basis
 
 
-def _latency_us(request: HttpRequest) -> int:
-    started = getattr(request, "started", None)
-    return int((time.perf_counter() - started) * 1_000_000) if started else 0
-
-
 def audit_event_write(
     *,
     audit: AuditState,
@@ -159,14 +142,12 @@ def audit_event_write(
         return
     consent, basis = _consent(guard)
     record = AuditRecord(
-        recorded=timezone.now(),
+        **request_basics(request),
         interaction=_interaction(audit, interaction, request.method or ""),
         status=response.status_code,
-        request_id=str(getattr(request, "request_id", "")),
         tenant=caller.tenant.slug if caller else "",
         client_id=caller.client.client_id if caller else "",
         partner=caller.partner_slug if caller else "",
-        source_address=request.META.get("REMOTE_ADDR", ""),
         resource_type=audit.resource_type or resource_type,
         resource_id=resource_id,
         patients=tuple(audit.patients),
@@ -176,7 +157,6 @@ def audit_event_write(
         consent_basis=basis,
         scopes=scopes_text(caller.scopes) if caller else "",
         outcome=_outcome(response),
-        latency_us=_latency_us(request),
     )
     schema = caller.tenant.schema_name if caller else PUBLIC
     try:
