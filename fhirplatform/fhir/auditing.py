@@ -68,12 +68,14 @@ class AuditState:
 
     interaction: AuditInteraction | None = None
     resource_type: str = ""
+    resource_id: str = ""  # a created resource's id (the URL names none)
     patients: set[str] = field(default_factory=set)
     written: bool = False
 
     def attempt(self) -> None:
         """A new run of the tenant part: what a rolled-back one saw and wrote is gone."""
         self.patients.clear()
+        self.resource_id = ""
         self.written = False
 
     def saw(self, patients: Any) -> None:
@@ -149,7 +151,7 @@ def audit_event_write(
         client_id=caller.client.client_id if caller else "",
         partner=caller.partner_slug if caller else "",
         resource_type=audit.resource_type or resource_type,
-        resource_id=resource_id,
+        resource_id=audit.resource_id or resource_id,
         patients=tuple(audit.patients),
         query=request.get_full_path(),
         purpose=(caller.purpose or "") if caller else "",

@@ -95,6 +95,7 @@ class BaseFhirView(FhirView):
         self, request: Request, resource: Resource, status: int, location: bool = False
     ) -> Response:
         self.state.audit.saw(resource.compartment)
+        self.state.audit.resource_id = resource.logical_id
         headers = version_headers(resource)
         if location:
             headers["Location"] = version_url(self.base_url, resource)

@@ -52,9 +52,9 @@ def test_a_read_a_search_and_a_write_are_recorded_with_their_fields(world, patie
         201,
         "Observation",
     )
-    assert written.patients == [patient_id]
-
     obs_id = created.json()["id"]
+    assert (written.patients, written.resource_id) == ([patient_id], obs_id)
+
     read = reader.get(f"Observation/{obs_id}")
     event = _only(world.tenant, read)
     assert (event.interaction, event.status, event.outcome) == ("read", 200, "")
