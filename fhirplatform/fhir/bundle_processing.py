@@ -10,6 +10,7 @@ like a request of its own.
 
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +124,17 @@ class _Run:
     source: str
     representation: bool
     consent: "ConsentGuard"
+    # Told the patients of every resource an entry shows or writes (the audit event's).
+    seen: Callable[[list[str]], None]
+
+    def written(
+        self, resource: Any, status: str, *, shown: bool | None = None, location: bool = True
+    ) -> dict[str, Any]:
+        """An entry's answer naming `resource` (its body when `shown`, by default when
+        the Bundle asked for representations); its patients go to the audit event."""
+        self.seen(resource.compartment)
+        representation = self.representation if shown is None else shown
+        return _written(resource, status, self.base_url, representation, location)
 
 
 def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
@@ -139,11 +151,11 @@ def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
                 matches=_matcher(run.caller),
             )
             if result.created:
-                return _written(result.resource, "201 Created", run.base_url, run.representation)
+                return run.written(result.resource, "201 Created")
             if selectors.match_disclosable(
                 caller=run.caller, match=result.resource, consent=run.consent
             ):
-                return _written(result.resource, "200 OK", run.base_url, run.representation)
+                return run.written(result.resource, "200 OK")
             # Matched, nothing created; nothing in the entry names the match.
             return {"response": {"status": "200 OK"}}
         created = services.resource_create(
@@ -152,7 +164,7 @@ def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
             source=run.source,
             logical_id=plan.assigned_id,
         )
-        return _written(created, "201 Created", run.base_url, run.representation)
+        return run.written(created, "201 Created")
     assert plan.logical_id is not None
     if kind == Interaction.UPDATE:
         updated = services.resource_update(
@@ -162,7 +174,7 @@ def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
             source=run.source,
             if_match=plan.if_match,
         )
-        return _written(updated, "200 OK", run.base_url, run.representation)
+        return run.written(updated, "200 OK")
     if kind == Interaction.PATCH:
         patched = services.resource_patch(
             resource_type=plan.resource_type,
@@ -171,11 +183,12 @@ def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
             source=run.source,
             if_match=plan.if_match,
         )
-        return _written(patched, "200 OK", run.base_url, run.representation)
+        return run.written(patched, "200 OK")
     if kind == Interaction.DELETE:
-        services.resource_delete(
+        deleted = services.resource_delete(
             resource_type=plan.resource_type, logical_id=plan.logical_id, if_match=plan.if_match
         )
+        run.seen(deleted.compartment)
         return {"response": {"status": "204 No Content"}}
     if kind == Interaction.VREAD:
         assert plan.version_id is not None
@@ -185,7 +198,7 @@ def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
             version_id=plan.version_id,
             consent=run.consent,
         )
-        return _written(version, "200 OK", run.base_url, False, location=False) | {
+        return run.written(version, "200 OK", shown=False, location=False) | {
             "resource": version.content.parsed()
         }
     read = selectors.resource_read(
@@ -193,7 +206,7 @@ def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
     )
     if plan.if_none_match is not None and plan.if_none_match == read.version_id:
         return {"response": {"status": "304 Not Modified", "etag": etag(read.version_id)}}
-    return _written(read, "200 OK", run.base_url, False, location=False) | {
+    return run.written(read, "200 OK", shown=False, location=False) | {
         "resource": read.content.parsed()
     }
 
@@ -208,6 +221,7 @@ def _search_entry(run: _Run, plan: EntryPlan) -> dict[str, Any]:
         strict=False,
         consent=run.consent,
         as_stored=True,
+        seen=run.seen,
     )
     return {"resource": bundle, "response": {"status": "200 OK"}}
 
@@ -297,12 +311,14 @@ def bundle_process(
     base_url: str,
     source: str,
     consent: "ConsentGuard",
+    seen: Callable[[list[str]], None],
     representation: bool = False,
 ) -> dict[str, Any]:
     """Run a Bundle planned by `bundle_plan` and return its response Bundle. Its reads and
-    searches are decided by the caller's consent guard like the REST interactions."""
+    searches are decided by the caller's consent guard like the REST interactions; `seen`
+    is told the patients of every resource its entries show or write."""
     runner = _transaction if planned.kind == BundleKind.TRANSACTION else _batch
-    run = _Run(caller, base_url, source, representation, consent)
+    run = _Run(caller, base_url, source, representation, consent, seen)
     entries = runner(run, planned.entries)
     return {
         "resourceType": "Bundle",

@@ -396,6 +396,7 @@ class SystemView(BaseFhirView):
             base_url=self.base_url,
             source=self.source(),
             consent=self.consent,
+            seen=self.state.audit.saw,
             representation=representation,
         )
         return Response(bundle)

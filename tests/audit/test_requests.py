@@ -183,3 +183,22 @@ def test_token_requests_are_recorded_without_their_secrets(cast):
 
 def _basic(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+def test_a_bundles_event_names_the_patients_of_its_entries(world, patient_id):
+    other = world.created({"resourceType": "Patient", "name": [{"family": "Bundled"}]})["id"]
+    obs_id = world.created(observation(patient_id))["id"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Observation/{obs_id}"}},
+            {"request": {"method": "GET", "url": f"Observation?patient={patient_id}"}},
+            {"resource": observation(other), "request": {"method": "POST", "url": "Observation"}},
+        ],
+    }
+    answered = world.writer.post("", bundle)
+    assert answered.status_code == 200, answered.content
+    event = _only(world.tenant, answered)
+    assert (event.interaction, event.resource_type) == ("batch", "Bundle")
+    assert sorted(event.patients) == sorted([patient_id, other])
