@@ -49,6 +49,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from audit.models import Interaction as AuditInteraction
 from fhirplatform.context import context_update
 from fhirplatform.db.faults import database_fault
 from fhirplatform.db.transactions import transaction_run
@@ -388,3 +389,23 @@ class PublicFhirView(APIView):
         if (fault := database_fault(exc)) is not None:
             return fhir_error_response(fault)
         return super().handle_exception(exc)
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        """No trusted caller: the request's audit event goes to the public trail."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        audit = AuditState(interaction=AuditInteraction.CAPABILITIES)
+        try:
+            audit_event_write(
+                audit=audit,
+                caller=None,
+                interaction=None,
+                resource_type="",
+                resource_id="",
+                guard=None,
+                request=request._request,
+                response=response,
+            )
+        except FhirError as unrecorded:
+            if response.status_code < 500:
+                return fhir_error_json(unrecorded)
+        return response

@@ -202,3 +202,13 @@ def test_a_bundles_event_names_the_patients_of_its_entries(world, patient_id):
     event = _only(world.tenant, answered)
     assert (event.interaction, event.resource_type) == ("batch", "Bundle")
     assert sorted(event.patients) == sorted([patient_id, other])
+
+
+def test_the_public_endpoints_are_recorded_in_the_public_trail(cast):
+    for path in ("metadata", ".well-known/smart-configuration"):
+        answered = Client().get(f"/fhir/{cast.tenant_a.slug}/{path}")
+        assert answered.status_code == 200
+        event = _only(None, answered)
+        assert (event.interaction, event.status, event.client_id) == ("capabilities", 200, "")
+        assert event.query == f"/fhir/{cast.tenant_a.slug}/{path}"
+        assert _events(cast.tenant_a, answered) == []
