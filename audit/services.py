@@ -7,13 +7,16 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest
 from django.utils import timezone
 from django_tenants.utils import quote_schema_name
 
 from audit.digests import DIGEST_FIELDS, event_digest
 from audit.models import AuditEvent, Interaction
+from fhirplatform.db.faults import database_fault
 from fhirplatform.db.named import schema_named_cursor
+from fhirplatform.errors import FhirError, IssueCode
 
 # A query is recorded whole up to this many characters; longer ones are cut and marked,
 # so that a client cannot make the trail store whatever it sends.
@@ -99,6 +102,18 @@ def _fields(record: AuditRecord) -> dict[str, Any]:
 
 
 _COLUMNS = (*DIGEST_FIELDS, "digest")
+
+
+def audit_unrecorded(error: DatabaseError) -> FhirError:
+    """What an access whose event the database would not take is answered: that database
+    fault's 503, or a 503 saying the access was not carried out."""
+    return database_fault(error) or FhirError(
+        503,
+        IssueCode.TRANSIENT,
+        "The access could not be recorded in the audit trail, so it was not carried out; "
+        "retry later",
+        headers={"Retry-After": "1"},
+    )
 
 
 def audit_write(*, record: AuditRecord, schema: str) -> int:

@@ -13,9 +13,14 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
 from audit.models import Interaction
-from audit.services import AuditRecord, audit_write, outcome_text, request_basics
-from fhirplatform.db.faults import database_fault
-from fhirplatform.errors import FhirError, IssueCode, fhir_error_json
+from audit.services import (
+    AuditRecord,
+    audit_unrecorded,
+    audit_write,
+    outcome_text,
+    request_basics,
+)
+from fhirplatform.errors import fhir_error_json
 
 PUBLIC = "public"
 
@@ -50,8 +55,5 @@ def token_request_audited(request: HttpRequest, response: HttpResponse) -> HttpR
     try:
         audit_write(record=record, schema=tenant.schema_name if tenant else PUBLIC)
     except DatabaseError as error:
-        unrecorded = database_fault(error) or FhirError(
-            503, IssueCode.TRANSIENT, "The request could not be recorded; retry later"
-        )
-        return fhir_error_json(unrecorded)
+        return fhir_error_json(audit_unrecorded(error))
     return response

@@ -26,9 +26,13 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
 from audit.models import Interaction as AuditInteraction
-from audit.services import AuditRecord, audit_write, outcome_text, request_basics
-from fhirplatform.db.faults import database_fault
-from fhirplatform.errors import FhirError, IssueCode
+from audit.services import (
+    AuditRecord,
+    audit_unrecorded,
+    audit_write,
+    outcome_text,
+    request_basics,
+)
 from tenants.scopes import Interaction, scopes_text
 
 if TYPE_CHECKING:
@@ -83,16 +87,6 @@ class AuditState:
         self.patients.update(p for p in patients or () if p)
 
 
-def audit_unavailable() -> FhirError:
-    return FhirError(
-        503,
-        IssueCode.TRANSIENT,
-        "The access could not be recorded in the audit trail, so it was not carried out; "
-        "retry later",
-        headers={"Retry-After": "1"},
-    )
-
-
 def _interaction(
     state: AuditState, interaction: Interaction | None, method: str
 ) -> AuditInteraction:
@@ -139,7 +133,7 @@ def audit_event_write(
     response: HttpResponseBase,
 ) -> None:
     """Write the request's event into the caller's trail (public without one), once.
-    Raises audit_unavailable() when the database will not take it."""
+    Raises the 503 of audit_unrecorded when the database will not take it."""
     if audit.written or settings.AUDIT_DISABLED_FOR_BENCHMARK:
         return
     consent, basis = _consent(guard)
@@ -164,5 +158,5 @@ def audit_event_write(
     try:
         audit_write(record=record, schema=schema)
     except DatabaseError as error:
-        raise (database_fault(error) or audit_unavailable()) from error
+        raise audit_unrecorded(error) from error
     audit.written = True

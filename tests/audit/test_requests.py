@@ -3,7 +3,6 @@ allowed, denied by consent, by scope, by the token, invalid, on another tenant's
 answered from the cache; a write and its event commit together, and an access whose
 event cannot be written is refused (503) with nothing carried out."""
 
-import base64
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -19,6 +18,7 @@ from fhirplatform.schemas import schema_public, tenant_schema
 from tenants.models import Tenant
 from tenants.selectors import tenant_fhir_base
 from tests.consent.enforcement_support import DENY_ALL, ConsentWorld, consent, observation
+from tests.tenants.identity_support import basic
 
 
 def _events(tenant: Tenant | None, response: Any) -> list[AuditEvent]:
@@ -164,7 +164,7 @@ def test_token_requests_are_recorded_without_their_secrets(cast):
             "/oauth/token",
             form,
             content_type="application/x-www-form-urlencoded",
-            HTTP_AUTHORIZATION=_basic(grant.client.client_id, secret),
+            HTTP_AUTHORIZATION=basic(grant.client.client_id, secret),
         )
 
     issued = ask(grant.secret)
@@ -179,10 +179,6 @@ def test_token_requests_are_recorded_without_their_secrets(cast):
     event = _only(None, refused)
     assert (event.interaction, event.status, event.outcome) == ("token", 401, "invalid_client")
     assert _events(cast.tenant_a, refused) == []
-
-
-def _basic(client_id: str, secret: str) -> str:
-    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
 def test_a_bundles_event_names_the_patients_of_its_entries(world, patient_id):

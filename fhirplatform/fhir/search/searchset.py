@@ -63,10 +63,9 @@ def _included(
     matches: list[Resource],
     consent: "ConsentGuard | None",
 ) -> list[Resource]:
-    """_include targets and _revinclude sources of the page, deduplicated, within scope and
-    permitted by the caller's consent decision."""
-    if not matches or not (request.includes or request.revincludes):
-        return []
+    """_include targets and _revinclude sources of the page (which has rows, and includes
+    to resolve: searchset_entries asks only then), deduplicated, within scope and permitted
+    by the caller's consent decision."""
     wanted = Q(pk__in=[])
     page_ids = [r.pk for r in matches]
     for source, param, target in request.includes:
