@@ -26,6 +26,7 @@ from audit.models import AuditEvent, Interaction
 from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir.paging import count_parse
 from fhirplatform.fhir.search.query import Criterion, bad_value, instant_value_q, split_values
+from fhirplatform.fhir.validation import text_storable
 
 CLIENT_ID_SYSTEM = "urn:fhirplatform:client-id"
 PLATFORM_SUBTYPE = "https://fhirplatform.dev/CodeSystem/audit-subtype"
@@ -154,6 +155,13 @@ def audit_filter(params: list[tuple[str, str]]) -> tuple[Q, int]:
             continue
         if name in ("_cursor", "_format"):
             continue
+        if not (text_storable(name) and text_storable(raw)):
+            raise FhirError(
+                400,
+                IssueCode.VALUE,
+                f"Search parameter '{name[:100]}': holds a NUL character (U+0000)",
+                expression=[name[:100]],
+            )
         code, _, modifier = name.partition(":")
         if code not in SEARCH_PARAMETERS or modifier:
             raise FhirError(

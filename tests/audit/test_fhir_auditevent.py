@@ -69,7 +69,14 @@ def test_every_search_parameter_narrows_the_trail(world, seen):
     assert created and all(e["action"] == "C" and e["outcome"] == "0" for e in created)
     assert _entries(auditor.get("AuditEvent", date="lt2000-01-01")) == []
 
-    for bad in ({"nonsense": "1"}, {"action": "X"}, {"date": "yesterday"}, {"patient:exact": "x"}):
+    hostile = ({"patient": "\x00"}, {"agent": "a\x00b"})
+    for bad in (
+        {"nonsense": "1"},
+        {"action": "X"},
+        {"date": "yesterday"},
+        {"patient:exact": "x"},
+        *hostile,
+    ):
         url = f"{auditor.base}/AuditEvent"
         assert auditor.client.get(url, bad, **auditor._headers(None)).status_code == 400
 
