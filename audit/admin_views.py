@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET
 
 from audit.forms import TrailFilterForm
 from audit.models import Interaction
-from audit.selectors import PAGE, trail_page
+from audit.selectors import PAGE, trail_archives, trail_page
 from audit.services import AuditRecord, audit_write, request_basics
 from tenants.models import Tenant
 
@@ -72,5 +72,6 @@ class AuditTrailViews:
             "form": form,
             "events": events,
             "older": older,
+            "archives": trail_archives(tenant=tenant),
         }
         return TemplateResponse(request, "admin/audit/trail.html", context)

@@ -7,10 +7,22 @@ seal, breaks a link that audit_verify recomputes.
 """
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Tip:
+    """Where the next seal picks up: its number, the chain and digest it must name as
+    before it, and the horizon of the seal before it."""
+
+    seq: int = 1
+    chain: str = GENESIS
+    previous: str = ""
+    horizon: int = 0
 
 
 def link(chain: str, event_id: int, digest: str) -> str:
@@ -35,3 +47,46 @@ def seal_digest(seal: SealFields) -> str:
         map(str, (seal.seq, stamp, seal.horizon, seal.count, seal.chain_before, seal.chain))
     )
     return hashlib.sha256(f"{text}|{seal.previous}".encode()).hexdigest()
+
+
+class ArchiveFields(Protocol):
+    """What an archive record's digest covers (an AuditArchive, before or after it is
+    saved): the seals it took, how they chain, and its file."""
+
+    seq: int
+    archived_at: datetime
+    first_seal: int
+    last_seal: int
+    events: int
+    horizon: int
+    chain_before: str
+    chain: str
+    seal_digest: str
+    path: str
+    sha256: str
+    size: int
+    previous: str
+
+
+def archive_digest(archive: ArchiveFields) -> str:
+    stamp = archive.archived_at.astimezone(UTC).isoformat(timespec="microseconds")
+    text = "|".join(
+        map(
+            str,
+            (
+                archive.seq,
+                stamp,
+                archive.first_seal,
+                archive.last_seal,
+                archive.events,
+                archive.horizon,
+                archive.chain_before,
+                archive.chain,
+                archive.seal_digest,
+                archive.path,
+                archive.sha256,
+                archive.size,
+            ),
+        )
+    )
+    return hashlib.sha256(f"{text}|{archive.previous}".encode()).hexdigest()

@@ -46,8 +46,15 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def event_canonical(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's recorded fields in the one spelling the digest is made of; an archive
+    stores them so, and its events' digests come out the same when read back."""
+    return {name: _canonical(fields[name]) for name in DIGEST_FIELDS}
+
+
 def event_digest(fields: Mapping[str, Any]) -> str:
-    """The digest of an event's recorded fields (a row, or what is about to be one)."""
-    canonical = {name: _canonical(fields[name]) for name in DIGEST_FIELDS}
+    """The digest of an event's recorded fields (a row, what is about to be one, or an
+    archived event)."""
+    canonical = event_canonical(fields)
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()

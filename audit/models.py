@@ -124,3 +124,32 @@ class AuditSealEntry(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.event_id} in seal {self.seal_seq}"
+
+
+class AuditArchive(models.Model):
+    """A run of the oldest seals, moved out of the live tables into one compressed NDJSON
+    file (archiving.py): the only way an event leaves them. PostgreSQL lets a DELETE of
+    events, entries or seals through only when an archive on record covers them
+    (migration 0002), and audit_verify continues the chain from the last archive and,
+    with --archive, checks every file against its record. Append-only."""
+
+    seq = models.PositiveBigIntegerField(unique=True)
+    archived_at = models.DateTimeField()
+    first_seal = models.PositiveBigIntegerField()
+    last_seal = models.PositiveBigIntegerField()
+    events = models.PositiveBigIntegerField()
+    horizon = models.BigIntegerField()  # the last seal's
+    chain_before = models.CharField(max_length=64)  # the first seal's
+    chain = models.CharField(max_length=64)  # the last seal's
+    seal_digest = models.CharField(max_length=64)  # the last seal's, which the next names
+    path = models.CharField(max_length=300, help_text="Under AUDIT_ARCHIVE_DIR")
+    sha256 = models.CharField(max_length=64, help_text="Of the file's bytes")
+    size = models.PositiveBigIntegerField()
+    previous = models.CharField(max_length=64, blank=True)  # the previous archive's digest
+    digest = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["seq"]
+
+    def __str__(self) -> str:
+        return f"archive {self.seq}: seals {self.first_seal}-{self.last_seal}"

@@ -3,17 +3,18 @@
 Run in one schema (a tenant's, or public) by the Celery beat task `audit.seal_all`, or
 directly. Events are taken only from transactions that had ended when the block is taken
 (their id is below the snapshot's xmin): a transaction still running may yet commit an
-event with a smaller id, which then goes into a later block, never lost. One sealer per
-schema at a time (a transaction-scoped advisory lock).
+event with a smaller id, which then goes into a later block, never lost. One sealer (or
+archiver, archiving.py) per schema at a time: trail_lock.
 """
 
 import zlib
 
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
-from audit.chain import GENESIS, link, seal_digest
-from audit.models import AuditSeal, AuditSealEntry
+from audit.chain import Tip, link, seal_digest
+from audit.models import AuditArchive, AuditSeal, AuditSealEntry
 from fhirplatform.schemas import schema_current
 
 MAX_BLOCK = 5000
@@ -27,39 +28,53 @@ LIMIT %s
 """
 
 
-def _lock_key(schema: str) -> int:
-    # A stable 63-bit key per schema: one sealer per schema, sealers of others run freely.
-    return zlib.crc32(b"audit.seal:" + schema.encode())
+def trail_lock(cursor: CursorWrapper, schema: str) -> None:
+    """One sealer or archiver per schema at a time, until the transaction ends; those of
+    other schemas run freely (a stable key per schema)."""
+    cursor.execute(
+        "SELECT pg_advisory_xact_lock(%s)", [zlib.crc32(b"audit.seal:" + schema.encode())]
+    )
+
+
+def trail_tip() -> Tip:
+    """Where the current schema's next seal picks up: after its last seal, or after its
+    last archive's when every seal is archived."""
+    last = AuditSeal.objects.order_by("-seq").first()
+    if last is not None:
+        return Tip(last.seq + 1, last.chain, last.digest, last.horizon)
+    archive = AuditArchive.objects.order_by("-seq").first()
+    if archive is not None:
+        return Tip(archive.last_seal + 1, archive.chain, archive.seal_digest, archive.horizon)
+    return Tip()
 
 
 def audit_seal(*, max_events: int = MAX_BLOCK) -> AuditSeal | None:
     """Seal the current schema's unsealed events of ended transactions (at most
     `max_events`, the oldest first) as one block; None when there were none."""
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(schema_current())])
+        trail_lock(cursor, schema_current())
         cursor.execute("SELECT txid_snapshot_xmin(txid_current_snapshot())")
         (horizon,) = cursor.fetchone()
         cursor.execute(_UNSEALED, [horizon, max_events])
         events = cursor.fetchall()
         if not events:
             return None
-        last = AuditSeal.objects.order_by("-seq").first()
-        chain_before = last.chain if last else GENESIS
-        chain = chain_before
+        tip = trail_tip()
+        chain = tip.chain
         for event_id, digest in events:
             chain = link(chain, event_id, digest)
         if len(events) == max_events:
             # Events of ended transactions may be left for the next block: this one cannot
             # say that every event below its horizon is sealed.
-            horizon = last.horizon if last else 0
+            horizon = tip.horizon
         seal = AuditSeal(
-            seq=(last.seq + 1) if last else 1,
+            seq=tip.seq,
             sealed_at=timezone.now(),
             horizon=horizon,
             count=len(events),
-            chain_before=chain_before,
+            chain_before=tip.chain,
             chain=chain,
-            previous=last.digest if last else "",
+            previous=tip.previous,
         )
         seal.digest = seal_digest(seal)
         seal.save()

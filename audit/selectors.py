@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Q
 
 from audit.digests import DIGEST_FIELDS
-from audit.models import AuditEvent
+from audit.models import AuditArchive, AuditEvent
 from fhirplatform.schemas import tenant_schema
 from tenants.models import Tenant
 
@@ -56,3 +56,9 @@ def trail_page(*, tenant: Tenant, filters: dict[str, Any]) -> list[AuditEvent]:
         query &= Q(id__lt=filters["before"])
     with tenant_schema(tenant):
         return list(AuditEvent.objects.filter(query).order_by("-id")[:PAGE])
+
+
+def trail_archives(*, tenant: Tenant) -> list[AuditArchive]:
+    """The tenant's archives, newest first (read in its schema)."""
+    with tenant_schema(tenant):
+        return list(AuditArchive.objects.order_by("-seq"))

@@ -1,7 +1,16 @@
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from audit.archiving import ArchiveRefused, audit_archive
 from audit.sealing import MAX_BLOCK, audit_seal
 from fhirplatform.celery import app
 from fhirplatform.schemas import schema_public, tenant_schema
 from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
 
 
 def _seal_until_done() -> int:
@@ -25,3 +34,43 @@ def audit_seal_all() -> dict[str, int]:
             sealed[tenant.slug] = _seal_until_done()
     schema_public()
     return sealed
+
+
+def _archive_until_done(tenant: Tenant | None, cutoff: datetime, actor: str) -> int:
+    """Archive a trail's due seals, one archive (one transaction) at a time; the events
+    archived. A trail whose oldest blocks do not verify keeps them and is logged."""
+    archived = 0
+    while True:
+        try:
+            if tenant is None:
+                schema_public()
+                archive = audit_archive(cutoff=cutoff, actor=actor)
+            else:
+                with tenant_schema(tenant):
+                    archive = audit_archive(cutoff=cutoff, actor=actor, tenant=tenant.slug)
+        except ArchiveRefused as refused:
+            logger.error(
+                "audit archive refused",
+                extra={"tenant": tenant.slug if tenant else "public", "reason": str(refused)},
+            )
+            return archived
+        if archive is None:
+            return archived
+        archived += archive.events
+
+
+def audit_archive_due(*, now: datetime, actor: str) -> dict[str, int]:
+    """Archive what every trail's retention lets go as of `now`: the events archived."""
+    public_cutoff = now - timedelta(days=settings.AUDIT_PUBLIC_RETENTION_DAYS)
+    archived = {"public": _archive_until_done(None, public_cutoff, actor)}
+    for tenant in Tenant.objects.exclude(schema_name="public").order_by("slug"):
+        cutoff = now - timedelta(days=tenant.audit_retention_days)
+        archived[tenant.slug] = _archive_until_done(tenant, cutoff, actor)
+    schema_public()
+    return archived
+
+
+@app.task(name="audit.archive_all", ignore_result=True)
+def audit_archive_all() -> dict[str, int]:
+    """Archive every trail's blocks older than its retention: beat runs it daily."""
+    return audit_archive_due(now=timezone.now(), actor="audit.archive_all")

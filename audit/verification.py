@@ -3,8 +3,12 @@
 In the current schema, in this order, stopping at nothing (every problem is listed; the
 first is what the command names):
 
-1. the seals: numbered 1, 2, ... without a gap, each naming the previous one's digest and
-   chain, and each digest computed again from what the seal holds;
+0. the archives on record (archiving.py): numbered 1, 2, ..., each taking the seals after
+   the previous one's and naming its digest, each digest computed again; with `files`,
+   every archive's file too: present, its sha256 the one recorded, and its seals and
+   events checked as 1. and 2. check the live ones;
+1. the seals: numbered on from the last archive's (1, 2, ... without one), each naming the
+   previous one's digest and chain, and each digest computed again from what it holds;
 2. each seal's block: its entries at positions 0..count-1, chained from the seal's
    `chain_before` to its `chain`; each entry's event present, with the digest it was
    sealed with;
@@ -17,9 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.chain import GENESIS, link, seal_digest
+from audit.archiving import archive_lines, archive_root, file_sha256, seal_from_dict
+from audit.chain import Tip, archive_digest, link, seal_digest
 from audit.digests import event_digest
-from audit.models import AuditEvent, AuditSeal, AuditSealEntry
+from audit.models import AuditArchive, AuditEvent, AuditSeal, AuditSealEntry
 
 _CHUNK = 2000
 
@@ -30,6 +35,8 @@ class VerifyReport:
     events: int = 0
     seals: int = 0
     unsealed: int = 0
+    archives: int = 0
+    archived_events: int = 0  # checked in their files (files=True)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -39,7 +46,8 @@ class VerifyReport:
 
     @property
     def events_per_second(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else 0.0
+        checked = self.events + self.archived_events
+        return checked / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +56,8 @@ class VerifyReport:
             "events": self.events,
             "seals": self.seals,
             "unsealed": self.unsealed,
+            "archives": self.archives,
+            "archived_events": self.archived_events,
             "first_problem": self.problems[0] if self.problems else None,
             "problems": self.problems,
             "seconds": round(self.seconds, 3),
@@ -55,20 +65,92 @@ class VerifyReport:
         }
 
 
-def _seals_check(report: VerifyReport) -> list[AuditSeal]:
+def _archives_check(report: VerifyReport) -> tuple[list[AuditArchive], Tip]:
+    archives = list(AuditArchive.objects.order_by("seq"))
+    tip, previous = Tip(), ""
+    for expected, archive in enumerate(archives, start=1):
+        where = f"archive {archive.seq}"
+        if archive.seq != expected:
+            report.problems.append(f"archive {expected} is missing (found archive {archive.seq})")
+        if (
+            archive.previous != previous
+            or archive.first_seal != tip.seq
+            or archive.chain_before != tip.chain
+        ):
+            report.problems.append(f"{where} does not follow what came before it")
+        if archive_digest(archive) != archive.digest:
+            report.problems.append(f"{where} was altered")
+        previous = archive.digest
+        tip = Tip(archive.last_seal + 1, archive.chain, archive.seal_digest, archive.horizon)
+    report.archives = len(archives)
+    return archives, tip
+
+
+def _seal_follows(report: VerifyReport, seal: AuditSeal, tip: Tip, where: str) -> Tip:
+    """One seal after `tip`: its number, its links and its own digest."""
+    if seal.seq != tip.seq:
+        report.problems.append(f"{where}seal {tip.seq} is missing (found seal {seal.seq} next)")
+    if seal.previous != tip.previous or seal.chain_before != tip.chain:
+        report.problems.append(f"{where}seal {seal.seq} does not follow seal {seal.seq - 1}")
+    if seal_digest(seal) != seal.digest:
+        report.problems.append(f"{where}seal {seal.seq} was altered")
+    return Tip(seal.seq + 1, seal.chain, seal.digest, seal.horizon)
+
+
+def _seals_check(report: VerifyReport, tip: Tip) -> tuple[list[AuditSeal], Tip]:
     seals = list(AuditSeal.objects.order_by("seq"))
-    chain, previous = GENESIS, ""
-    for expected, seal in enumerate(seals, start=1):
-        if seal.seq != expected:
-            report.problems.append(f"seal {expected} is missing (found seal {seal.seq} next)")
-        if seal.previous != previous or seal.chain_before != chain:
-            report.problems.append(f"seal {seal.seq} does not follow seal {seal.seq - 1}")
-        recomputed = seal_digest(seal)
-        if recomputed != seal.digest:
-            report.problems.append(f"seal {seal.seq} was altered")
-        chain, previous = seal.chain, seal.digest
+    for seal in seals:
+        tip = _seal_follows(report, seal, tip, "")
     report.seals = len(seals)
-    return seals
+    return seals, tip
+
+
+def _archive_file_check(report: VerifyReport, archive: AuditArchive) -> None:
+    """An archive's file against its record: the bytes, then every seal and event in it,
+    as the live ones are checked."""
+    where = f"archive {archive.seq}: "
+    path = archive_root() / archive.path
+    if not path.is_file():
+        report.problems.append(f"{where}its file {path} is missing")
+        return
+    if file_sha256(path) != archive.sha256:
+        report.problems.append(f"{where}its file was altered (not the bytes archived)")
+    tip = Tip(archive.first_seal, archive.chain_before, "", 0)
+    seal, chain, position = None, "", 0
+    try:
+        lines = archive_lines(path)
+        header = next(lines)["archive"]
+        tip = Tip(header["first_seal"], header["chain_before"], header["previous"], 0)
+        for line in lines:
+            if "seal" in line:
+                if seal is not None:
+                    _block_end(report, seal, chain, position, where)
+                seal = seal_from_dict(line["seal"])
+                tip = _seal_follows(report, seal, tip, where)
+                chain, position = seal.chain_before, 0
+                continue
+            event, block = line["event"], f"seal {seal.seq if seal else '?'}"
+            report.archived_events += 1
+            if line["position"] != position:
+                report.problems.append(f"{where}{block}: entry {position} is missing")
+            if event_digest(event) != event["digest"]:
+                report.problems.append(f"{where}event {event['id']} was altered")
+            elif event["digest"] != line["sealed"]:
+                report.problems.append(f"{where}event {event['id']} is not the event sealed")
+            chain = link(chain, event["id"], line["sealed"])
+            position += 1
+    except (OSError, EOFError, ValueError, KeyError, TypeError, StopIteration) as error:
+        report.problems.append(f"{where}its file cannot be read ({type(error).__name__})")
+        return
+    if seal is not None:
+        _block_end(report, seal, chain, position, where)
+    if tip.seq != archive.last_seal + 1 or tip.chain != archive.chain:
+        report.problems.append(f"{where}its file does not end where its record says")
+
+
+def _block_end(report: VerifyReport, seal: AuditSeal, chain: str, count: int, where: str) -> None:
+    if count != seal.count or chain != seal.chain:
+        report.problems.append(f"{where}seal {seal.seq}: its block does not chain")
 
 
 def _blocks_check(
@@ -95,19 +177,23 @@ def _blocks_check(
                 )
             chain = link(chain, entry.event_id, entry.digest)
             sealed.add(entry.event_id)
-        if len(block) != seal.count or chain != seal.chain:
-            report.problems.append(f"seal {seal.seq}: its block does not chain")
+        _block_end(report, seal, chain, len(block), "")
     for seq in entries:
         report.problems.append(f"entries name seal {seq}, which does not exist")
     return sealed
 
 
-def audit_verify(*, schema: str) -> VerifyReport:
-    """Verify the current schema's trail (`schema` names it in the report)."""
+def audit_verify(*, schema: str, files: bool = False) -> VerifyReport:
+    """Verify the current schema's trail (`schema` names it in the report); `files`: its
+    archives' files too."""
     started = time.perf_counter()
     report = VerifyReport(schema=schema)
-    seals = _seals_check(report)
-    horizon = seals[-1].horizon if seals else 0
+    archives, tip = _archives_check(report)
+    if files:
+        for archive in archives:
+            _archive_file_check(report, archive)
+    seals, tip = _seals_check(report, tip)
+    horizon = tip.horizon
     digests: dict[int, str] = {}
     xacts: dict[int, int] = {}
     fields = [f.name for f in AuditEvent._meta.concrete_fields]
@@ -133,5 +219,5 @@ def audit_verify(*, schema: str) -> VerifyReport:
 def _problem_order(problem: str) -> tuple[int, int]:
     """Events first, in id order, then seals and entries: the first is the one named."""
     kind, number = problem.split()[:2]
-    order = {"event": 0, "seal": 1}.get(kind, 2)
+    order = {"event": 0, "seal": 1, "archive": 2}.get(kind, 3)
     return order, int(number.rstrip(":")) if number.rstrip(":").isdigit() else 0

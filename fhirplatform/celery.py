@@ -42,6 +42,11 @@ app.conf.update(
             "task": "audit.seal_all",
             "schedule": float(os.environ.get("AUDIT_SEAL_SECONDS", "10")),
         },
+        # Sealed blocks older than their trail's retention leave it as archives.
+        "audit-archive": {
+            "task": "audit.archive_all",
+            "schedule": crontab(hour=3, minute=17),
+        },
     },
 )
 app.autodiscover_tasks(["tenants", "fhirplatform.fhir", "audit"])

@@ -23,6 +23,12 @@ CODE_RELEASE = env_str("CODE_RELEASE", "") or release_from_checkout()
 # Only scripts/bench_audit_settings.py turns it on (the audit app refuses to start with it
 # anywhere else): what the audit trail costs is measured against the same server without.
 AUDIT_DISABLED_FOR_BENCHMARK = False
+# Retention (audit/archiving.py): where archives are written, how many events one holds
+# at most, and how long the public trail keeps its sealed blocks live (a tenant's own
+# trail: Tenant.audit_retention_days).
+AUDIT_ARCHIVE_DIR = env_str("AUDIT_ARCHIVE_DIR", "") or str(BASE_DIR / ".data" / "audit-archive")
+AUDIT_ARCHIVE_MAX_EVENTS = env_int("AUDIT_ARCHIVE_MAX_EVENTS", 100_000, minimum=1)
+AUDIT_PUBLIC_RETENTION_DAYS = env_int("AUDIT_PUBLIC_RETENTION_DAYS", 2190, minimum=1)
 
 # `tenants` comes first so its create_tenant command wins over django-tenants' own.
 SHARED_APPS = [

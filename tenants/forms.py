@@ -28,7 +28,26 @@ def form_changes(form: forms.ModelForm) -> dict[str, Any]:
 class TenantForm(forms.ModelForm):
     class Meta:
         model = Tenant
-        fields = ["slug", "name", "status", "isolation_tier", "data_region", "plan"]
+        fields = [
+            "slug",
+            "name",
+            "status",
+            "isolation_tier",
+            "data_region",
+            "plan",
+            "audit_retention_days",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Left out, the tenant keeps (or gets) the model's default retention.
+        self.fields["audit_retention_days"].required = False
+
+    def clean_audit_retention_days(self) -> int:
+        days = self.cleaned_data.get("audit_retention_days")
+        if days is None:
+            days = self.instance.audit_retention_days
+        return int(days)
 
     def clean_slug(self) -> str:
         slug: str = self.cleaned_data["slug"]
@@ -50,7 +69,11 @@ def tenant_save(form: TenantForm) -> Tenant:
             data_region=data["data_region"],
             isolation_tier=data["isolation_tier"],
         )
-        return services.tenant_update(tenant=tenant, status=data["status"])
+        return services.tenant_update(
+            tenant=tenant,
+            status=data["status"],
+            audit_retention_days=data["audit_retention_days"],
+        )
     tenant = form.instance
     tenant.refresh_from_db()  # the form already wrote its values onto the instance
     return services.tenant_update(tenant=tenant, **form_changes(form))

@@ -3,6 +3,7 @@
 import uuid
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django_tenants.models import DomainMixin, TenantMixin
 
@@ -69,6 +70,13 @@ class Tenant(TenantMixin):
         max_length=20, choices=DataRegion.choices, default=DataRegion.US_EAST
     )
     plan = models.ForeignKey(RatePlan, on_delete=models.PROTECT, related_name="tenants")
+    # Six years, as HIPAA keeps its documentation; older sealed blocks of the tenant's
+    # audit trail are archived (audit/archiving.py), never deleted.
+    audit_retention_days = models.PositiveIntegerField(
+        default=2190,
+        validators=[MinValueValidator(1)],
+        help_text="Days a sealed audit block stays in the live trail before it is archived",
+    )
     created = models.DateTimeField(auto_now_add=True)
     deactivated_at = models.DateTimeField(null=True, blank=True, help_text=DEACTIVATED_HELP)
 

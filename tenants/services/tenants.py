@@ -115,6 +115,7 @@ def tenant_update(
     data_region: str | Unchanged = UNCHANGED,
     isolation_tier: str | Unchanged = UNCHANGED,
     status: TenantStatus | Unchanged = UNCHANGED,
+    audit_retention_days: int | Unchanged = UNCHANGED,
 ) -> Tenant:
     """Change a tenant's editable fields; a status change goes through tenant_set_status.
 
@@ -123,9 +124,16 @@ def tenant_update(
     if name is not UNCHANGED:
         name = name_clean(name, what="name")
     _placement_validate(data_region=data_region, isolation_tier=isolation_tier)
+    if audit_retention_days is not UNCHANGED and audit_retention_days < 1:
+        raise ProvisioningError("audit retention is at least one day")
     with transaction.atomic():
         changed = fields_assign(
-            tenant, name=name, plan=plan, data_region=data_region, isolation_tier=isolation_tier
+            tenant,
+            name=name,
+            plan=plan,
+            data_region=data_region,
+            isolation_tier=isolation_tier,
+            audit_retention_days=audit_retention_days,
         )
         if changed:
             tenant.save(update_fields=changed)

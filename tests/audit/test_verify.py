@@ -2,13 +2,10 @@
 reorder made by a superuser with the triggers off is named; an event of a transaction
 still running is sealed only once it has ended.
 
-Each test has a tenant of its own: the tampering stays (it is committed, like the
-sealing, which takes only events of ended transactions)."""
+Each test has a tenant of its own (conftest.py): the tampering stays."""
 
 import json
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from io import StringIO
 from typing import Any
@@ -19,56 +16,19 @@ from django.db import connection, connections
 from django.db.utils import IntegrityError
 
 from audit.digests import event_digest
-from audit.models import AuditEvent, AuditSeal, Interaction
-from audit.sealing import audit_seal
+from audit.models import AuditEvent, Interaction
 from audit.services import AuditRecord, audit_write
 from audit.tasks import audit_seal_all
 from audit.verification import audit_verify
 from fhirplatform.schemas import schema_public, tenant_schema
 from tenants.models import Tenant
-from tenants.services import tenant_create
-
-
-@pytest.fixture
-def tenant(committed: None) -> Iterator[Tenant]:
-    made = tenant_create(slug=f"audit-{uuid.uuid4().hex[:8]}", name="Audit")
-    yield made
-    schema_public()
-
-
-def _write(tenant: Tenant, count: int) -> list[int]:
-    ids = []
-    for number in range(count):
-        with tenant_schema(tenant):
-            record = AuditRecord(
-                recorded=datetime.now(UTC),
-                interaction=Interaction.READ,
-                status=200,
-                request_id=f"r{number}",
-                resource_type="Patient",
-                resource_id=f"p{number}",
-                patients=(f"p{number}",),
-            )
-            ids.append(audit_write(record=record, schema=tenant.schema_name))
-    return ids
-
-
-def _sealed(tenant: Tenant) -> AuditSeal | None:
-    with tenant_schema(tenant):
-        return audit_seal()
-
-
-def _verify(tenant: Tenant) -> Any:
-    with tenant_schema(tenant):
-        return audit_verify(schema=tenant.schema_name)
-
-
-def _as_superuser_without_triggers(tenant: Tenant, *statements: tuple[str, list[Any]]) -> None:
-    """What only a superuser can do: write with every trigger off."""
-    with tenant_schema(tenant), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL session_replication_role = replica")
-        for sql, params in statements:
-            cursor.execute(sql, params)
+from tests.audit.trail_support import (
+    TRAIL_REFUSES,
+    as_superuser_without_triggers,
+    events_write,
+    trail_sealed,
+    trail_verified,
+)
 
 
 def _command(tenant: Tenant) -> tuple[int, dict[str, Any]]:
@@ -82,17 +42,17 @@ def _command(tenant: Tenant) -> tuple[int, dict[str, Any]]:
 
 
 def test_a_clean_trail_is_sealed_in_blocks_and_verifies(tenant):
-    _write(tenant, 5)
-    first = _sealed(tenant)
-    _write(tenant, 3)
-    second = _sealed(tenant)
+    events_write(tenant, 5)
+    first = trail_sealed(tenant)
+    events_write(tenant, 3)
+    second = trail_sealed(tenant)
     assert first is not None and (first.seq, first.count) == (1, 5)
     assert second is not None and (second.seq, second.count) == (2, 3)
     assert second.previous == first.digest and second.chain_before == first.chain
-    assert _sealed(tenant) is None  # nothing left
+    assert trail_sealed(tenant) is None  # nothing left
 
-    _write(tenant, 2)  # the unsealed tail is checked, and counted
-    report = _verify(tenant)
+    events_write(tenant, 2)  # the unsealed tail is checked, and counted
+    report = trail_verified(tenant)
     assert report.ok, report.problems
     assert (report.events, report.seals, report.unsealed) == (10, 2, 2)
     code, printed = _command(tenant)
@@ -100,9 +60,9 @@ def test_a_clean_trail_is_sealed_in_blocks_and_verifies(tenant):
 
 
 def test_an_edit_is_named_whether_or_not_the_digest_was_made_again(tenant):
-    ids = _write(tenant, 4)
-    _sealed(tenant)
-    _as_superuser_without_triggers(
+    ids = events_write(tenant, 4)
+    trail_sealed(tenant)
+    as_superuser_without_triggers(
         tenant, ("UPDATE audit_auditevent SET status = 404 WHERE id = %s", [ids[1]])
     )
     code, printed = _command(tenant)
@@ -112,14 +72,14 @@ def test_an_edit_is_named_whether_or_not_the_digest_was_made_again(tenant):
     with tenant_schema(tenant):
         row = AuditEvent.objects.values().get(pk=ids[2])
     forged = event_digest(row | {"patients": ["someone-else"]})
-    _as_superuser_without_triggers(
+    as_superuser_without_triggers(
         tenant,
         (
             "UPDATE audit_auditevent SET patients = %s, digest = %s WHERE id = %s",
             [["someone-else"], forged, ids[2]],
         ),
     )
-    problems = _verify(tenant).problems
+    problems = trail_verified(tenant).problems
     assert f"event {ids[2]} is not the event sealed (seal 1): altered, replaced or moved" in (
         problems
     )
@@ -127,10 +87,10 @@ def test_an_edit_is_named_whether_or_not_the_digest_was_made_again(tenant):
 
 
 def test_a_deletion_an_insertion_and_a_reorder_are_named(tenant):
-    ids = _write(tenant, 5)
-    _sealed(tenant)
-    _as_superuser_without_triggers(tenant, ("DELETE FROM audit_auditevent WHERE id = %s", [ids[0]]))
-    assert _verify(tenant).problems == [f"event {ids[0]} was deleted (seal 1)"]
+    ids = events_write(tenant, 5)
+    trail_sealed(tenant)
+    as_superuser_without_triggers(tenant, ("DELETE FROM audit_auditevent WHERE id = %s", [ids[0]]))
+    assert trail_verified(tenant).problems == [f"event {ids[0]} was deleted (seal 1)"]
 
     with tenant_schema(tenant):
         row = AuditEvent.objects.values().get(pk=ids[1])
@@ -138,22 +98,22 @@ def test_a_deletion_an_insertion_and_a_reorder_are_named(tenant):
     planted["digest"] = event_digest(planted)
     columns = ", ".join(planted)
     marks = ", ".join(["%s"] * len(planted))
-    _as_superuser_without_triggers(
+    as_superuser_without_triggers(
         tenant,
         (f"INSERT INTO audit_auditevent ({columns}) VALUES ({marks})", list(planted.values())),
     )
     with tenant_schema(tenant):
         planted_id = AuditEvent.objects.get(request_id="planted").pk
-    assert f"event {planted_id} was inserted: in no seal" in _verify(tenant).problems
+    assert f"event {planted_id} was inserted: in no seal" in trail_verified(tenant).problems
 
     # Two events swap places (their ids), each digest still its own row's.
-    _as_superuser_without_triggers(
+    as_superuser_without_triggers(
         tenant,
         ("UPDATE audit_auditevent SET id = -1 WHERE id = %s", [ids[3]]),
         ("UPDATE audit_auditevent SET id = %s WHERE id = %s", [ids[3], ids[4]]),
         ("UPDATE audit_auditevent SET id = %s WHERE id = -1", [ids[4]]),
     )
-    problems = _verify(tenant).problems
+    problems = trail_verified(tenant).problems
     for moved in (ids[3], ids[4]):
         assert f"event {moved} is not the event sealed (seal 1): altered, replaced or moved" in (
             problems
@@ -161,19 +121,19 @@ def test_a_deletion_an_insertion_and_a_reorder_are_named(tenant):
 
 
 def test_an_altered_seal_is_named(tenant):
-    _write(tenant, 2)
-    _sealed(tenant)
-    _write(tenant, 2)
-    _sealed(tenant)
-    _as_superuser_without_triggers(
+    events_write(tenant, 2)
+    trail_sealed(tenant)
+    events_write(tenant, 2)
+    trail_sealed(tenant)
+    as_superuser_without_triggers(
         tenant, ("UPDATE audit_auditseal SET count = 1 WHERE seq = 1", [])
     )
-    problems = _verify(tenant).problems
+    problems = trail_verified(tenant).problems
     assert "seal 1 was altered" in problems and "seal 1: its block does not chain" in problems
 
 
 def test_an_event_of_a_running_transaction_waits_for_the_next_seal(tenant):
-    _write(tenant, 1)
+    events_write(tenant, 1)
     written, commit = threading.Event(), threading.Event()
 
     def slow_writer() -> None:
@@ -188,13 +148,13 @@ def test_an_event_of_a_running_transaction_waits_for_the_next_seal(tenant):
     thread = threading.Thread(target=slow_writer)
     thread.start()
     assert written.wait(10)
-    first = _sealed(tenant)
+    first = trail_sealed(tenant)
     assert first is not None and first.count == 1  # the running transaction's is not in it
     commit.set()
     thread.join(10)
-    second = _sealed(tenant)
+    second = trail_sealed(tenant)
     assert second is not None and second.count == 1
-    report = _verify(tenant)
+    report = trail_verified(tenant)
     assert report.ok and (report.events, report.unsealed) == (2, 0)
 
 
@@ -204,11 +164,11 @@ def _write_one(schema: str, interaction: Interaction = Interaction.SEARCH) -> No
 
 
 def test_the_task_seals_every_trail(tenant):
-    _write(tenant, 3)
+    events_write(tenant, 3)
     _write_one("public", Interaction.TOKEN)
     sealed = audit_seal_all()
     assert sealed[tenant.slug] == 3 and sealed["public"] >= 1
-    assert _verify(tenant).ok
+    assert trail_verified(tenant).ok
     schema_public()
     assert audit_verify(schema="public").ok
 
@@ -225,19 +185,19 @@ def test_the_task_seals_every_trail(tenant):
     ],
 )
 def test_seals_and_their_entries_are_append_only_too(tenant, statement):
-    _write(tenant, 2)
-    _sealed(tenant)
+    events_write(tenant, 2)
+    trail_sealed(tenant)
     with (
-        pytest.raises(IntegrityError, match="append-only"),
+        pytest.raises(IntegrityError, match=TRAIL_REFUSES),
         tenant_schema(tenant),
         connection.cursor() as cursor,
     ):
         cursor.execute(statement)
-    assert _verify(tenant).ok
+    assert trail_verified(tenant).ok
 
 
 def test_an_export_holds_the_period_of_one_trail_and_is_recorded(tenant, cast, tmp_path):
-    ids = _write(tenant, 3)
+    ids = events_write(tenant, 3)
     with tenant_schema(cast.tenant_b):  # another tenant's events of the same period
         audit_write(
             record=AuditRecord(
