@@ -29,6 +29,11 @@ AUDIT_DISABLED_FOR_BENCHMARK = False
 AUDIT_ARCHIVE_DIR = env_str("AUDIT_ARCHIVE_DIR", "") or str(BASE_DIR / ".data" / "audit-archive")
 AUDIT_ARCHIVE_MAX_EVENTS = env_int("AUDIT_ARCHIVE_MAX_EVENTS", 100_000, minimum=1)
 AUDIT_PUBLIC_RETENTION_DAYS = env_int("AUDIT_PUBLIC_RETENTION_DAYS", 2190, minimum=1)
+# The events of requests the refusal gate answers before Django (audit/deferred.py): how
+# often each process writes them, and how many it queues at most (past that: counted).
+AUDIT_DEFERRED_FLUSH_SECONDS = env_int("AUDIT_DEFERRED_FLUSH_SECONDS", 1, minimum=1)
+AUDIT_DEFERRED_MAX_EVENTS = env_int("AUDIT_DEFERRED_MAX_EVENTS", 10_000, minimum=1)
+AUDIT_DEFERRED_BACKGROUND_FLUSH = env_bool("AUDIT_DEFERRED_BACKGROUND_FLUSH", True)
 
 # `tenants` comes first so its create_tenant command wins over django-tenants' own.
 SHARED_APPS = [

@@ -9,7 +9,11 @@ One event for every request that reaches a FHIR view, refusals included:
   event in that transaction, so that a write and its event commit together or not at
   all; every other event is written at the exit, committed before the response leaves;
 - **or not at all**: an event that cannot be written fails the request with a 503
-  (`transient`), and a write is rolled back with it.
+  (`transient`), and a write is rolled back with it;
+- **the one exception**: a request the refusal gate answers 429 before Django runs has its
+  event written just after its answer, within a second (audit_gate_refusal,
+  audit/deferred.py): it showed and changed nothing, and writing first would hand a flood
+  the capacity the gate keeps from it.
 
 The event names the caller (client, partner, scopes, purpose), what was asked (the
 interaction, the resource, the path and query), every patient whose data the answer
@@ -17,14 +21,19 @@ showed or the write touched, the consent decision and what decided it, and the o
 (status, OperationOutcome code and reason, latency).
 """
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.handlers.wsgi import get_path_info
 from django.db import DatabaseError
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.utils import timezone
+from django.utils.encoding import escape_uri_path, iri_to_uri
 
+from audit.deferred import audit_deferred
 from audit.models import Interaction as AuditInteraction
 from audit.services import (
     AuditRecord,
@@ -33,6 +42,7 @@ from audit.services import (
     outcome_text,
     request_basics,
 )
+from fhirplatform.errors import FhirError
 from tenants.scopes import Interaction, scopes_text
 
 if TYPE_CHECKING:
@@ -121,6 +131,51 @@ def _consent(guard: "ConsentGuard | None") -> tuple[str, str]:
     return effect, basis
 
 
+def _caller_fields(caller: "Caller") -> dict[str, Any]:
+    """An event's fields that name who asked: the token's tenant, client, partner, scopes
+    and purpose."""
+    return {
+        "tenant": caller.tenant.slug,
+        "client_id": caller.client.client_id,
+        "partner": caller.partner_slug,
+        "scopes": scopes_text(caller.scopes),
+        "purpose": caller.purpose or "",
+    }
+
+
+def audit_gate_refusal(
+    *,
+    caller: "Caller",
+    interaction: Interaction,
+    resource_type: str,
+    resource_id: str,
+    error: FhirError,
+    environ: dict[str, Any],
+    request_id: str,
+    started: float,
+) -> None:
+    """The event of a request the refusal gate answered before Django (its 429): the
+    caller's trail, like the pipeline's refusals, written just after (audit/deferred.py)."""
+    if settings.AUDIT_DISABLED_FOR_BENCHMARK:
+        return
+    query = environ.get("QUERY_STRING", "")
+    path = escape_uri_path(get_path_info(environ)) + (f"?{iri_to_uri(query)}" if query else "")
+    record = AuditRecord(
+        **_caller_fields(caller),
+        recorded=timezone.now(),
+        request_id=request_id,
+        source_address=environ.get("REMOTE_ADDR", ""),
+        latency_us=int((time.perf_counter() - started) * 1_000_000),
+        interaction=_INTERACTIONS.get(interaction, AuditInteraction.READ),
+        status=error.status,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        query=path,
+        outcome=outcome_text(error.outcome()),
+    )
+    audit_deferred(record=record, schema=caller.tenant.schema_name)
+
+
 def audit_event_write(
     *,
     audit: AuditState,
@@ -139,19 +194,15 @@ def audit_event_write(
     consent, basis = _consent(guard)
     record = AuditRecord(
         **request_basics(request),
+        **(_caller_fields(caller) if caller else {}),
         interaction=_interaction(audit, interaction, request.method or ""),
         status=response.status_code,
-        tenant=caller.tenant.slug if caller else "",
-        client_id=caller.client.client_id if caller else "",
-        partner=caller.partner_slug if caller else "",
         resource_type=audit.resource_type or resource_type,
         resource_id=audit.resource_id or resource_id,
         patients=tuple(audit.patients),
         query=request.get_full_path(),
-        purpose=(caller.purpose or "") if caller else "",
         consent=consent,
         consent_basis=basis,
-        scopes=scopes_text(caller.scopes) if caller else "",
         outcome=_outcome(response),
     )
     schema = caller.tenant.schema_name if caller else PUBLIC

@@ -41,6 +41,7 @@ from django.urls import Resolver404, resolve
 
 from fhirplatform.context import context_begin, context_end, request_id_from_header
 from fhirplatform.errors import FHIR_JSON, FhirError
+from fhirplatform.fhir.auditing import audit_gate_refusal
 from fhirplatform.fhir.http import FhirJSONRenderer
 from fhirplatform.fhir.pipeline import Endpoint, FhirView
 from fhirplatform.fhir.views import search_request_cost
@@ -50,7 +51,7 @@ from fhirplatform.limits.engine import KnownRefusal, limit_refusal_known
 from fhirplatform.limits.memo import refusal_memo
 from fhirplatform.middleware import API_PREFIX, REQUEST_ID_HEADER, request_observed
 from fhirplatform.slowdown import connection_slow_down
-from tenants.scopes import scopes_allow
+from tenants.scopes import Interaction, scopes_allow
 from tenants.tokens import Caller, token_cached
 
 _renderer = FhirJSONRenderer()
@@ -58,6 +59,16 @@ _renderer = FhirJSONRenderer()
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class GateRefusal(NamedTuple):
+    """A request the gate refuses: the answer, and what the request asked for (its
+    audit event's interaction and resource)."""
+
+    answer: "Answer"
+    interaction: Interaction
+    resource_type: str
+    resource_id: str
 
 
 class Answer(NamedTuple):
@@ -79,7 +90,7 @@ _answers: dict[tuple[str, type[FhirView], Endpoint, int], Answer] = {}
 _ANSWERS_KEPT = 10_000
 
 
-def known_refusal(environ: Environ) -> Answer | None:
+def known_refusal(environ: Environ) -> GateRefusal | None:
     """The 429 the pipeline would answer this request with, if this process can tell
     without any I/O; otherwise None. Recorded (throttle event, metrics) when returned."""
     authorization = environ.get("HTTP_AUTHORIZATION")
@@ -100,6 +111,12 @@ def known_refusal(environ: Environ) -> Answer | None:
     if endpoint is None or caller is None:
         return None
     interaction, resource_type, endpoint_class = endpoint
+    refused = functools.partial(
+        GateRefusal,
+        interaction=interaction,
+        resource_type=resource_type,
+        resource_id=str(kwargs.get("logical_id", "")),
+    )
     if not scopes_allow(caller.scopes, resource_type, interaction):
         return None  # the pipeline's 403 comes first
     cost = _request_cost(endpoint_class, environ)
@@ -114,7 +131,7 @@ def known_refusal(environ: Environ) -> Answer | None:
         and kept.refusal.holds()
     ):
         kept.refusal.record()
-        return kept
+        return refused(kept)
     refusal = limit_refusal_known(
         caller=caller, endpoint_class=endpoint_class, resource_type=resource_type, cost=cost
     )
@@ -125,7 +142,7 @@ def known_refusal(environ: Environ) -> Answer | None:
     if len(_answers) >= _ANSWERS_KEPT:
         _answers.clear()
     _answers[key] = answer
-    return answer
+    return refused(answer)
 
 
 def _request_cost(endpoint_class: EndpointClass, environ: Environ) -> int | None:
@@ -219,9 +236,10 @@ class RefusalGate:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        answer = known_refusal(environ)
-        if answer is None:
+        refused = known_refusal(environ)
+        if refused is None:
             return self.app(environ, start_response)
+        answer = refused.answer
         request_id = request_id_from_header(environ.get("HTTP_X_REQUEST_ID"))
         context_begin(request_id=request_id)
         try:
@@ -234,6 +252,16 @@ class RefusalGate:
                 method=environ.get("REQUEST_METHOD", ""),
                 path=get_path_info(environ),
                 status=answer.refusal.error.status,
+                started=started,
+            )
+            audit_gate_refusal(
+                caller=answer.caller,
+                interaction=refused.interaction,
+                resource_type=refused.resource_type,
+                resource_id=refused.resource_id,
+                error=answer.refusal.error,
+                environ=environ,
+                request_id=request_id,
                 started=started,
             )
             return [answer.body]

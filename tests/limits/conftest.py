@@ -10,6 +10,7 @@ import pytest
 import redis
 from django.conf import settings
 
+from audit import deferred as audit_deferred
 from fhirplatform.limits import services as limit_services
 from fhirplatform.limits.engine import limits_reset_local_state
 from tenants.models import Grant, RatePlan, Tenant
@@ -23,10 +24,14 @@ from tests.redis_support import PrivateRedis
 def limiter_redis(settings: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     """The limiter's Redis database, empty, with no cached profiles in this process."""
     settings.LIMITS_EVENTS_BACKGROUND_FLUSH = False  # type: ignore[attr-defined]
+    # The gate's refusals' audit events too: a test writes them when it asks.
+    settings.AUDIT_DEFERRED_BACKGROUND_FLUSH = False  # type: ignore[attr-defined]
     client = redis.Redis.from_url(settings.LIMITS_REDIS_URL)  # type: ignore[attr-defined]
     limits_reset_local_state()  # sends what earlier tests left queued, before the flush
     client.flushdb()
     limit_services._events.counts.clear()  # events of earlier, rolled-back tests
+    audit_deferred._deferred._queued.clear()  # and the gate's audit events
+    audit_deferred._deferred._overflow.clear()
     yield client
     limits_reset_local_state()
     limit_services._events.counts.clear()

@@ -8,11 +8,15 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_started
 from django.db.models import Sum
 
+from audit.deferred import UNRECORDED, audit_deferred_flush
+from audit.digests import event_digest
+from audit.models import AuditEvent
 from fhirplatform.fhir import gate
 from fhirplatform.fhir.gate import RefusalGate
 from fhirplatform.limits.codes import ThrottleReason
 from fhirplatform.limits.models import ThrottleEvent
 from fhirplatform.limits.services import throttle_events_flush
+from fhirplatform.schemas import tenant_schema
 from tenants.models import AccessToken, Grant
 from tenants.scopes import scopes_parse
 from tenants.services import client_create, credential_hash, token_issue
@@ -98,6 +102,41 @@ def test_a_flood_is_refused_by_the_gate_as_the_pipeline_refuses_it(
         assert issue["details"]["coding"][0]["code"] == ThrottleReason.ENDPOINT_RATE
         assert 1 <= int(response.headers["Retry-After"]) <= 2
     assert piped.json()["issue"][0]["details"] == gated[0].json()["issue"][0]["details"]
+
+
+def test_each_request_the_gate_refuses_has_its_audit_event(cast, own_limiter, settings):
+    """Written just after the 429 (audit/deferred.py), one per request, in the caller's
+    trail, with what the pipeline's refusal event holds."""
+    settings.LIMITS_REFUSAL_MEMO_SECONDS = 5
+    headers = _bearer(_grant("provider-a", read_per_minute=60))
+    url = "/fhir/provider-a/Patient/no-such-patient?_elements=id"
+    _until_refused(url, headers)
+    audit_deferred_flush()  # nothing of the pipeline's refusals is queued
+    gated = _gated(url, headers, own_limiter, count=3)
+    assert audit_deferred_flush() == 3
+    client_id = AccessToken.objects.get(token_hash=_token_hash(headers)).client.client_id
+    request_ids = [response.headers["X-Request-ID"] for response in gated]
+    with tenant_schema(cast.tenant_a):  # every field as the pipeline's refusal holds it
+        events = list(AuditEvent.objects.filter(request_id__in=request_ids))
+        rows = list(AuditEvent.objects.filter(request_id__in=request_ids).values())
+    assert all(event_digest(row) == row["digest"] for row in rows)
+    assert sorted(event.request_id for event in events) == sorted(request_ids)
+    for event in events:
+        assert (event.status, event.outcome) == (429, f"throttled/{ThrottleReason.ENDPOINT_RATE}")
+        assert (event.interaction, event.resource_type, event.resource_id) == (
+            "read",
+            "Patient",
+            "no-such-patient",
+        )
+        assert (event.tenant, event.client_id, event.query) == ("provider-a", client_id, url)
+
+    # Past the queue's bound, refusals are counted, and the count is recorded.
+    settings.AUDIT_DEFERRED_MAX_EVENTS = 1
+    _gated(url, headers, own_limiter, count=3)
+    assert audit_deferred_flush() == 2
+    with tenant_schema(cast.tenant_a):
+        counted = AuditEvent.objects.get(outcome=UNRECORDED)
+    assert counted.tenant == "provider-a" and counted.query.startswith("2 requests refused")
 
 
 def test_the_gate_answers_only_what_it_knows(cast, own_limiter, settings):
