@@ -158,3 +158,9 @@ R4_RESOURCE_TYPES: frozenset[str] = frozenset(
         "VisionPrescription",
     }
 )
+
+# Types the resource store does not hold. AuditEvent is the platform's audit trail
+# (audit/): read at [base]/AuditEvent/<id> and searched at [base]/AuditEvent, never
+# written, versioned or bundled through FHIR (fhirplatform/fhir/validation.py refuses it).
+NOT_STORED: frozenset[str] = frozenset({"AuditEvent"})
+STORED_RESOURCE_TYPES: frozenset[str] = R4_RESOURCE_TYPES - NOT_STORED

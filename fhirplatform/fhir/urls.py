@@ -7,6 +7,9 @@ from fhirplatform.resource_types import TYPE_CHARS
 _TYPE = rf"(?P<resource_type>{TYPE_CHARS})"
 _ID = r"(?P<logical_id>[^/]{1,200})"
 _VERSION = r"(?P<version_id>[^/]{1,64})"
+# An AuditEvent's id (a FHIR id): `_history` and `_search` fall through to the store's
+# routes, which refuse AuditEvent (fhirplatform/resource_types.py NOT_STORED).
+_AUDIT_ID = r"(?P<logical_id>[A-Za-z0-9\-.]{1,64})"
 
 urlpatterns: list = [
     path(
@@ -20,7 +23,9 @@ urlpatterns: list = [
     # The audit trail, served from the trail itself: before the store's own type routes.
     path("AuditEvent", audit_views.AuditEventSearchView.as_view(), name="fhir-audit-search"),
     re_path(
-        rf"^AuditEvent/{_ID}$", audit_views.AuditEventReadView.as_view(), name="fhir-audit-read"
+        rf"^AuditEvent/{_AUDIT_ID}$",
+        audit_views.AuditEventReadView.as_view(),
+        name="fhir-audit-read",
     ),
     re_path(rf"^{_TYPE}$", views.TypeView.as_view(), name="fhir-type"),
     re_path(rf"^{_TYPE}/_search$", views.TypeSearchView.as_view(), name="fhir-search"),

@@ -25,7 +25,7 @@ from fhirplatform.errors import FhirError, Issue, IssueCode
 from fhirplatform.fhir.http import digits_parse
 from fhirplatform.fhir.models import ID_CHARS, RELATIVE_REFERENCE, id_valid
 from fhirplatform.fhir.required_bindings import NARRATIVE_STATUS, REQUIRED_CODES, REQUIRED_CONCEPTS
-from fhirplatform.resource_types import R4_RESOURCE_TYPES, TYPE_CHARS
+from fhirplatform.resource_types import NOT_STORED, R4_RESOURCE_TYPES, TYPE_CHARS
 
 _ELEMENT_NAME = re.compile(r"^_?[a-z][A-Za-z0-9]*$")
 _ABSOLUTE_REFERENCE = re.compile(rf"^https?://\S+/(?P<type>{TYPE_CHARS})/{ID_CHARS}")
@@ -69,11 +69,20 @@ def payload_check(meta: Mapping[str, Any]) -> None:
 
 
 def resource_type_check(resource_type: str) -> None:
-    """The type in a URL or Bundle entry must be an R4 resource type (404 like any unknown path)."""
+    """The type in a URL, Bundle entry or loaded file must be an R4 resource type (404 like
+    any unknown path) that the resource store holds (AuditEvent is the audit trail)."""
     if resource_type not in R4_RESOURCE_TYPES:
         raise FhirError(
             404, IssueCode.NOT_SUPPORTED, f"'{resource_type}' is not an R4 resource type"
         )
+    if resource_type in NOT_STORED:
+        raise FhirError(400, IssueCode.NOT_SUPPORTED, NOT_STORED_DETAIL)
+
+
+NOT_STORED_DETAIL = (
+    "AuditEvent is the platform's audit trail: read [base]/AuditEvent/<id> and search "
+    "[base]/AuditEvent; it is never written, versioned or put in a Bundle through FHIR"
+)
 
 
 def _expression(resource_type: str, loc: tuple[Any, ...]) -> str:

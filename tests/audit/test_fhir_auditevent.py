@@ -2,11 +2,15 @@
 date, agent, patient, entity, action, outcome and subtype, paged, read by id; read-only;
 for clients granted AuditEvent; never another tenant's trail."""
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from fhirplatform.fhir.loading import fhir_load_path
+from fhirplatform.fhir.models import Resource
+from fhirplatform.schemas import tenant_schema
 from tests.consent.enforcement_support import ConsentWorld, observation
 from tests.fhir.rest_support import FhirClient, generous_limits
 
@@ -106,3 +110,43 @@ def test_another_tenant_sees_its_own_trail_only(world, seen, cast):
     theirs = FhirClient(cast.tenant_b.slug, cast.client_b.token())
     assert _entries(theirs.get("AuditEvent", patient=seen["patient"])) == []
     assert _entries(theirs.get("AuditEvent", agent=world.reader.client.client_id)) == []
+
+
+def test_the_trail_is_never_stored_versioned_or_bundled(world, seen, tmp_path):
+    """Every other way an AuditEvent could reach the resource store is refused with one
+    answer that says where the trail is."""
+    auditor = _auditor(world)
+    for path in ("AuditEvent/_history", "AuditEvent/1/_history", "AuditEvent/1/_history/1"):
+        refused = auditor.get(path)
+        assert refused.status_code == 400, path
+        issue = refused.json()["issue"][0]
+        assert issue["code"] == "not-supported" and "audit trail" in issue["diagnostics"]
+    assert auditor.post("AuditEvent/_search", {}).status_code == 400
+    by_type = auditor.get("", _type="AuditEvent")
+    assert by_type.status_code == 400 and "audit trail" in by_type.content.decode()
+
+    forged = {
+        "resourceType": "AuditEvent",
+        "type": {"code": "rest"},
+        "recorded": "2026-01-01T00:00:00Z",
+    }
+    transaction = auditor.post("", {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": forged, "request": {"method": "POST", "url": "AuditEvent"}}],
+    })  # fmt: skip
+    assert transaction.status_code == 400 and "audit trail" in transaction.content.decode()
+    batch = auditor.post("", {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "AuditEvent/1"}}],
+    })  # fmt: skip
+    assert batch.status_code == 200, batch.content
+    assert batch.json()["entry"][0]["response"]["status"].startswith("400")
+
+    loaded = tmp_path / "events.ndjson"
+    loaded.write_text(json.dumps(forged | {"id": "forged"}) + "\n")
+    report = fhir_load_path(tenant=world.tenant, path=loaded)
+    assert report.failures and "audit trail" in str(report.failures)
+    with tenant_schema(world.tenant):
+        assert not Resource.objects.filter(resource_type="AuditEvent").exists()

@@ -20,7 +20,7 @@ from fhirplatform.fhir.paging import cursor_digest, cursor_invalid, cursor_make,
 from fhirplatform.fhir.search.models import INDEX_MODEL
 from fhirplatform.fhir.search.parsing import Control, SearchRequest, SortKey
 from fhirplatform.fhir.search.registry import ParamType
-from fhirplatform.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.resource_types import STORED_RESOURCE_TYPES
 from tenants.tokens import Caller
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def _value_segment(
         | Q(**{column: OuterRef(column), "pk__lt": OuterRef("pk")})
     )
     rows = model._default_manager.filter(
-        resource_type__in=request.resource_types or sorted(R4_RESOURCE_TYPES),
+        resource_type__in=request.resource_types or sorted(STORED_RESOURCE_TYPES),
         param=sort.name,
         resource_id__in=queryset.values("pk"),
     ).filter(~Exists(better))

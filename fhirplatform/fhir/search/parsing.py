@@ -15,8 +15,8 @@ from fhirplatform.fhir.paging import CURSOR_PARAM, DEFAULT_COUNT, count_parse
 from fhirplatform.fhir.search.query import Chain, Criterion, Modifier, split_values
 from fhirplatform.fhir.search.registry import Column, ParamType, SearchParameter, search_parameter
 from fhirplatform.fhir.search.values import text_normalise
-from fhirplatform.fhir.validation import text_storable
-from fhirplatform.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.fhir.validation import NOT_STORED_DETAIL, text_storable
+from fhirplatform.resource_types import NOT_STORED, R4_RESOURCE_TYPES
 
 # Parameters that shape the result rather than filter it; _format/_pretty are the renderer's.
 IGNORED_CONTROL = {"_format", "_pretty"}
@@ -136,6 +136,8 @@ def _search_types(
     unknown = [t for t in types if t not in R4_RESOURCE_TYPES]
     if unknown:
         raise _invalid("_type", f"unknown resource type(s) {', '.join(unknown)}")
+    if NOT_STORED.intersection(types):
+        raise _invalid("_type", NOT_STORED_DETAIL, IssueCode.NOT_SUPPORTED)
     return types, True
 
 

@@ -20,7 +20,7 @@ from fhirplatform.fhir.search.query import chain_filter, column_filter, index_fi
 from fhirplatform.fhir.search.registry import Column
 from fhirplatform.fhir.search.searchset import searchset_entries, searchset_link
 from fhirplatform.fhir.search.semantic import SearchMemo
-from fhirplatform.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.resource_types import STORED_RESOURCE_TYPES
 from tenants.scopes import Interaction, scope_require, scopes_allow
 from tenants.tokens import Caller
 
@@ -75,7 +75,7 @@ def _matching(
     queryset = Resource.objects.filter(deleted=False)
     if request.resource_types:
         queryset = queryset.filter(resource_type__in=request.resource_types)
-    types = request.resource_types or sorted(R4_RESOURCE_TYPES)
+    types = request.resource_types or sorted(STORED_RESOURCE_TYPES)
     for criterion, parameter in request.criteria:
         if parameter is None:
             queryset = queryset.filter(column_filter(Column(criterion.name), criterion))
