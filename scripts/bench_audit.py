@@ -2,7 +2,7 @@
 """Audit trail benchmark: what writing every access's event costs the hot path, how many
 events the platform writes per second, and how fast audit_verify checks a trail.
 
-    .venv/bin/python scripts/bench_audit.py            # about 3 minutes
+    .venv/bin/python scripts/bench_audit.py            # about 2 minutes
     .venv/bin/python scripts/bench_audit.py --quick    # a smoke run
 
 Two gunicorns side by side (--workers x --threads, default 2 x 4 as `make run`) on the
@@ -15,9 +15,12 @@ read is measured too, on a tenant whose rules keep entries for the whole run.
 Each of --rounds rounds runs wrk (--seconds each, --connections) against both servers, in
 turn: read, search (Observation?patient&code&date over --search-ids patients), cached
 read. Printed, medians of the rounds: p50/p99 and requests/s of each, and the ratio
-audited / unaudited (goal: at most 1.10 at p50); the events the audited server wrote per
-second of measuring (the trail's count before and after); then the trail is sealed and
-audit_verify run on it: events verified per second. Load average before and after.
+audited / unaudited (goal: at most 1.10 at p50), with the CPU each request cost the
+server (gunicorn's process tree) and the database (PostgreSQL's); the events the audited
+server wrote per second of measuring (the trail's count before and after); then the
+trails are sealed and audit_verify run on them (events verified per second), and the
+uncached tenant's sealed blocks are archived (AUDIT_ARCHIVE_DIR) and the trail verified
+with its archives' files (events per second of each). Load average before and after.
 """
 
 import argparse
@@ -38,6 +41,10 @@ import django  # noqa: E402
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
 django.setup()
 
+from django.db import connection  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from audit.archiving import audit_archive  # noqa: E402
 from audit.models import AuditEvent  # noqa: E402
 from audit.tasks import audit_seal_all  # noqa: E402
 from audit.verification import audit_verify  # noqa: E402
@@ -54,7 +61,7 @@ from scripts.bench_fhir import (  # noqa: E402
     _start_together,
     _tenant,
 )
-from scripts.bench_load import Bench, measure  # noqa: E402
+from scripts.bench_load import Bench, measure, tree_cpu_seconds  # noqa: E402
 from scripts.bench_report import load_text  # noqa: E402
 from scripts.loopback import gunicorn_server  # noqa: E402
 from tenants.models import Tenant  # noqa: E402
@@ -97,9 +104,46 @@ def _tenants(args: argparse.Namespace) -> tuple[Tenant, Tenant]:
     return uncached, cached
 
 
+def _postmaster_pid() -> int:
+    """PostgreSQL's server process (every backend's parent): its tree's CPU is the
+    database's share of what a measurement cost."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+    for line in Path(f"/proc/{backend}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise RuntimeError("no parent of the database backend")
+
+
 def _events(tenant: Tenant) -> int:
     with tenant_schema(tenant):
         return AuditEvent.objects.count()
+
+
+def _archive(tenant: Tenant) -> None:
+    """Archive every sealed block of the trail (into AUDIT_ARCHIVE_DIR, where the trail's
+    earlier archives are), then verify the trail with its archives' files: both rates."""
+    started, archived = time.perf_counter(), 0
+    while True:
+        with tenant_schema(tenant):
+            archive = audit_archive(cutoff=timezone.now(), actor="bench_audit", tenant=tenant.slug)
+        if archive is None:
+            break
+        archived += archive.events
+    seconds = time.perf_counter() - started
+    print(
+        f"audit_archive {tenant.slug}: {archived:,} events in {seconds:.2f} s = "
+        f"{archived / seconds if seconds else 0:,.0f} events/s"
+    )
+    with tenant_schema(tenant):
+        report = audit_verify(schema=tenant.schema_name, files=True)
+    print(
+        f"audit_verify --archive {tenant.slug}: {report.archived_events:,} archived and "
+        f"{report.events:,} live events in {report.seconds:.2f} s = "
+        f"{report.events_per_second:,.0f} events/s, "
+        f"{'OK' if report.ok else 'FAILED: ' + report.problems[0]}"
+    )
 
 
 def main() -> None:
@@ -154,20 +198,27 @@ def main() -> None:
         for target in targets:
             measure(warm, target.server, target.load())
         rounds: dict[str, list[dict[str, float]]] = {}
+        postmaster = _postmaster_pid()
         written = measured_seconds = 0.0
         for number in range(1, args.rounds + 1):
             print(f"-- round {number}, load average {load_text(os.getloadavg())}", flush=True)
             for target in targets:
                 runs = searches if target.kind == "search" else bench
                 before = _events(uncached) + _events(cached)
+                database_before = tree_cpu_seconds(postmaster)
                 result = measure(runs, target.server, target.load())
+                result["db_cpu_ms_per_request"] = (
+                    1000 * (tree_cpu_seconds(postmaster) - database_before) / result["requests"]
+                )
                 if target.key.endswith("|audited"):
                     written += _events(uncached) + _events(cached) - before
                     measured_seconds += runs.seconds
                 rounds.setdefault(target.key, []).append(result)
                 print(
                     f"  {target.label:<24} {result['rps']:6.0f} req/s  p50 "
-                    f"{result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms",
+                    f"{result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  CPU per "
+                    f"request: server {result['cpu_ms_per_request']:.3f} ms, database "
+                    f"{result['db_cpu_ms_per_request']:.3f} ms",
                     flush=True,
                 )
     medians = {key: _median_of(results) for key, results in rounds.items()}
@@ -183,6 +234,11 @@ def main() -> None:
             f"{on['rps']:6.0f} / {off['rps']:6.0f}  "
             f"{'met' if ratio <= GOAL else 'NOT MET'} (goal <= {GOAL:.2f} at p50)"
         )
+        print(
+            f"  {'':<12} CPU per request: server {on['cpu_ms_per_request']:.3f} / "
+            f"{off['cpu_ms_per_request']:.3f} ms, database {on['db_cpu_ms_per_request']:.3f} / "
+            f"{off['db_cpu_ms_per_request']:.3f} ms"
+        )
     print(f"\nevents written by the audited server: {written / measured_seconds:,.0f} per second")
     sealed = audit_seal_all()
     print(f"sealed now: {sum(sealed.values()):,} events")
@@ -194,6 +250,7 @@ def main() -> None:
             f"{report.seconds:.2f} s = {report.events_per_second:,.0f} events/s, "
             f"{'OK' if report.ok else 'FAILED: ' + report.problems[0]}"
         )
+    _archive(uncached)
     print(
         f"\nload average before {load_text(load_before)}, after {load_text(os.getloadavg())}; "
         f"total {time.monotonic() - started:.0f} s; worst p50 ratio x{max(ratios):.3f}, "
