@@ -36,7 +36,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.chain import GENESIS, archive_digest
-from audit.digests import event_canonical, event_digest
+from audit.digests import DIGEST_FIELDS, event_canonical, event_digest
 from audit.models import AuditArchive, AuditSeal, Interaction
 from audit.sealing import trail_lock
 from audit.services import AuditRecord, audit_write
@@ -44,37 +44,14 @@ from fhirplatform.schemas import schema_current
 
 FORMAT = 1
 
-_BLOCK = """
+# A seal's entries in position order, each with its event (every recorded field, in
+# DIGEST_FIELDS order), or nulls where the event is gone.
+_BLOCK = f"""
 SELECT n.position, n.digest, e.id, e.xact, e.digest,
-       e.recorded, e.request_id, e.tenant, e.client_id, e.partner, e.actor,
-       e.source_address, e.interaction, e.resource_type, e.resource_id, e.patients,
-       e.query, e.purpose, e.consent, e.consent_basis, e.scopes, e.status, e.outcome,
-       e.latency_us, e.release, n.event_id
+       {", ".join(f"e.{name}" for name in DIGEST_FIELDS)}, n.event_id
 FROM audit_auditsealentry n LEFT JOIN audit_auditevent e ON e.id = n.event_id
 WHERE n.seal_seq = %s ORDER BY n.position
 """
-_EVENT_COLUMNS = (
-    "recorded",
-    "request_id",
-    "tenant",
-    "client_id",
-    "partner",
-    "actor",
-    "source_address",
-    "interaction",
-    "resource_type",
-    "resource_id",
-    "patients",
-    "query",
-    "purpose",
-    "consent",
-    "consent_basis",
-    "scopes",
-    "status",
-    "outcome",
-    "latency_us",
-    "release",
-)
 _DELETE = (
     # Events first: the database checks them against the entries that name their seals.
     "DELETE FROM audit_auditevent e USING audit_auditsealentry n "
@@ -147,7 +124,7 @@ def _block(seal: AuditSeal) -> Iterator[dict[str, Any]]:
         position, sealed, event_id, xact, digest, *values, named_id = row
         if event_id is None:
             raise ArchiveRefused(f"event {named_id} of seal {seal.seq} is missing")
-        event = event_canonical(dict(zip(_EVENT_COLUMNS, values, strict=True)))
+        event = event_canonical(dict(zip(DIGEST_FIELDS, values, strict=True)))
         if position != expected or digest != sealed or event_digest(event) != digest:
             raise ArchiveRefused(f"event {event_id} is not the event seal {seal.seq} holds")
         yield {

@@ -15,20 +15,16 @@ one by one (outcome `throttled/uncounted`, never a silent gap). A process killed
 loses at most one flush interval of them.
 """
 
-import atexit
-import logging
 import threading
-import time
 from collections import Counter
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.utils import timezone
 
 from audit.models import Interaction
 from audit.services import AuditRecord, audit_write_many
-
-logger = logging.getLogger(__name__)
+from fhirplatform.flushing import BackgroundFlusher
 
 UNRECORDED = "throttled/uncounted"
 
@@ -38,7 +34,12 @@ class DeferredEvents:
         self._lock = threading.Lock()
         self._queued: list[tuple[str, AuditRecord]] = []
         self._overflow: Counter[tuple[str, str]] = Counter()  # (schema, tenant slug)
-        self._thread: threading.Thread | None = None
+        self._flusher = BackgroundFlusher(
+            self.flush,
+            name="audit-deferred",
+            every=lambda: settings.AUDIT_DEFERRED_FLUSH_SECONDS,
+            what="audit: events of requests refused before the pipeline",
+        )
 
     def add(self, *, record: AuditRecord, schema: str) -> None:
         with self._lock:
@@ -46,16 +47,12 @@ class DeferredEvents:
                 self._queued.append((schema, record))
             else:
                 self._overflow[(schema, record.tenant)] += 1
-            if settings.AUDIT_DEFERRED_BACKGROUND_FLUSH and (
-                self._thread is None or not self._thread.is_alive()
-            ):
-                self._thread = threading.Thread(
-                    target=self._run, name="audit-deferred", daemon=True
-                )
-                self._thread.start()
+            if settings.AUDIT_DEFERRED_BACKGROUND_FLUSH:
+                self._flusher.start()
 
     def flush(self) -> int:
-        """Write what is queued now, one INSERT per trail; the events written."""
+        """Write what is queued now, trail by trail (INSERT_ROWS to a statement); the events
+        written. What the database refuses stays queued for the next flush."""
         with self._lock:
             queued, self._queued = self._queued, []
             overflow, self._overflow = self._overflow, Counter()
@@ -74,44 +71,32 @@ class DeferredEvents:
                     outcome=UNRECORDED,
                 )
             )
-        written = 0
+        written, failure = 0, None
         for schema, records in by_schema.items():
             try:
                 audit_write_many(records=records, schema=schema)
-            except DatabaseError:
-                self._requeue(schema, records)  # the next flush tries again
-                raise
+            except DatabaseError as error:
+                self._requeue(schema, records)  # the next flush tries them again
+                failure = error
+                continue
             written += len(records)
+        if failure is not None:
+            raise failure
         return written
 
     def _requeue(self, schema: str, records: list[AuditRecord]) -> None:
         with self._lock:
             for record in records:
-                if len(self._queued) < settings.AUDIT_DEFERRED_MAX_EVENTS:
+                # A trail's count of unqueued refusals always goes back: one per trail.
+                if record.outcome == UNRECORDED or (
+                    len(self._queued) < settings.AUDIT_DEFERRED_MAX_EVENTS
+                ):
                     self._queued.append((schema, record))
-                elif record.outcome != UNRECORDED:
+                else:
                     self._overflow[(schema, record.tenant)] += 1
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(settings.AUDIT_DEFERRED_FLUSH_SECONDS)
-            try:
-                self.flush()
-            except Exception:
-                logger.exception("audit: refused requests' events could not be written")
-            finally:
-                close_old_connections()
 
 
 _deferred = DeferredEvents()
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    try:
-        _deferred.flush()
-    except Exception:
-        logger.exception("audit: refused requests' events lost at exit")
 
 
 def audit_deferred(*, record: AuditRecord, schema: str) -> None:

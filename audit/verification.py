@@ -115,12 +115,15 @@ def _archive_file_check(report: VerifyReport, archive: AuditArchive) -> None:
         return
     if file_sha256(path) != archive.sha256:
         report.problems.append(f"{where}its file was altered (not the bytes archived)")
-    tip = Tip(archive.first_seal, archive.chain_before, "", 0)
     seal, chain, position = None, "", 0
     try:
         lines = archive_lines(path)
         header = next(lines)["archive"]
-        tip = Tip(header["first_seal"], header["chain_before"], header["previous"], 0)
+        recorded = (archive.first_seal, archive.last_seal, archive.events, archive.chain_before)
+        held = (header["first_seal"], header["last_seal"], header["events"])
+        if (*held, header["chain_before"]) != recorded:
+            report.problems.append(f"{where}its file holds other seals than its record says")
+        tip = Tip(archive.first_seal, archive.chain_before, header["previous"], 0)
         for line in lines:
             if "seal" in line:
                 if seal is not None:

@@ -22,6 +22,10 @@ connection's next request is read up to LIMITS_FLOOD_DELAY_MS later, within the 
 answer itself is worked out once and sent again while the refusal certainly holds (at most
 ANSWER_REUSE_SECONDS), every refusal still counted.
 
+Each request answered here has its audit event like any other, in the caller's trail,
+written just after the answer rather than before it (fhirplatform/fhir/auditing.py
+audit_gate_refusal, audit/deferred.py).
+
 Refusing can never disclose or change data, so a memoised refusal may outlive a change
 made since: a token revoked a moment ago gets 429 rather than 401 until the memo lapses
 (LIMITS_REFUSAL_MEMO_SECONDS), and its next request that reaches the pipeline is refused

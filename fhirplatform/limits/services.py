@@ -1,6 +1,5 @@
 """Writes: limit overrides, the kill switch, and the throttle event log."""
 
-import atexit
 import logging
 import threading
 import time
@@ -10,8 +9,9 @@ from typing import NamedTuple
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import transaction
 
+from fhirplatform.flushing import BackgroundFlusher
 from fhirplatform.limits.models import LimiterSwitch, LimitOverride, ThrottleEvent
 from fhirplatform.limits.selectors import profile_cache
 from fhirplatform.limits.store import CONFIG_VERSION_KEY, limiter_redis
@@ -75,18 +75,18 @@ class ThrottleEventBuffer:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: Counter[_EventKey] = Counter()
-        self.thread: threading.Thread | None = None
+        self.flusher = BackgroundFlusher(
+            self.flush,
+            name="throttle-events",
+            every=lambda: 1.0,
+            what="rate limiter: throttle events",
+        )
 
     def add(self, key: _EventKey) -> None:
         with self.lock:
             self.counts[key] += 1
-            if settings.LIMITS_EVENTS_BACKGROUND_FLUSH and (
-                self.thread is None or not self.thread.is_alive()
-            ):
-                self.thread = threading.Thread(
-                    target=self._run, name="throttle-events", daemon=True
-                )
-                self.thread.start()
+            if settings.LIMITS_EVENTS_BACKGROUND_FLUSH:
+                self.flusher.start()
 
     def flush(self) -> int:
         with self.lock:
@@ -102,26 +102,8 @@ class ThrottleEventBuffer:
         ThrottleEvent.objects.bulk_create(rows)
         return len(rows)
 
-    def _run(self) -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                self.flush()
-            except Exception:
-                logger.exception("rate limiter: throttle events could not be written")
-            finally:
-                close_old_connections()
-
 
 _events = ThrottleEventBuffer()
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    try:
-        _events.flush()
-    except Exception:
-        logger.exception("rate limiter: throttle events lost at exit")
 
 
 def throttle_event_add(refusals: Refusals) -> None:
