@@ -176,6 +176,10 @@ def test_a_missing_or_altered_file_is_named(tenant, archive_dir):
     assert printed["first_problem"] == "archive 1: its file was altered (not the bytes archived)"
     assert f"archive 1: event {event['event']['id']} was altered" in printed["problems"]
 
+    path.write_bytes(b"\x1f\x8b not gzip at all")  # or its bytes are garbage
+    problems = trail_verified(tenant, files=True).problems
+    assert "archive 1: its file cannot be read (BadGzipFile)" in problems
+
     os.remove(path)
     problems = trail_verified(tenant, files=True).problems
     assert problems == [f"archive 1: its file {path} is missing"]
