@@ -1,7 +1,6 @@
 """FHIR JSON over HTTP: media types, parsing, and OperationOutcome error responses."""
 
 import json
-import math
 import re
 from typing import Any
 
@@ -22,6 +21,13 @@ from fhirplatform.errors import (
     not_found,
     operation_outcome,
 )
+from fhirplatform.fhir.numbers import (
+    ExactFloat,
+    exact_float,
+    exact_fragment,
+    exact_loads,
+    long_ints_as_fragments,
+)
 
 
 class JsonText:
@@ -40,8 +46,8 @@ class JsonText:
         return f"JsonText({self.text[:60]!r})"
 
     def parsed(self) -> Any:
-        """The value, for a caller that must look inside it."""
-        return json.loads(self.text)
+        """The value, for a caller that must look inside it (its numbers exact)."""
+        return exact_loads(self.text)
 
 
 # orjson serialises only what the standard library would; anything else is left to it.
@@ -51,30 +57,23 @@ _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATE
 def _fragment(value: Any) -> orjson.Fragment:
     if isinstance(value, JsonText):
         return orjson.Fragment(value.text)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _parsed(value: Any) -> Any:
-    if isinstance(value, JsonText):
-        return value.parsed()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return exact_fragment(value)
 
 
 def json_render(data: Any) -> bytes:
     """Every JSON document the FHIR API sends, compact and in UTF-8.
 
     orjson renders a 50-entry searchset about ten times faster than the standard library,
-    and embeds stored JSON (JsonText) without parsing it. What orjson refuses, an integer
-    past 64 bits (stored exactly from a client's JSON) or nesting past 254 levels, is
-    rendered by the standard library instead, never rounded or cut.
+    and embeds stored JSON (JsonText) without parsing it; a decimal read from a client's
+    JSON goes out with the digits it came with (numbers.py). An integer past 64 bits,
+    which orjson refuses, is written as its digits on a second try, never rounded.
     """
     if isinstance(data, JsonText):
         return data.text.encode()
     try:
         return orjson.dumps(data, default=_fragment, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_parsed)
-        return text.encode()
+        return orjson.dumps(long_ints_as_fragments(data), default=_fragment, option=_ORJSON_OPTIONS)
 
 
 class FhirJSONRenderer(BaseRenderer):
@@ -120,11 +119,11 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise _not_json(f"the number {text[:100]} is out of range")
-    return number
+def _finite(text: str) -> ExactFloat:
+    try:
+        return exact_float(text)
+    except ValueError as range_error:
+        raise _not_json(str(range_error)) from None
 
 
 def _constant(name: str) -> None:

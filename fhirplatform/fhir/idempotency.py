@@ -26,6 +26,7 @@ from django.http import HttpResponse
 from rest_framework.request import Request
 
 from fhirplatform.errors import FhirError, IssueCode
+from fhirplatform.fhir.numbers import exact_dumps
 from fhirplatform.redis_clients import redis_client
 from tenants.tokens import Caller
 
@@ -108,7 +109,8 @@ class IdempotencyClaim:
 
 def _fingerprint(request: Request) -> str:
     try:
-        body = json.dumps(request.data, sort_keys=True, separators=(",", ":"))
+        # Exact numbers: a body sent again with 1.5 for 1.50 is another request.
+        body = exact_dumps(request.data, sort_keys=True).decode()
     except (TypeError, ValueError):
         body = repr(request.data)
     text = f"{request.method} {request.path}\n{body}"

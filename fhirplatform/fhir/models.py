@@ -16,6 +16,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 
+from fhirplatform.fhir.numbers import ExactJSONDecoder
 from fhirplatform.resource_types import TYPE_CHARS
 
 # A FHIR id (R4 `id` datatype): what a stored logical_id and a version id may be. Every
@@ -51,7 +52,7 @@ class Resource(models.Model):
     version_id = models.PositiveIntegerField()
     last_updated = models.DateTimeField()
     deleted = models.BooleanField(default=False)
-    content = models.JSONField()
+    content = models.JSONField(decoder=ExactJSONDecoder)  # numbers as written (numbers.py)
     # A deleted resource keeps the compartment and labels of its last content.
     compartment = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     security_labels = ArrayField(models.CharField(max_length=64), default=list, blank=True)
@@ -81,7 +82,7 @@ class ResourceVersion(models.Model):
     version_id = models.PositiveIntegerField()
     last_updated = models.DateTimeField()
     method = models.CharField(max_length=8)  # a Method
-    content = models.JSONField(null=True)
+    content = models.JSONField(null=True, decoder=ExactJSONDecoder)
     # A DELETE version (no content) keeps those of the version it deletes.
     compartment = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     security_labels = ArrayField(models.CharField(max_length=64), default=list, blank=True)

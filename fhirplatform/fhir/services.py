@@ -34,6 +34,7 @@ from fhirplatform.errors import FhirError, IssueCode, not_found
 from fhirplatform.fhir.changes import resource_changes_record
 from fhirplatform.fhir.compartments import resource_patients, security_labels
 from fhirplatform.fhir.models import Method, Resource, ResourceVersion
+from fhirplatform.fhir.numbers import exact_dumps
 from fhirplatform.fhir.representation import instant_text, now_instant, resource_gone
 from fhirplatform.fhir.search.parsing import criteria_canonical
 from fhirplatform.fhir.search.services import (
@@ -150,7 +151,7 @@ def _version_write(resource: Resource, method: Method) -> None:
         f"method, content) SELECT current_row.id, {kept}, %s, doc.content "
         "FROM current_row, doc)",
     ]
-    content = None if resource.deleted else Jsonb(resource.content)
+    content = None if resource.deleted else Jsonb(resource.content, dumps=exact_dumps)
     params: list[Any] = [content, *current_params, str(method)]
     index_clauses, index_params = index_write_clauses(
         resource=resource, source="current_row", replace=method != Method.POST
@@ -395,12 +396,18 @@ def _copy_insert(rows: list[Resource]) -> None:
     rows_copy(
         table=Resource._meta.db_table,
         columns=["id", *columns, "deleted", "content"],
-        rows=[(*h, False, Jsonb(r.content)) for h, r in zip(head, rows, strict=True)],
+        rows=[
+            (*h, False, Jsonb(r.content, dumps=exact_dumps))
+            for h, r in zip(head, rows, strict=True)
+        ],
     )
     rows_copy(
         table=ResourceVersion._meta.db_table,
         columns=["resource_id", *columns, "method", "content"],
-        rows=[(*h, str(Method.POST), Jsonb(r.content)) for h, r in zip(head, rows, strict=True)],
+        rows=[
+            (*h, str(Method.POST), Jsonb(r.content, dumps=exact_dumps))
+            for h, r in zip(head, rows, strict=True)
+        ],
     )
 
 

@@ -1,7 +1,6 @@
 """Building the searchset Bundle: match entries shaped by _elements/_summary, the
 _include/_revinclude entries of the page, the outcome entry, and the page links."""
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -11,6 +10,7 @@ from django.db.models import Q, Subquery
 from fhirplatform.errors import Issue, IssueCode, Severity, operation_outcome
 from fhirplatform.fhir.http import JsonText
 from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.numbers import exact_loads
 from fhirplatform.fhir.paging import CURSOR_PARAM
 from fhirplatform.fhir.search.keyset import with_stored_text
 from fhirplatform.fhir.search.models import ReferenceIndex
@@ -47,9 +47,9 @@ def _entry(
     text: str = resource.content_text  # type: ignore[attr-defined]
     content: dict[str, Any] | JsonText
     if mode == "match" and (request.elements or request.summary_data):
-        content = _shape(json.loads(text), request)
+        content = _shape(exact_loads(text), request)
     else:
-        content = JsonText(text) if as_stored else json.loads(text)
+        content = JsonText(text) if as_stored else exact_loads(text)
     return {
         "fullUrl": f"{base}/{resource.resource_type}/{resource.logical_id}",
         "resource": content,
