@@ -72,6 +72,12 @@ class Tenant(TenantMixin):
     plan = models.ForeignKey(RatePlan, on_delete=models.PROTECT, related_name="tenants")
     # Six years, as HIPAA keeps its documentation; older sealed blocks of the tenant's
     # audit trail are archived (audit/archiving.py), never deleted.
+    # FHIR update-as-create: a PUT to an id the tenant does not hold creates the resource
+    # with the client's id (clients that own their ids depend on it).
+    fhir_update_creates = models.BooleanField(
+        default=True,
+        help_text="PUT to an id that does not exist creates the resource with that id",
+    )
     audit_retention_days = models.PositiveIntegerField(
         default=2190,
         validators=[MinValueValidator(1)],
@@ -125,6 +131,11 @@ class ApiClient(models.Model):
     partner = models.ForeignKey(Partner, on_delete=models.PROTECT, related_name="clients")
     status = models.CharField(
         max_length=20, choices=ClientStatus.choices, default=ClientStatus.ACTIVE
+    )
+    jwks_url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="A JWKS URL for private_key_jwt: an assertion's jku must name it.",
     )
     jwks = models.JSONField(
         null=True, blank=True, help_text="Registered public keys (JWKS) for private_key_jwt."
