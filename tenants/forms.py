@@ -35,6 +35,7 @@ class TenantForm(forms.ModelForm):
             "isolation_tier",
             "data_region",
             "plan",
+            "fhir_update_creates",
             "audit_retention_days",
         ]
 
@@ -72,6 +73,7 @@ def tenant_save(form: TenantForm) -> Tenant:
         return services.tenant_update(
             tenant=tenant,
             status=data["status"],
+            fhir_update_creates=data["fhir_update_creates"],
             audit_retention_days=data["audit_retention_days"],
         )
     tenant = form.instance

@@ -115,6 +115,7 @@ def tenant_update(
     data_region: str | Unchanged = UNCHANGED,
     isolation_tier: str | Unchanged = UNCHANGED,
     status: TenantStatus | Unchanged = UNCHANGED,
+    fhir_update_creates: bool | Unchanged = UNCHANGED,
     audit_retention_days: int | Unchanged = UNCHANGED,
 ) -> Tenant:
     """Change a tenant's editable fields; a status change goes through tenant_set_status.
@@ -133,11 +134,12 @@ def tenant_update(
             plan=plan,
             data_region=data_region,
             isolation_tier=isolation_tier,
+            fhir_update_creates=fhir_update_creates,
             audit_retention_days=audit_retention_days,
         )
         if changed:
             tenant.save(update_fields=changed)
-            callers_changed()  # cached callers hold the tenant (its plan)
+            callers_changed()  # cached callers hold the tenant (its plan and switches)
             logger.info("tenant changed", extra={"tenant": tenant.slug, "fields": changed})
         if status is not UNCHANGED and status != tenant.status:
             tenant_set_status(tenant=tenant, status=status)
