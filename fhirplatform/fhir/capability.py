@@ -2,7 +2,9 @@
 
 Interactions come from the views' behaviour, search parameters from the search
 registry (the same registry the index is built from), so the statement cannot claim a
-parameter the server does not index.
+parameter the server does not index; operations from the operations' own table
+(operations/definitions.py), the one the URL routes are built for. A type the server
+stores but does not act on is left out (UNDECLARED_TYPES).
 """
 
 from functools import cache
@@ -11,9 +13,10 @@ from typing import Any
 from django.conf import settings
 
 from audit.fhir import SEARCH_PARAMETERS as AUDIT_SEARCH_PARAMETERS
+from fhirplatform.fhir.operations.definitions import OPERATIONS, Level
 from fhirplatform.fhir.search.parsing import Control
 from fhirplatform.fhir.search.registry import search_parameters_for
-from fhirplatform.resource_types import R4_RESOURCE_TYPES
+from fhirplatform.resource_types import NOT_STORED, R4_RESOURCE_TYPES
 
 FHIR_VERSION = "4.0.1"
 SOFTWARE_NAME = "fhirplatform"
@@ -28,6 +31,10 @@ _TYPE_INTERACTIONS = (
     "history-type",
     "create",
 )
+# Stored and versioned like any type, but nothing acts on them: a Subscription is never
+# activated and nothing is ever delivered, so declaring the type would promise
+# notifications. Such a type comes back here when it works.
+UNDECLARED_TYPES: frozenset[str] = frozenset({"Subscription"})
 _SEARCH_RESULT_PARAMS = (
     Control.COUNT,
     Control.SORT,
@@ -50,25 +57,52 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
     ]
 
 
+def interaction_flags(resource_type: str) -> dict[str, Any]:
+    """The flags a type's entry states about its interactions: versioning, update-as-create
+    and the conditional interactions. The one place to change when one of them starts or
+    stops working."""
+    return {
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": False,  # ids are server-assigned UUIDs
+        "conditionalCreate": True,
+        "conditionalRead": "full-support",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+    }
+
+
+def _operations(resource_type: str | None) -> list[dict[str, Any]]:
+    """The `operation` entries of a type (its type and instance levels), or with None of
+    the system level."""
+    levels = {Level.SYSTEM} if resource_type is None else {Level.TYPE, Level.INSTANCE}
+    return [
+        {"name": operation.name, "definition": operation.definition}
+        for operation in OPERATIONS
+        if operation.levels & levels
+        and (
+            resource_type is None
+            or not operation.resource_types
+            or resource_type in operation.resource_types
+        )
+    ]
+
+
 # Built once per process: the types and the registry are fixed at deploy time.
 @cache
 def _resources() -> tuple[dict[str, Any], ...]:
     resources = []
-    for resource_type in sorted(R4_RESOURCE_TYPES):
+    for resource_type in sorted(R4_RESOURCE_TYPES - UNDECLARED_TYPES):
         interactions = [*_TYPE_INTERACTIONS, "search-type"]
         entry: dict[str, Any] = {
             "type": resource_type,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
             "interaction": [{"code": code} for code in interactions],
-            "versioning": "versioned-update",
-            "readHistory": True,
-            "updateCreate": False,  # ids are server-assigned UUIDs
-            "conditionalCreate": True,
-            "conditionalRead": "full-support",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            **interaction_flags(resource_type),
         }
         entry["searchParam"] = _search_params(resource_type)
+        if resource_type not in NOT_STORED and (operations := _operations(resource_type)):
+            entry["operation"] = operations
         resources.append(_audit_trail(entry) if resource_type == "AuditEvent" else entry)
     return tuple(resources)
 
@@ -120,6 +154,8 @@ def capability_statement(*, base_url: str) -> dict[str, Any]:
         "resource": list(_resources()),
         "interaction": system_interactions,
     }
+    if system_operations := _operations(None):
+        rest["operation"] = system_operations
     rest["searchParam"] = [
         {"name": str(name), "type": "number" if name == Control.COUNT else "special"}
         for name in _SEARCH_RESULT_PARAMS

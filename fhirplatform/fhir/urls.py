@@ -1,6 +1,7 @@
 from django.urls import path, re_path
 
 from fhirplatform.fhir import audit_views, views
+from fhirplatform.fhir.operations import views as operations
 from fhirplatform.fhir.smart import SmartConfigurationView
 from fhirplatform.resource_types import TYPE_CHARS
 
@@ -10,6 +11,7 @@ _VERSION = r"(?P<version_id>[^/]{1,64})"
 # An AuditEvent's id (a FHIR id): `_history` and `_search` fall through to the store's
 # routes, which refuse AuditEvent (fhirplatform/resource_types.py NOT_STORED).
 _AUDIT_ID = r"(?P<logical_id>[A-Za-z0-9\-.]{1,64})"
+_OPERATION = r"\$(?P<operation>[^/]{1,200})"
 
 urlpatterns: list = [
     path(
@@ -26,6 +28,32 @@ urlpatterns: list = [
         rf"^AuditEvent/{_AUDIT_ID}$",
         audit_views.AuditEventReadView.as_view(),
         name="fhir-audit-read",
+    ),
+    # Operations, before the type and instance routes, which would read `$name` as an id.
+    re_path(
+        rf"^Patient/{_ID}/\$everything$",
+        operations.EverythingView.as_view(),
+        name="fhir-patient-everything",
+    ),
+    re_path(r"^Observation/\$lastn$", operations.LastnView.as_view(), name="fhir-lastn"),
+    re_path(rf"^{_TYPE}/\$validate$", operations.ValidateView.as_view(), name="fhir-validate-type"),
+    re_path(
+        rf"^{_TYPE}/{_ID}/\$validate$",
+        operations.ValidateView.as_view(),
+        name="fhir-validate-instance",
+    ),
+    re_path(
+        rf"^{_OPERATION}$", operations.UnknownOperationView.as_view(), name="fhir-operation-system"
+    ),
+    re_path(
+        rf"^{_TYPE}/{_OPERATION}$",
+        operations.UnknownOperationView.as_view(),
+        name="fhir-operation-type",
+    ),
+    re_path(
+        rf"^{_TYPE}/{_ID}/{_OPERATION}$",
+        operations.UnknownOperationView.as_view(),
+        name="fhir-operation-instance",
     ),
     re_path(rf"^{_TYPE}$", views.TypeView.as_view(), name="fhir-type"),
     re_path(rf"^{_TYPE}/_search$", views.TypeSearchView.as_view(), name="fhir-search"),

@@ -4,6 +4,7 @@ import pytest
 from django.test import Client
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
+from fhirplatform.fhir.capability import UNDECLARED_TYPES
 from fhirplatform.fhir.search.registry import search_parameters_for
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
 
@@ -23,7 +24,9 @@ def test_metadata_needs_no_token_and_is_valid(cast, settings):
     assert body["fhirVersion"] == "4.0.1"
     assert body["implementation"]["url"] == f"{settings.PUBLIC_BASE_URL}/fhir/provider-a"
     rest = body["rest"][0]
-    assert {r["type"] for r in rest["resource"]} == set(R4_RESOURCE_TYPES)
+    # Every R4 type but those stored and never acted on (Subscription is never activated).
+    assert {r["type"] for r in rest["resource"]} == set(R4_RESOURCE_TYPES) - UNDECLARED_TYPES
+    assert "Subscription" not in {r["type"] for r in rest["resource"]}
     system = {i["code"] for i in rest["interaction"]}
     assert {"transaction", "batch", "history-system", "search-system"} <= system
 
@@ -58,3 +61,27 @@ def test_the_other_tenant_cannot_be_guessed(cast):
     b = _metadata(cast.tenant_b.slug).json()
     assert a["implementation"]["url"].endswith("/provider-a")
     assert b["implementation"]["url"].endswith("/payer-b")
+
+
+VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+
+
+def _operations(resource: dict) -> dict[str, str]:
+    return {o["name"]: o["definition"] for o in resource.get("operation", [])}
+
+
+def test_operations_are_declared_where_they_work(cast):
+    rest = _metadata(cast.tenant_a.slug).json()["rest"][0]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert _operations(by_type["Patient"]) == {
+        "validate": VALIDATE,
+        "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    }
+    assert _operations(by_type["Observation"]) == {
+        "validate": VALIDATE,
+        "lastn": "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
+    }
+    assert _operations(by_type["Encounter"]) == {"validate": VALIDATE}
+    # The audit trail is never written, so there is nothing to validate for it.
+    assert "operation" not in by_type["AuditEvent"]
+    assert "operation" not in rest  # no system-level operation is offered

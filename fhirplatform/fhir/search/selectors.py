@@ -97,6 +97,16 @@ def _matching(
     return queryset
 
 
+def search_matches(
+    *, caller: Caller, request: SearchRequest, base_url: str, consent: "ConsentGuard"
+) -> QuerySet[Resource]:
+    """The current resources a parsed search matches and the caller's consent decision
+    permits, its scopes checked as search_bundle checks them: for an operation that selects
+    with search criteria and shapes its own answer (Observation/$lastn)."""
+    _hops_scope_check(caller, request)
+    return _matching(request, base_url.rstrip("/"), consent)
+
+
 def _types_reached(request: SearchRequest) -> set[str]:
     """The types its chains reach and what it includes ("*" when an _include or
     _revinclude may reach any type)."""

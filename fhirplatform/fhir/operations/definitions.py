@@ -1,0 +1,60 @@
+"""The operations this server offers: one table read by the URL routes, the
+CapabilityStatement and the answer to an operation it does not offer."""
+
+from enum import StrEnum
+from typing import NamedTuple
+
+from fhirplatform.errors import FhirError, IssueCode
+
+
+class Level(StrEnum):
+    SYSTEM = "system"
+    TYPE = "type"
+    INSTANCE = "instance"
+
+
+class Operation(NamedTuple):
+    name: str  # as it follows `$` in the URL
+    definition: str  # the canonical URL of the specification's OperationDefinition
+    resource_types: tuple[str, ...]  # () for every type
+    levels: frozenset[Level]
+
+
+VALIDATE = Operation(
+    "validate",
+    "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    (),
+    frozenset({Level.TYPE, Level.INSTANCE}),
+)
+EVERYTHING = Operation(
+    "everything",
+    "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    ("Patient",),
+    frozenset({Level.INSTANCE}),
+)
+LASTN = Operation(
+    "lastn",
+    "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
+    ("Observation",),
+    frozenset({Level.TYPE}),
+)
+OPERATIONS: tuple[Operation, ...] = (VALIDATE, EVERYTHING, LASTN)
+
+
+def operation_unsupported(name: str, level: Level, resource_type: str | None = None) -> FhirError:
+    """The one answer to `$name` where this server does not offer it: a 400 naming the
+    operation, never the 404 a missing resource gets (the request is not about one)."""
+    where = f"on {resource_type}" if resource_type else "at the system level"
+    if level is Level.INSTANCE and resource_type:
+        where = f"on a {resource_type} instance"
+    offered = ", ".join(
+        f"${op.name}"
+        for op in OPERATIONS
+        if level in op.levels and (not op.resource_types or resource_type in op.resource_types)
+    )
+    return FhirError(
+        400,
+        IssueCode.NOT_SUPPORTED,
+        f"Operation ${name[:64]} is not supported {where}"
+        + (f" (supported here: {offered})" if offered else ""),
+    )
