@@ -231,6 +231,10 @@ CACHE_GENERATION_TTL_SECONDS = env_int("CACHE_GENERATION_TTL_SECONDS", 7 * 86400
 CONSENT_SNAPSHOT_MAX_SECONDS = env_int("CONSENT_SNAPSHOT_MAX_SECONDS", 30, minimum=1)
 
 FHIR_MAX_PAYLOAD_BYTES = env_int("FHIR_MAX_PAYLOAD_BYTES", 5 * 1024 * 1024, minimum=1024)
+# A conditional delete (DELETE [base]/Type?criteria) matching several resources deletes
+# them all (at most fhirplatform.fhir.services.CONDITIONAL_DELETE_MAX, 412 beyond) when
+# true; when false, several matches are a 412 (docs/fhir.md).
+FHIR_CONDITIONAL_DELETE_MULTIPLE = env_bool("FHIR_CONDITIONAL_DELETE_MULTIPLE", False)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FHIR_MAX_PAYLOAD_BYTES + 1024
 
 # Where seed_demo keeps the demo credentials it made (local demo only).

@@ -137,9 +137,58 @@ class _Run:
         return _written(resource, status, self.base_url, representation, location)
 
 
+def _visible_matcher(run: _Run) -> services.VisibleMatchFunction:
+    def matches(resource_type: str, criteria: str, most: int) -> list[Any]:
+        return selectors.resource_match(
+            caller=run.caller,
+            resource_type=resource_type,
+            criteria=criteria,
+            consent=run.consent,
+            most=most,
+        )
+
+    return matches
+
+
+def _conditional_write(run: _Run, plan: EntryPlan, criteria: str) -> dict[str, Any]:
+    """A PUT, PATCH or DELETE entry on `Type?criteria`, through the same services as REST."""
+    if plan.interaction == Interaction.UPDATE:
+        result = services.resource_update_conditional(
+            resource_type=plan.resource_type,
+            query=criteria,
+            content=plan.resource,
+            source=run.source,
+            matches=_visible_matcher(run),
+            update_creates=run.caller.tenant.fhir_update_creates,
+            if_match=plan.if_match,
+        )
+        return run.written(result.resource, "201 Created" if result.created else "200 OK")
+    if plan.interaction == Interaction.PATCH:
+        patched = services.resource_patch_conditional(
+            resource_type=plan.resource_type,
+            query=criteria,
+            patch=_patch_operations(plan.resource),
+            source=run.source,
+            matches=_visible_matcher(run),
+            if_match=plan.if_match,
+        )
+        return run.written(patched, "200 OK")
+    deleted = services.resource_delete_conditional(
+        resource_type=plan.resource_type,
+        query=criteria,
+        matches=_visible_matcher(run),
+        if_match=plan.if_match,
+    )
+    for resource in deleted:
+        run.seen(resource.compartment)
+    return {"response": {"status": "204 No Content"}}
+
+
 def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
     _check_scope(run.caller, plan)
     kind = plan.interaction
+    if plan.criteria is not None:
+        return _conditional_write(run, plan, plan.criteria)
     if kind == Interaction.CREATE:
         if plan.if_none_exist:
             result = services.resource_create_conditional(
@@ -167,14 +216,15 @@ def _execute(run: _Run, plan: EntryPlan) -> dict[str, Any]:
         return run.written(created, "201 Created")
     assert plan.logical_id is not None
     if kind == Interaction.UPDATE:
-        updated = services.resource_update(
+        result = services.resource_put(
             resource_type=plan.resource_type,
             logical_id=plan.logical_id,
             content=plan.resource,
             source=run.source,
+            update_creates=run.caller.tenant.fhir_update_creates,
             if_match=plan.if_match,
         )
-        return run.written(updated, "200 OK")
+        return run.written(result.resource, "201 Created" if result.created else "200 OK")
     if kind == Interaction.PATCH:
         patched = services.resource_patch(
             resource_type=plan.resource_type,

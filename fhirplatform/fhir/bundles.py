@@ -24,6 +24,7 @@ class BundleKind:
 
 
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_WRITES = {"PUT": Interaction.UPDATE, "PATCH": Interaction.PATCH, "DELETE": Interaction.DELETE}
 
 
 @dataclass
@@ -41,6 +42,8 @@ class EntryPlan:
     if_none_exist: str | None = None
     if_none_match: int | None = None
     assigned_id: str | None = None
+    # The search criteria of a conditional update, patch or delete (`Type?criteria`).
+    criteria: str | None = None
 
 
 @dataclass
@@ -120,11 +123,10 @@ def _plan_entry(index: int, entry: Any, base_url: str) -> EntryPlan:
         plan.interaction = Interaction.CREATE
     elif shape in {("PUT", 2), ("PATCH", 2), ("DELETE", 2)} and not query:
         plan.logical_id = segments[1]
-        plan.interaction = {
-            "PUT": Interaction.UPDATE,
-            "PATCH": Interaction.PATCH,
-            "DELETE": Interaction.DELETE,
-        }[method]
+        plan.interaction = _WRITES[method]
+    elif shape in {("PUT", 1), ("PATCH", 1), ("DELETE", 1)} and parts.query:
+        plan.criteria = parts.query
+        plan.interaction = _WRITES[method]
     elif method in ("GET", "HEAD") and len(segments) == 1:
         plan.interaction = Interaction.SEARCH
     elif method in ("GET", "HEAD") and len(segments) == 2:
@@ -135,8 +137,7 @@ def _plan_entry(index: int, entry: Any, base_url: str) -> EntryPlan:
     else:
         raise _bad(
             index,
-            f"{method} {url} is not a supported Bundle interaction "
-            "(conditional update and delete are not supported)",
+            f"{method} {url[:200]} is not a supported Bundle interaction",
             "request.url",
         )
     if method in ("POST", "PUT", "PATCH") and not isinstance(plan.resource, dict):

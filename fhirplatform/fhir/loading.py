@@ -9,6 +9,8 @@ leaves nothing behind and a large load does not hold one huge transaction.
 Id rules: a Bundle POST entry gets a new server UUID and `urn:uuid:` references to it are
 rewritten; NDJSON lines and Bundle PUT entries keep their ids (they are exports of another
 store that reference each other by id), and an id already present becomes a new version.
+A POST entry with `request.ifNoneExist` is a conditional create, as through the API: when
+its criteria match a stored resource, nothing is stored and its fullUrl names the match.
 """
 
 import gzip
@@ -23,7 +25,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from fhirplatform.errors import FhirError
-from fhirplatform.fhir import services
+from fhirplatform.fhir import selectors, services
 from fhirplatform.fhir.bundles import references_rewrite
 from fhirplatform.fhir.http import json_parse
 from fhirplatform.fhir.services import PendingResource
@@ -72,24 +74,38 @@ class LoadReport:
         }
 
 
-def bundle_pending(bundle: Any) -> list[PendingResource]:
+@dataclass
+class BundleEntry:
+    """One entry of a Bundle to load: its type, the id it gets, its resource (references
+    not yet rewritten), its fullUrl and its conditional-create criteria."""
+
+    resource_type: str
+    logical_id: str
+    resource: dict[str, Any]
+    full_url: str | None = None
+    if_none_exist: str | None = None
+
+
+def bundle_entries(bundle: Any) -> list[BundleEntry]:
     """Plan a transaction/batch Bundle of POST and PUT entries for the bulk path."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise LoadError("not a Bundle")
     if bundle.get("type") not in ("transaction", "batch", "collection"):
         raise LoadError(f"Bundle.type '{bundle.get('type')}' cannot be loaded")
-    entries = bundle.get("entry") or []
-    id_map: dict[str, str] = {}
-    planned: list[tuple[str, str, Any]] = []
-    for index, entry in enumerate(entries):
+    planned: list[BundleEntry] = []
+    for index, entry in enumerate(bundle.get("entry") or []):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             raise LoadError(f"entry[{index}] has no resource")
         resource_type = str(resource.get("resourceType", ""))
         request = entry.get("request") or {"method": "POST"}
         method = str(request.get("method", "")).upper()
+        if_none_exist = None
         if method == "POST" or bundle.get("type") == "collection":
             logical_id = services.new_logical_id()
+            if_none_exist = request.get("ifNoneExist") if method == "POST" else None
+            if if_none_exist is not None and not isinstance(if_none_exist, str):
+                raise LoadError(f"entry[{index}]: request.ifNoneExist must be a string")
         elif method == "PUT":
             parts = str(request.get("url", "")).split("?")[0].split("/")
             if len(parts) != 2 or parts[0] != resource_type:
@@ -97,16 +113,58 @@ def bundle_pending(bundle: Any) -> list[PendingResource]:
             logical_id = parts[1]
         else:
             raise LoadError(f"entry[{index}]: the loader takes POST and PUT entries, not {method}")
-        if entry.get("fullUrl"):
-            id_map[entry["fullUrl"]] = f"{resource_type}/{logical_id}"
-        planned.append((resource_type, logical_id, resource))
+        full_url = entry.get("fullUrl") or None
+        planned.append(
+            BundleEntry(resource_type, logical_id, resource, full_url, if_none_exist or None)
+        )
+    return planned
+
+
+def _matched_entries(entries: list[BundleEntry]) -> set[int]:
+    """Conditional creates (request.ifNoneExist) that match a stored resource: each takes
+    the match's id (so references to its fullUrl point at it) and is not stored.
+
+    The criteria are locked like the REST API's until the load's transaction ends, so a
+    concurrent conditional create of the same resource waits and then finds it.
+    """
+    matched: set[int] = set()
+    for index, entry in enumerate(entries):
+        if entry.if_none_exist is None:
+            continue
+        try:
+            found = services.resource_match_locked(
+                resource_type=entry.resource_type,
+                query=entry.if_none_exist,
+                matches=lambda resource_type, criteria: selectors.resource_match_unscoped(
+                    resource_type=resource_type, criteria=criteria
+                ),
+            )
+        except FhirError as error:
+            raise LoadError(f"entry[{index}] request.ifNoneExist: {error}") from None
+        if found:
+            entry.logical_id = found[0].logical_id
+            matched.add(index)
+    return matched
+
+
+def bundle_pending(entries: list[BundleEntry]) -> list[PendingResource]:
+    """The resources of a planned Bundle to store, in the load's transaction: conditional
+    creates that match are left out, and every `reference` to an entry's fullUrl is
+    rewritten to the id that entry got (its new one, its PUT id, or its match's)."""
+    matched = _matched_entries(entries)
+    id_map = {
+        entry.full_url: f"{entry.resource_type}/{entry.logical_id}"
+        for entry in entries
+        if entry.full_url
+    }
     return [
         PendingResource(
-            resource_type,
-            logical_id,
-            references_rewrite(resource, id_map) if id_map else resource,
+            entry.resource_type,
+            entry.logical_id,
+            references_rewrite(entry.resource, id_map) if id_map else entry.resource,
         )
-        for resource_type, logical_id, resource in planned
+        for index, entry in enumerate(entries)
+        if index not in matched
     ]
 
 
@@ -183,9 +241,13 @@ def _load_file(path: Path) -> LoadReport:
                 bundle = json_parse(stream.read())
             except (FhirError, ValueError) as error:  # ValueError: not UTF-8
                 raise LoadError(f"{path.name}: {error}") from None
-        items = _validated(bundle_pending(bundle), path.name)
+        entries = bundle_entries(bundle)
+        _validated(
+            [PendingResource(e.resource_type, e.logical_id, e.resource) for e in entries],
+            path.name,
+        )
         with transaction.atomic():
-            report.by_type.update(_store(items))
+            report.by_type.update(_store(bundle_pending(entries)))
     report.resources = sum(report.by_type.values())
     return report
 

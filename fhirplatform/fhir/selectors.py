@@ -26,8 +26,9 @@ from fhirplatform.fhir.paging import (
     cursor_read,
 )
 from fhirplatform.fhir.representation import resource_gone
-from fhirplatform.fhir.search.parsing import Control
-from fhirplatform.fhir.search.selectors import search_bundle
+from fhirplatform.fhir.search.parsing import search_parse
+from fhirplatform.fhir.search.selectors import _hops_scope_check as search_scope_check
+from fhirplatform.fhir.search.selectors import _matching
 from fhirplatform.fhir.search.values import instant_parse
 from fhirplatform.fhir.validation import resource_type_check
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
@@ -217,35 +218,52 @@ def history_page(
     return HistoryPage(versions=rows, next_cursor=next_cursor)
 
 
-def resource_match(*, caller: Caller, resource_type: str, criteria: str) -> list[Resource]:
-    """Current resources matching conditional-create criteria, already made canonical by
-    `criteria_canonical`. The match is a search for `caller`, so it needs the caller's
-    search scope on the type like any search: criteria are no way round it."""
-    params = parse_qsl(criteria, keep_blank_values=True)
-    bundle = search_bundle(
-        caller=caller,
+def _criteria_matches(
+    *,
+    caller: Caller | None,
+    resource_type: str,
+    criteria: str,
+    consent: "ConsentGuard | None",
+    most: int,
+) -> list[Resource]:
+    request = search_parse(
         resource_type=resource_type,
-        params=[*params, (Control.COUNT, "2")],
-        base_url="",
+        params=parse_qsl(criteria, keep_blank_values=True),
         strict=True,
-        # The platform's own duplicate check: a match the caller may not see still
-        # matches (match_disclosable decides what the answer shows of it).
-        consent=None,
     )
-    ids = [
-        entry["resource"]["id"]
-        for entry in bundle.get("entry", [])
-        if entry.get("search", {}).get("mode", "match") == "match"
-        and "resource" in entry
-        and entry["resource"].get("resourceType") == resource_type
-    ]
-    more = any(link.get("relation") == "next" for link in bundle.get("link", []))
-    if len(ids) > 1 or more or bundle.get("total", len(ids)) > len(ids):
-        raise FhirError(
-            412, IssueCode.DUPLICATE, f"If-None-Exist '{criteria}' matches more than one resource"
-        )
-    return list(
-        Resource.objects.filter(resource_type=resource_type, logical_id__in=ids, deleted=False)
+    if caller is not None:
+        search_scope_check(caller, request)
+    # One row more than asked for tells the caller there are too many.
+    return list(_matching(request, "", consent).order_by("id")[: most + 1])
+
+
+def resource_match(
+    *,
+    caller: Caller,
+    resource_type: str,
+    criteria: str,
+    consent: "ConsentGuard | None" = None,
+    most: int = 1,
+) -> list[Resource]:
+    """Current resources matching conditional criteria, already made canonical by
+    `criteria_canonical`: at most `most` + 1, so that the caller can tell "too many".
+
+    The match is a search for `caller`, so it needs the caller's search scope on the type
+    (and chained targets) like any search: criteria are no way round it. `consent`: the
+    caller's guard for a conditional update, delete or patch, which must neither reveal
+    nor touch what the caller may not see; None for a conditional create's duplicate check
+    (a match the caller may not see still matches; match_disclosable decides what the
+    answer shows of it)."""
+    return _criteria_matches(
+        caller=caller, resource_type=resource_type, criteria=criteria, consent=consent, most=most
+    )
+
+
+def resource_match_unscoped(*, resource_type: str, criteria: str) -> list[Resource]:
+    """Conditional-create criteria matched by the platform itself (the bulk loader, an
+    operator's tool with no caller): no scope, no consent; at most two resources."""
+    return _criteria_matches(
+        caller=None, resource_type=resource_type, criteria=criteria, consent=None, most=1
     )
 
 

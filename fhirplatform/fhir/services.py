@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 import jsonpatch
+from django.conf import settings
 from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
@@ -47,6 +48,13 @@ from fhirplatform.schemas import schema_current
 
 # (resource_type, canonical criteria) -> the current resources matching them.
 MatchFunction = Callable[[str, str], list[Resource]]
+# (resource_type, canonical criteria, most) -> at most `most` + 1 current resources the
+# caller's consent decision lets it see (selectors.resource_match with its guard).
+VisibleMatchFunction = Callable[[str, str, int], list[Resource]]
+
+# The most resources one conditional delete deletes, when several may be deleted at all
+# (settings.FHIR_CONDITIONAL_DELETE_MULTIPLE); more matches are a 412.
+CONDITIONAL_DELETE_MAX = 100
 
 # The caller's transaction, or one of its own when there is none (see the module docstring).
 _joins_the_transaction = transaction.atomic(savepoint=False)
@@ -195,7 +203,8 @@ def resource_create(
     """Create a resource with a server-assigned UUID (a client-sent id is ignored, as FHIR says).
 
     `logical_id` is for callers that assigned the UUID ahead (transaction Bundles resolving
-    urn:uuid references); it is always a `new_logical_id()`, never client input.
+    urn:uuid references), or update-as-create's client id, which `resource_put` checked
+    and locked; never unchecked client input.
     """
     resource_type_check(resource_type)
     resource_validate(content=content, resource_type=resource_type)
@@ -216,17 +225,28 @@ def resource_create(
     return resource
 
 
-def _criteria_lock(*, resource_type: str, criteria: str) -> None:
-    """A transaction-scoped advisory lock on (tenant, type, canonical criteria).
+def _advisory_lock(name: str) -> None:
+    """A transaction-scoped advisory lock on `name` in the current tenant.
 
     Advisory locks are database-wide, so the key names the tenant's schema: another
-    tenant's identical criteria never wait on this one. The key is hashed here rather than
-    by PostgreSQL so that no criteria text, whatever it holds, reaches the lock call.
+    tenant's identical name never waits on this one. The key is hashed here rather than
+    by PostgreSQL so that no client text, whatever it holds, reaches the lock call.
     """
-    key = f"{schema_current()}\n{resource_type}?{criteria}".encode()
+    key = f"{schema_current()}\n{name}".encode()
     number = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [number])
+
+
+def _criteria_lock(*, resource_type: str, criteria: str) -> None:
+    """Lock (tenant, type, canonical criteria): equivalent conditional writes serialise."""
+    _advisory_lock(f"{resource_type}?{criteria}")
+
+
+def _new_id_lock(*, resource_type: str, logical_id: str) -> None:
+    """Lock (tenant, type, id) before creating with a client's id: of two PUTs creating
+    one new id, the second waits, then finds the first's row and updates it."""
+    _advisory_lock(f"{resource_type}/{logical_id}")
 
 
 def resource_match_locked(
@@ -246,7 +266,7 @@ def resource_match_locked(
     found = matches(resource_type, criteria)
     if len(found) > 1:
         raise FhirError(
-            412, IssueCode.DUPLICATE, f"If-None-Exist '{criteria}' matches {len(found)} resources"
+            412, IssueCode.DUPLICATE, f"If-None-Exist '{criteria}' matches more than one resource"
         )
     return found
 
@@ -295,6 +315,61 @@ def resource_update(
         )
     _check_if_match(resource, if_match)
     return _store_new_version(resource, content, Method.PUT, source)
+
+
+def _update_create_refused(resource_type: str, logical_id: str) -> FhirError:
+    # The answer a PUT to a missing id got before update-as-create existed, now saying why.
+    return FhirError(
+        405,
+        IssueCode.NOT_SUPPORTED,
+        f"{resource_type}/{logical_id} does not exist, and update-as-create is off for this "
+        "tenant: create resources with POST",
+    )
+
+
+@_joins_the_transaction
+def resource_put(
+    *,
+    resource_type: str,
+    logical_id: str,
+    content: Any,
+    source: str,
+    update_creates: bool,
+    if_match: int | None = None,
+) -> WriteResult:
+    """PUT [base]/Type/id: update the resource, or create it with the client's id
+    (update-as-create, when the tenant's `update_creates` allows it; 405 when not).
+
+    The body's id, which validation holds to the URL's and to the FHIR id pattern, is the
+    new resource's. A deleted resource is updated, and so comes back with the next version
+    number. Two PUTs creating one new id serialise on a lock of that id: one creates (201),
+    the other then finds the row and updates it (200). If-Match on an id that does not
+    exist is a 412: it names a version that is not there.
+    """
+    resource_type_check(resource_type)
+    resource_validate(
+        content=content, resource_type=resource_type, logical_id=logical_id, require_id=True
+    )
+    resource = _locked(resource_type, logical_id)
+    if resource is None:
+        if not update_creates:
+            raise _update_create_refused(resource_type, logical_id)
+        _new_id_lock(resource_type=resource_type, logical_id=logical_id)
+        resource = _locked(resource_type, logical_id)  # a concurrent creator's, committed
+    if resource is None:
+        if if_match is not None:
+            raise FhirError(
+                412,
+                IssueCode.CONFLICT,
+                f"Version conflict: If-Match names version {if_match} of "
+                f"{resource_type}/{logical_id}, which does not exist",
+            )
+        created = resource_create(
+            resource_type=resource_type, content=content, source=source, logical_id=logical_id
+        )
+        return WriteResult(resource=created, created=True)
+    _check_if_match(resource, if_match)
+    return WriteResult(_store_new_version(resource, content, Method.PUT, source), created=False)
 
 
 def _version_next(resource: Resource) -> None:
@@ -371,6 +446,153 @@ def resource_delete(
     resource.deleted = True
     _version_write(resource, Method.DELETE)
     return resource
+
+
+def _conditional_match(
+    *, resource_type: str, query: Any, matches: VisibleMatchFunction, most: int, what: str
+) -> list[Resource]:
+    """The resources conditional criteria match for a conditional update, delete or patch,
+    the criteria locked until the end of the surrounding transaction.
+
+    The criteria go through the search parser (`criteria_canonical`: its 400 for what it
+    refuses) and take the same advisory lock a conditional create takes, so equivalent
+    conditional writes serialise and see each other's result. At most `most` + 1 are read.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("a conditional write's lock only holds inside a transaction")
+    if not isinstance(query, str) or not query.strip().lstrip("?"):
+        raise FhirError(
+            400, IssueCode.INVALID, f"A conditional {what} needs search criteria in its URL"
+        )
+    criteria = criteria_canonical(resource_type=resource_type, query=query)
+    _criteria_lock(resource_type=resource_type, criteria=criteria)
+    return matches(resource_type, criteria, most)
+
+
+def _too_many(what: str, resource_type: str, most: int) -> FhirError:
+    many = "more than one resource" if most == 1 else f"more than {most} resources"
+    return FhirError(
+        412,
+        IssueCode.DUPLICATE,
+        f"Conditional {what}: the criteria match {many} of type {resource_type}; "
+        "make them more selective",
+    )
+
+
+@_joins_the_transaction
+def resource_update_conditional(
+    *,
+    resource_type: str,
+    query: str,
+    content: Any,
+    source: str,
+    matches: VisibleMatchFunction,
+    update_creates: bool,
+    if_match: int | None = None,
+) -> WriteResult:
+    """PUT [base]/Type?criteria (FHIR R4 http.html#cond-update).
+
+    One match: it is updated (a body id must be the match's, else 400). No match: created,
+    with a server id when the body has none, else with the body's id as update-as-create
+    (the tenant's `update_creates`; an id that exists but does not match is a 409).
+    Several matches: 412. Only resources the caller's consent decision lets it see match.
+    """
+    resource_type_check(resource_type)
+    resource_validate(content=content, resource_type=resource_type)
+    found = _conditional_match(
+        resource_type=resource_type, query=query, matches=matches, most=1, what="update"
+    )
+    if len(found) > 1:
+        raise _too_many("update", resource_type, 1)
+    body_id = content.get("id")
+    if found:
+        match = found[0]
+        if body_id is not None and body_id != match.logical_id:
+            raise FhirError(
+                400,
+                IssueCode.INVALID,
+                f"Body id '{str(body_id)[:80]}' is not the id of the resource the criteria "
+                f"match ({resource_type}/{match.logical_id})",
+                expression=[f"{resource_type}.id"],
+            )
+        logical_id = match.logical_id
+    elif body_id is None:
+        created = resource_create(resource_type=resource_type, content=content, source=source)
+        return WriteResult(resource=created, created=True)
+    else:
+        logical_id = str(body_id)
+        existing = _locked(resource_type, logical_id)
+        if existing is not None and not existing.deleted:
+            raise FhirError(
+                409,
+                IssueCode.CONFLICT,
+                f"{resource_type}/{logical_id} exists but does not match the criteria; "
+                "nothing was updated",
+            )
+    return resource_put(
+        resource_type=resource_type,
+        logical_id=logical_id,
+        content=content | {"id": logical_id},
+        source=source,
+        update_creates=update_creates,
+        if_match=if_match,
+    )
+
+
+@_joins_the_transaction
+def resource_patch_conditional(
+    *,
+    resource_type: str,
+    query: str,
+    patch: Any,
+    source: str,
+    matches: VisibleMatchFunction,
+    if_match: int | None = None,
+) -> Resource:
+    """PATCH [base]/Type?criteria (FHIR R4 http.html#patch): the one match is patched;
+    no match 404, several 412. Only what the caller may see matches."""
+    resource_type_check(resource_type)
+    found = _conditional_match(
+        resource_type=resource_type, query=query, matches=matches, most=1, what="patch"
+    )
+    if len(found) > 1:
+        raise _too_many("patch", resource_type, 1)
+    if not found:
+        raise FhirError(
+            404, IssueCode.NOT_FOUND, f"Conditional patch: no {resource_type} matches the criteria"
+        )
+    return resource_patch(
+        resource_type=resource_type,
+        logical_id=found[0].logical_id,
+        patch=patch,
+        source=source,
+        if_match=if_match,
+    )
+
+
+@_joins_the_transaction
+def resource_delete_conditional(
+    *,
+    resource_type: str,
+    query: str,
+    matches: VisibleMatchFunction,
+    if_match: int | None = None,
+) -> list[Resource]:
+    """DELETE [base]/Type?criteria (FHIR R4 http.html#cond-delete): the matches deleted
+    (none: nothing to do). Several matches are a 412 unless
+    settings.FHIR_CONDITIONAL_DELETE_MULTIPLE, and then more than CONDITIONAL_DELETE_MAX
+    are. Only what the caller may see matches; If-Match must name each match's version."""
+    resource_type_check(resource_type)
+    most = CONDITIONAL_DELETE_MAX if settings.FHIR_CONDITIONAL_DELETE_MULTIPLE else 1
+    found = _conditional_match(
+        resource_type=resource_type, query=query, matches=matches, most=most, what="delete"
+    )
+    if len(found) > most:
+        raise _too_many("delete", resource_type, most)
+    return [
+        resource_delete(resource_type=resource_type, logical_id=match.logical_id, if_match=if_match)
+        for match in found
+    ]
 
 
 def _copy_insert(rows: list[Resource]) -> None:

@@ -44,6 +44,15 @@ class JsonPatchParser(FhirJSONParser):
     media_type = "application/json-patch+json"
 
 
+def json_patch_require(request: Request) -> None:
+    if request.content_type.split(";")[0].strip() != JsonPatchParser.media_type:
+        raise FhirError(
+            415,
+            IssueCode.NOT_SUPPORTED,
+            f"PATCH takes {JsonPatchParser.media_type} (JSON Patch)",
+        )
+
+
 def _prefer(request: Request) -> dict[str, str]:
     """Prefer: return=minimal, handling=strict ... as a dict."""
     prefer: dict[str, str] = {}
@@ -91,6 +100,12 @@ class BaseFhirView(FhirView):
         depends_on_resource(state=self.state.cache, resource_type=resource_type, patients=patients)
         self.state.audit.saw(patients)
 
+    def put_answer(self, request: Request, result: services.WriteResult) -> Response:
+        """An update's answer: 201 with Location when it created the resource."""
+        if result.created:
+            return self.written(request, result.resource, 201, location=True)
+        return self.written(request, result.resource, 200)
+
     def written(
         self, request: Request, resource: Resource, status: int, location: bool = False
     ) -> Response:
@@ -133,20 +148,77 @@ class BaseFhirView(FhirView):
 
 
 class TypeView(BaseFhirView):
-    """[base]/Type — search (GET) and create (POST, optionally If-None-Exist)."""
+    """[base]/Type — search (GET), create (POST, optionally If-None-Exist), and the
+    conditional update (PUT), patch (PATCH) and delete (DELETE) of `?criteria`."""
+
+    parser_classes = [FhirJSONParser, PlainJSONParser, JsonPatchParser]
 
     @classmethod
     def endpoint(cls, method: str, kwargs: dict[str, Any]) -> Endpoint:
         resource_type_check(kwargs["resource_type"])
         if method == "POST":
             return Endpoint(Interaction.CREATE, kwargs["resource_type"], EndpointClass.WRITE)
+        if method in _WRITE_INTERACTIONS:
+            interaction = _WRITE_INTERACTIONS[method]
+            return Endpoint(interaction, kwargs["resource_type"], EndpointClass.WRITE)
         return Endpoint(Interaction.SEARCH, kwargs["resource_type"], EndpointClass.SEARCH)
 
     def describe(self, request: Request, **kwargs: Any) -> Description:
         endpoint = self.endpoint(request.method or "", kwargs)
-        if endpoint.interaction == Interaction.CREATE:
+        if endpoint.interaction != Interaction.SEARCH:
             return Description(*endpoint, 1)
         return Description(*endpoint, _search_cost(request))
+
+    def criteria(self, request: Request) -> str:
+        """The conditional criteria: the URL's query, as the client wrote it."""
+        return str(request.META.get("QUERY_STRING", ""))
+
+    def visible_matches(self) -> services.VisibleMatchFunction:
+        return lambda resource_type, criteria, most: selectors.resource_match(
+            caller=self.caller,
+            resource_type=resource_type,
+            criteria=criteria,
+            consent=self.consent,
+            most=most,
+        )
+
+    def put(self, request: Request, tenant: str, resource_type: str) -> Response:
+        result = services.resource_update_conditional(
+            resource_type=resource_type,
+            query=self.criteria(request),
+            content=self.body(request),
+            source=self.source(),
+            matches=self.visible_matches(),
+            update_creates=self.caller.tenant.fhir_update_creates,
+            if_match=etag_version(request.headers.get("If-Match")),
+        )
+        return self.put_answer(request, result)
+
+    def patch(self, request: Request, tenant: str, resource_type: str) -> Response:
+        json_patch_require(request)
+        resource = services.resource_patch_conditional(
+            resource_type=resource_type,
+            query=self.criteria(request),
+            patch=self.body(request),
+            source=self.source(),
+            matches=self.visible_matches(),
+            if_match=etag_version(request.headers.get("If-Match")),
+        )
+        return self.written(request, resource, 200)
+
+    def delete(self, request: Request, tenant: str, resource_type: str) -> Response:
+        deleted = services.resource_delete_conditional(
+            resource_type=resource_type,
+            query=self.criteria(request),
+            matches=self.visible_matches(),
+            if_match=etag_version(request.headers.get("If-Match")),
+        )
+        for resource in deleted:
+            self.state.audit.saw(resource.compartment)
+        if len(deleted) != 1:
+            return Response(None, status=204)
+        self.state.audit.resource_id = deleted[0].logical_id
+        return Response(None, status=204, headers={"ETag": etag(deleted[0].version_id)})
 
     def get(self, request: Request, tenant: str, resource_type: str) -> Response:
         return self.search(request, resource_type, _params(request))
@@ -243,22 +315,18 @@ class InstanceView(BaseFhirView):
         return Response(resource.content, headers=headers)
 
     def put(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
-        resource = services.resource_update(
+        result = services.resource_put(
             resource_type=resource_type,
             logical_id=logical_id,
             content=self.body(request),
             source=self.source(),
+            update_creates=self.caller.tenant.fhir_update_creates,
             if_match=etag_version(request.headers.get("If-Match")),
         )
-        return self.written(request, resource, 200)
+        return self.put_answer(request, result)
 
     def patch(self, request: Request, tenant: str, resource_type: str, logical_id: str) -> Response:
-        if request.content_type.split(";")[0].strip() != JsonPatchParser.media_type:
-            raise FhirError(
-                415,
-                IssueCode.NOT_SUPPORTED,
-                f"PATCH takes {JsonPatchParser.media_type} (JSON Patch)",
-            )
+        json_patch_require(request)
         # A PATCH answers with the whole patched resource, most of which the caller did not
         # send: it may patch only what its consent decision lets it read.
         selectors.resource_read(

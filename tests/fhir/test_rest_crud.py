@@ -101,7 +101,8 @@ def test_update_refuses_mismatched_or_missing_ids(api):
     wrong_type = api.put(path, created | {"resourceType": "Practitioner"})
     assert wrong_type.status_code == 400
     unknown = str(uuid.uuid4())
-    assert api.put(f"Patient/{unknown}", created | {"id": unknown}).status_code == 405
+    # An unknown id is update-as-create (tests/fhir/test_update_create.py).
+    assert api.put(f"Patient/{unknown}", created | {"id": unknown}).status_code == 201
     assert api.get(path).json()["meta"]["versionId"] == "1"
 
 
@@ -293,10 +294,11 @@ def test_the_other_tenant_cannot(api, cast):
     # On its own tenant, B does not find A's resource either.
     own = FhirClient(cast.tenant_b.slug, token_b)
     assert own.get(path).status_code == 404
-    assert own.put(path, created).status_code == 405
+    # Update-as-create: B's PUT makes B's own resource with that id; A's is untouched.
+    assert own.put(path, created).status_code == 201
     assert api.get(path).json()["meta"]["versionId"] == "1"
     with tenant_schema(cast.tenant_b):
-        assert not Resource.objects.filter(logical_id=created["id"]).exists()
+        assert Resource.objects.get(logical_id=created["id"]).version_id == 1
 
 
 def test_unauthenticated_is_refused(cast):
