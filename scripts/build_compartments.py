@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scripts.build_search_registry import DEFAULT_SOURCE, ROOT, fetch_package, per_type_write
+from scripts.build_search_registry import DEFAULT_SOURCE, ROOT, per_type_write
+from scripts.fhir_packages import R4_EXAMPLES, npm_package
 
 OUTPUT = ROOT / "fhirplatform" / "fhir" / "compartment-patient.json"
 DEFINITION = "CompartmentDefinition-patient.json"
@@ -37,7 +38,7 @@ def build(source: Path) -> dict[str, list[str]]:
 def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SOURCE
     if not (source / DEFINITION).is_file():
-        source = fetch_package()
+        source = npm_package(R4_EXAMPLES)
     per_type_write(output=OUTPUT, table=build(source))
 
 

@@ -12,12 +12,13 @@ If DIR does not exist, the package is fetched with `npm pack` into a temporary f
 
 import json
 import re
-import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.fhir_packages import R4_EXAMPLES, npm_package
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "fhirplatform" / "fhir" / "search" / "registry.json"
@@ -75,15 +76,6 @@ def documentation_for(description: str, resource_type: str) -> str:
     return description.strip().splitlines()[0] if description.strip() else ""
 
 
-def fetch_package() -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="r4-examples-"))
-    subprocess.run(["npm", "pack", "hl7.fhir.r4.examples@4.0.1"], cwd=folder, check=True)
-    archive = next(folder.glob("*.tgz"))
-    with tarfile.open(archive) as tar:
-        tar.extractall(folder, filter="data")
-    return folder / "package"
-
-
 def build(source: Path) -> dict[str, dict[str, Any]]:
     registry: dict[str, dict[str, Any]] = {}
     for path in sorted(source.glob("SearchParameter-*.json")):
@@ -130,7 +122,7 @@ def per_type_write(*, output: Path, table: dict[str, Any]) -> None:
 def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SOURCE
     if not source.is_dir():
-        source = fetch_package()
+        source = npm_package(R4_EXAMPLES)
     per_type_write(output=OUTPUT, table=build(source))
 
 

@@ -119,7 +119,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def _finite(text: str) -> ExactFloat:
+def _finite(text: str) -> ExactFloat | int:
     try:
         return exact_float(text)
     except ValueError as range_error:

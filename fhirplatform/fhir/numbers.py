@@ -10,7 +10,8 @@ the platform writes (responses, storage) writes those digits again.
 
 PostgreSQL's jsonb keeps a number's digits and scale (`1.50` stays `1.50`) but spells an
 exponent out (`1.50e1` is stored as `15.0`); an ExactFloat spells it out the same way
-when it is read, so that what a write answers and what a later read answers agree.
+when it is read (`1E+2` as the integer 100), so that what a write answers and what a
+later read answers agree.
 Integers need nothing: Python's int is exact.
 """
 
@@ -40,13 +41,14 @@ class ExactFloat(float):
         return (ExactFloat, (self.text,))
 
 
-def exact_float(text: str) -> ExactFloat:
+def exact_float(text: str) -> ExactFloat | int:
     """`parse_float` of the platform's JSON readers; a number past float's range (1e400)
-    is refused, as no JSON consumer could read it back."""
+    is refused, as no JSON consumer could read it back. An exponent that spells out a
+    whole number (`1E+2`) is that integer, as jsonb stores it."""
     number = ExactFloat(text)
     if not math.isfinite(number):
         raise ValueError(f"the number {text[:100]} is out of range")
-    return number
+    return number if "." in number.text else int(number.text)
 
 
 def exact_loads(text: str | bytes) -> Any:

@@ -10,26 +10,35 @@ Three layers, all of which must pass before anything is stored:
 3. agreement with the request: resourceType and id against the URL, payload size.
 
 R4 types that R4B dropped (MedicinalProduct*, *EvidenceSynthesis, Substance* details)
-have no model: they are checked as DomainResources (see docs/fhir.md).
+have no model, and the R4 types whose R4B model would refuse valid R4 (r4b_differences.json,
+built from both releases' StructureDefinitions by scripts/build_r4b_differences.py) must
+not use theirs: both are checked by R4's structure as DomainResources (see docs/fhir.md).
 """
 
+import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.element import Element
 from pydantic import ValidationError
 
 from fhirplatform.errors import FhirError, Issue, IssueCode
 from fhirplatform.fhir.http import digits_parse
-from fhirplatform.fhir.models import ID_CHARS, RELATIVE_REFERENCE, id_valid
+from fhirplatform.fhir.models import RELATIVE_REFERENCE, id_valid
 from fhirplatform.fhir.required_bindings import NARRATIVE_STATUS, REQUIRED_CODES, REQUIRED_CONCEPTS
-from fhirplatform.resource_types import NOT_STORED, R4_RESOURCE_TYPES, TYPE_CHARS
+from fhirplatform.resource_types import NOT_STORED, R4_RESOURCE_TYPES
 
 _ELEMENT_NAME = re.compile(r"^_?[a-z][A-Za-z0-9]*$")
-_ABSOLUTE_REFERENCE = re.compile(rf"^https?://\S+/(?P<type>{TYPE_CHARS})/{ID_CHARS}")
-_URN_REFERENCE = re.compile(r"^urn:(uuid:[0-9a-fA-F-]{36}|oid:[0-9.]+)$")
+# R4 allows any absolute URL as a reference (it need not end in Type/id: a document at
+# http://example.org/g.pdf) and any URN; such references are stored, not resolved.
+_ABSOLUTE_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
+_URN_REFERENCE = re.compile(r"^urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:\S+$")
+# The primitive extension of an extension's value (`extension[].\_valueString`).
+_VALUE_EXTENSION = re.compile(r"^_value[A-Z][A-Za-z0-9]*$")
 
 
 def _has_r4b_model(resource_type: str) -> bool:
@@ -42,7 +51,13 @@ def _has_r4b_model(resource_type: str) -> bool:
 
 # Types of R4 that R4B removed: no R4B model exists, so they get the DomainResource checks.
 R4_ONLY_TYPES: frozenset[str] = frozenset(t for t in R4_RESOURCE_TYPES if not _has_r4b_model(t))
-_MODEL_TYPES = R4_RESOURCE_TYPES - R4_ONLY_TYPES
+# Types whose R4B model refuses valid R4 (what differs, per element: r4b_differences.json).
+R4B_DIFFERENT_TYPES: frozenset[str] = frozenset(
+    json.loads((Path(__file__).parent / "r4b_differences.json").read_text())
+)
+# Checked by R4's structure rather than an R4B model.
+STRUCTURAL_TYPES = R4_ONLY_TYPES | R4B_DIFFERENT_TYPES
+_MODEL_TYPES = R4_RESOURCE_TYPES - STRUCTURAL_TYPES
 
 
 def _invalid(diagnostics: str, expression: str, code: IssueCode = IssueCode.VALUE) -> Issue:
@@ -97,19 +112,56 @@ def _expression(resource_type: str, loc: tuple[Any, ...]) -> str:
     return path
 
 
-def _model_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
-    model = get_fhir_model_class(resource_type)
+def _validation_issues(model: Any, value: Any, path: str) -> list[Issue]:
     try:
-        model.model_validate(content)
+        model.model_validate(value)
     except ValidationError as exc:
         issues = []
         for error in exc.errors()[:20]:
-            expression = _expression(resource_type, tuple(error["loc"]))
+            expression = _expression(path, tuple(error["loc"]))
             code = IssueCode.REQUIRED if "missing" in error["type"] else IssueCode.STRUCTURE
             message = " ".join(str(error["msg"]).split())
             issues.append(_invalid(f"{expression}: {message}", expression, code))
         return issues
     return []
+
+
+def _model_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
+    """The R4B model's verdict. The model's Extension has no field for the primitive
+    extension of its value (`_valueString`), valid R4 that it refuses: those are taken out
+    first and checked as the Elements they are."""
+    content, value_extensions = _value_extensions_apart(content, resource_type)
+    issues = _validation_issues(get_fhir_model_class(resource_type), content, resource_type)
+    for path, value in value_extensions:
+        issues += _validation_issues(Element, value, path)
+    return issues
+
+
+def _value_extensions_apart(content: Any, path: str) -> tuple[Any, list[tuple[str, Any]]]:
+    """`content` without the `_valueX` of any extension (a copy only where one is found),
+    and each one taken, with its path."""
+    taken: list[tuple[str, Any]] = []
+
+    def walk(value: Any, where: str, in_extension: bool) -> Any:
+        if isinstance(value, list):
+            items = [
+                walk(item, f"{where}[{index}]", in_extension) for index, item in enumerate(value)
+            ]
+            return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        if not isinstance(value, dict):
+            return value
+        kept: dict[str, Any] = {}
+        changed = False
+        for key, child in value.items():
+            if in_extension and _VALUE_EXTENSION.match(key):
+                taken.append((f"{where}.{key}", child))
+                changed = True
+                continue
+            kept[key] = walk(child, f"{where}.{key}", key in ("extension", "modifierExtension"))
+            changed = changed or kept[key] is not child
+        return kept if changed else value
+
+    return walk(content, path, False), taken
 
 
 _DOMAIN_RESOURCE_KEYS = (
@@ -128,7 +180,8 @@ _DOMAIN_RESOURCE_KEYS = (
 
 
 def _r4_only_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
-    """Types with no R4B model: the DomainResource part by model, the rest by element names."""
+    """Types checked by R4's structure (no R4B model, or one that differs): the
+    DomainResource part by model, the rest by element names."""
     base = {key: content[key] for key in _DOMAIN_RESOURCE_KEYS if key in content}
     base["resourceType"] = "DomainResource"
     issues = _model_issues("DomainResource", base)
@@ -260,8 +313,8 @@ def _contained_issues(resource_type: str, content: dict[str, Any]) -> list[Issue
 
 
 def _reference_issues(resource_type: str, content: Any, path: str) -> list[Issue]:
-    """Every Reference.reference is relative (Type/id), absolute (URL ending Type/id), a
-    contained '#id', or a urn:uuid/urn:oid; a relative or absolute one names an R4 type."""
+    """Every Reference.reference is relative (Type/id, of an R4 type), an absolute http(s)
+    URL, a contained '#id', or a URN (urn:uuid:, urn:oid:, ...)."""
     issues: list[Issue] = []
     if isinstance(content, dict):
         for key, value in content.items():
@@ -285,12 +338,14 @@ def _reference_issues(resource_type: str, content: Any, path: str) -> list[Issue
 def _reference_issue(value: str, expression: str) -> Issue | None:
     if (value.startswith("#") and len(value) > 1) or _URN_REFERENCE.match(value):
         return None
-    match = RELATIVE_REFERENCE.fullmatch(value) or _ABSOLUTE_REFERENCE.match(value)
+    if _ABSOLUTE_URL.match(value):
+        return None
+    match = RELATIVE_REFERENCE.fullmatch(value)
     if match and match["type"] in R4_RESOURCE_TYPES:
         return None
     return _invalid(
-        f"{expression} '{value[:100]}' is not a reference of the form Type/id, an absolute URL "
-        "ending in Type/id, '#contained-id' or urn:uuid:",
+        f"{expression} '{value[:100]}' is not a reference of the form Type/id, an absolute "
+        "URL, '#contained-id' or a URN (urn:uuid:, urn:oid:)",
         expression,
     )
 
@@ -337,7 +392,7 @@ def resource_validate(
         )
     issues = _walk_issues(resource_type, content) + _contained_issues(resource_type, content)
     if not issues:  # only then the models: an unknown inner resourceType crashes them
-        if resource_type in R4_ONLY_TYPES:
+        if resource_type in STRUCTURAL_TYPES:
             issues = _r4_only_issues(resource_type, content)
         else:
             issues = _model_issues(resource_type, content)
