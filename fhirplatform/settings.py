@@ -16,8 +16,13 @@ if not DEBUG and (SECRET_KEY.startswith("dev-only") or len(SECRET_KEY) < 32):
     raise ImproperlyConfigured("SECRET_KEY must be a random string of at least 32 characters")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+# The port `make run` serves on; the public base URL defaults from it, so the commands run
+# beside the server print the URLs it answers on.
+PORT = env_int("PORT", 8000, minimum=1)
 # Absolute URLs (token endpoint, FHIR base, Bundle links) are built from this, never from Host.
-PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "").rstrip("/") or f"http://localhost:{PORT}"
+if not PUBLIC_BASE_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("PUBLIC_BASE_URL must be an http:// or https:// URL")
 # What the audit trail records as the code release (fhirplatform/release.py).
 CODE_RELEASE = env_str("CODE_RELEASE", "") or release_from_checkout()
 # Only scripts/bench_audit_settings.py turns it on (the audit app refuses to start with it
@@ -178,6 +183,14 @@ TOKEN_CACHE_SECONDS = env_int("TOKEN_CACHE_SECONDS", 60, minimum=1)
 CLIENT_SECRET_ROTATION_GRACE_SECONDS = env_int("CLIENT_SECRET_ROTATION_GRACE_SECONDS", 86400)
 TOKEN_RATE_LIMIT_PER_CLIENT = env_str("TOKEN_RATE_LIMIT_PER_CLIENT", "30/m")
 TOKEN_RATE_LIMIT_PER_IP = env_str("TOKEN_RATE_LIMIT_PER_IP", "60/m")
+# Clients' registered JWKS URLs (tenants/jwks_fetch.py): timeouts of one fetch, how long a
+# fetched key set is kept per process, and the least time between two fetches of one URL
+# (an unknown kid refetches, but never more often). Loopback over http: demo and tests only.
+JWKS_URL_CONNECT_TIMEOUT_SECONDS = env_int("JWKS_URL_CONNECT_TIMEOUT_SECONDS", 3, minimum=1)
+JWKS_URL_READ_TIMEOUT_SECONDS = env_int("JWKS_URL_READ_TIMEOUT_SECONDS", 3, minimum=1)
+JWKS_URL_CACHE_SECONDS = env_int("JWKS_URL_CACHE_SECONDS", 300, minimum=1)
+JWKS_URL_REFRESH_SECONDS = env_int("JWKS_URL_REFRESH_SECONDS", 10, minimum=1)
+JWKS_URL_ALLOW_LOOPBACK_HTTP = env_bool("JWKS_URL_ALLOW_LOOPBACK_HTTP", False)
 RATELIMIT_USE_CACHE = "default"
 
 # Rate limits (fhirplatform/limits): the engine's own Redis connection and its knobs.

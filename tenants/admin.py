@@ -217,7 +217,7 @@ class ApiClientAdmin(AuditedAdmin):
     search_fields = ["client_id", "name", "partner__name"]
     readonly_fields = ["client_id", "created", "revoked_at", "deactivated_at"]
     fields = [
-        *["client_id", "name", "partner", "status", "plan", "jwks"],
+        *["client_id", "name", "partner", "status", "plan", "jwks_url", "jwks"],
         *["created", "revoked_at", "deactivated_at"],
     ]
     inlines = [ClientSecretInline, GrantInline]

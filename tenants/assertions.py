@@ -1,8 +1,12 @@
 """SMART Backend Services client authentication: private_key_jwt client assertions.
 
-The assertion is a JWT the client signs with a key it registered (ApiClient.jwks).
-We accept RS384 and ES384 only, look the key up by `kid` among the registered
-keys (never a key the token itself carries or points at), and check
+The assertion is a JWT the client signs with a key it registered: the keys stored on the
+client (ApiClient.jwks), or those published at its registered JWKS URL
+(ApiClient.jwks_url, fetched by tenants/jwks_fetch.py). An assertion whose header has a
+`jku` must name exactly that registered URL and is verified with the keys published
+there; without `jku`, the stored keys are used, or the URL's when none are stored. A key
+the token itself carries (`jwk`) or another URL it points at is never used.
+We accept RS384 and ES384 only, look the key up by `kid`, and check
 iss = sub = client_id, aud = our token endpoint, exp at most five minutes ahead,
 and a `jti` never seen before. Replay protection is recorded in PostgreSQL (it
 survives a Redis restart) behind a fast Redis check; when Redis cannot answer we
@@ -11,6 +15,7 @@ refuse (TokenServiceUnavailable) rather than accept a possible replay.
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
@@ -21,6 +26,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from fhirplatform.redis_clients import redis_client
+from tenants.jwks_fetch import JwksFetchError, jwks_url_keys
 from tenants.models import ApiClient, ClientStatus
 from tenants.oauth import (
     MAX_CLIENT_ID_LENGTH,
@@ -30,7 +36,7 @@ from tenants.oauth import (
     oauth_text_check,
 )
 from tenants.selectors import token_endpoint_url
-from tenants.services import jti_hash, jti_spend
+from tenants.services import JWK_PRIVATE_FIELDS, jti_hash, jti_spend
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +87,14 @@ def assertion_client_id(assertion: str) -> str:
     )
 
 
-def _header(assertion: str) -> tuple[AssertionAlgorithm, str]:
+@dataclass(frozen=True)
+class _Header:
+    algorithm: AssertionAlgorithm
+    kid: str
+    jku: str | None  # None: the header has no jku
+
+
+def _header(assertion: str) -> _Header:
     try:
         header = jwt.get_unverified_header(assertion)
     except jwt.PyJWTError:
@@ -94,15 +107,35 @@ def _header(assertion: str) -> tuple[AssertionAlgorithm, str]:
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise _rejected("client_assertion header must name the signing key (kid)")
-    return AssertionAlgorithm(algorithm), kid
+    jku = header.get("jku")
+    if jku is not None and not isinstance(jku, str):
+        raise _rejected("client_assertion jku must be a URL")
+    return _Header(AssertionAlgorithm(algorithm), kid, jku)
 
 
-def _registered_key(client: ApiClient, algorithm: AssertionAlgorithm, kid: str) -> jwt.PyJWK:
-    keys = (client.jwks or {}).get("keys", [])
+def _candidate_keys(client: ApiClient, header: _Header) -> list[Any]:
+    """The keys this assertion may be verified with (see the module docstring)."""
+    if header.jku is not None:
+        if not client.jwks_url or header.jku != client.jwks_url:
+            raise _rejected(
+                "client_assertion jku must be the JWKS URL registered for this client"
+                + ("" if client.jwks_url else " (it has none)")
+            )
+    elif client.jwks:
+        return list(client.jwks.get("keys", []))
+    try:
+        return jwks_url_keys(client.jwks_url, kid=header.kid)
+    except JwksFetchError as exc:
+        raise _rejected(f"the client's JWKS URL gave no usable keys: {exc}") from None
+
+
+def _registered_key(keys: list[Any], algorithm: AssertionAlgorithm, kid: str) -> jwt.PyJWK:
     kty, curve = _KEY_TYPE_FOR[algorithm]
     for key in keys:
         if not isinstance(key, dict) or key.get("kid") != kid:
             continue
+        if JWK_PRIVATE_FIELDS & key.keys():
+            raise _rejected(f"key '{kid}' carries private key material: it is not used")
         if key.get("kty") != kty or (curve and key.get("crv") != curve):
             raise _rejected(f"key '{kid}' cannot verify {algorithm}")
         if key.get("alg") not in (None, str(algorithm)):
@@ -171,12 +204,12 @@ def jti_remember(*, client: ApiClient, jti: str, expires_at: float) -> bool:
 def assertion_verify(*, assertion: str) -> ApiClient:
     """The active client that signed this assertion, or OAuthError(invalid_client)."""
     client_id = assertion_client_id(assertion)
-    algorithm, kid = _header(assertion)
+    header = _header(assertion)
     client = ApiClient.objects.filter(client_id=client_id[:MAX_CLIENT_ID_LENGTH]).first()
-    if client is None or not client.jwks:
+    if client is None or not (client.jwks or client.jwks_url):
         raise _rejected("Client authentication failed")
-    key = _registered_key(client, algorithm, kid)
-    claims = _claims(assertion, key, algorithm, client.client_id)
+    key = _registered_key(_candidate_keys(client, header), header.algorithm, header.kid)
+    claims = _claims(assertion, key, header.algorithm, client.client_id)
     if client.status != ClientStatus.ACTIVE:
         raise _rejected("Client authentication failed")
     # The jti is spent only after the signature verified: a forger cannot burn real ones.

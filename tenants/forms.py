@@ -82,13 +82,31 @@ def tenant_save(form: TenantForm) -> Tenant:
 
 
 class ApiClientForm(forms.ModelForm):
+    # A URL typed without a scheme is read as https, the only scheme a JWKS URL may use.
+    jwks_url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        label="JWKS URL",
+        help_text=ApiClient._meta.get_field("jwks_url").help_text,
+    )
+
     class Meta:
         model = ApiClient
-        fields = ["name", "partner", "status", "plan", "jwks"]
+        # jwks_url before jwks: clean_jwks reads the cleaned URL.
+        fields = ["name", "partner", "status", "plan", "jwks_url", "jwks"]
+
+    def clean_jwks_url(self) -> str:
+        return str(_checked(lambda: services.jwks_url_clean(self.cleaned_data["jwks_url"])))
 
     def clean_jwks(self) -> Any:
         jwks = self.cleaned_data["jwks"]
-        _checked(lambda: services.client_jwks_validate(client=self.instance, jwks=jwks))
+        jwks_url = self.cleaned_data.get("jwks_url", self.instance.jwks_url)
+        _checked(
+            lambda: services.client_jwks_validate(
+                client=self.instance, jwks=jwks, jwks_url=jwks_url
+            )
+        )
         return jwks
 
 

@@ -197,10 +197,17 @@ def grant_for_token_request(*, client: ApiClient, resource: str) -> Grant:
 
 
 def token_scopes_for_request(*, grant: Grant, scope: str) -> list[Scope]:
-    """Requested scopes narrowed to the grant; no `scope` means everything the grant holds."""
-    granted = scopes_parse(grant.scopes)
+    """The requested scopes narrowed to the grant: each in SMART v2 form, in the order
+    requested, duplicates dropped (the `scope` of the token response, docs/auth.md).
+
+    SMART Backend Services requires `scope`: a request without one, or with an empty one,
+    is refused rather than handed everything the grant holds."""
     if not scope.strip():
-        return granted
+        raise OAuthError(
+            OAuthErrorCode.INVALID_SCOPE,
+            "scope is required: name the scopes the token needs, e.g. scope=system/Patient.rs",
+        )
+    granted = scopes_parse(grant.scopes)
     try:
         requested = scopes_parse(scope)
     except ScopeError as exc:

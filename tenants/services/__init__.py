@@ -11,6 +11,7 @@ from tenants.services.access_tokens import (
 )
 from tenants.services.base import UNCHANGED, ProvisioningError, Unchanged
 from tenants.services.clients import (
+    JWK_PRIVATE_FIELDS,
     IssuedClient,
     client_activate,
     client_create,
@@ -19,6 +20,7 @@ from tenants.services.clients import (
     client_revoke,
     client_secret_rotate,
     client_update,
+    jwks_url_clean,
     jwks_validate,
     partner_create,
     partner_get_or_create,
@@ -54,6 +56,7 @@ from tenants.services.tenants import (
 __all__ = [
     "DEFAULT_GRANT_PLAN",
     "DEFAULT_TENANT_PLAN",
+    "JWK_PRIVATE_FIELDS",
     "UNCHANGED",
     "IssuedClient",
     "IssuedToken",
@@ -76,6 +79,7 @@ __all__ = [
     "jti_hash",
     "jti_spend",
     "jtis_purge_expired",
+    "jwks_url_clean",
     "jwks_validate",
     "partner_create",
     "partner_get_or_create",

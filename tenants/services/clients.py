@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from tenants.jwks_fetch import JwksUrlError, jwks_url_check
 from tenants.models import ApiClient, ClientSecret, ClientStatus, Grant, Partner, RatePlan, Tenant
 from tenants.services.access_tokens import credential_hash
 from tenants.services.base import (
@@ -31,7 +32,8 @@ from tenants.token_cache import callers_changed
 logger = logging.getLogger(__name__)
 
 _JWK_PUBLIC_FIELDS = {"RSA": {"n", "e"}, "EC": {"crv", "x", "y"}}
-_JWK_PRIVATE_FIELDS = {"d", "p", "q", "dp", "dq", "qi"}
+# A public JWK never carries these: a key that does is refused, registered or fetched.
+JWK_PRIVATE_FIELDS = frozenset({"d", "p", "q", "dp", "dq", "qi"})
 
 
 @dataclass(frozen=True)
@@ -125,19 +127,34 @@ def jwks_validate(jwks: Any) -> dict[str, Any]:
         missing = required - key.keys()
         if missing:
             raise ProvisioningError(f"JWKS key {index}: missing {', '.join(sorted(missing))}")
-        if _JWK_PRIVATE_FIELDS & key.keys():
+        if JWK_PRIVATE_FIELDS & key.keys():
             raise ProvisioningError(f"JWKS key {index} contains private key material")
         if not key.get("kid"):
             raise ProvisioningError(f"JWKS key {index}: 'kid' is required")
     return jwks
 
 
-def client_jwks_validate(*, client: ApiClient, jwks: Any) -> None:
-    """A client's new key set: public keys only, and never none when it has no secret."""
+def jwks_url_clean(url: str) -> str:
+    """A JWKS URL a client may register ('' for none): see jwks_fetch.jwks_url_check."""
+    url = url.strip()
+    if not url:
+        return ""
+    try:
+        return jwks_url_check(url)
+    except JwksUrlError as exc:
+        raise ProvisioningError(str(exc)) from None
+
+
+def client_jwks_validate(
+    *, client: ApiClient, jwks: Any, jwks_url: str | Unchanged = UNCHANGED
+) -> None:
+    """A client's new key set: public keys only, and a client with no secret keeps a way
+    to authenticate (registered keys or a JWKS URL; the client's own URL when unchanged)."""
+    url = client.jwks_url if jwks_url is UNCHANGED else jwks_url
     if jwks is not None:
         jwks_validate(jwks)
-    elif not client.secrets.exists():
-        raise ProvisioningError("a client needs a secret or a JWKS")
+    elif not url and not client.secrets.exists():
+        raise ProvisioningError("a client needs a secret or a JWKS (registered keys or a JWKS URL)")
 
 
 def client_create(
@@ -148,10 +165,13 @@ def client_create(
     plan_name: str = DEFAULT_GRANT_PLAN,
     purposes: list[str] | None = None,
     jwks: dict[str, Any] | None = None,
+    jwks_url: str = "",
     name: str = "",
     with_secret: bool = True,
 ) -> IssuedClient:
-    """Register a client with a grant on each tenant. Returns the secret once, in clear."""
+    """Register a client with a grant on each tenant. Returns the secret once, in clear.
+
+    A key-only client (no secret) needs registered keys (`jwks`) or a JWKS URL."""
     if not tenant_slugs:
         raise ProvisioningError("at least one --tenant is required")
     scopes = grant_scopes_clean(scopes)
@@ -162,8 +182,9 @@ def client_create(
     plan = rate_plan_get(name=plan_name)
     if jwks is not None:
         jwks_validate(jwks)
-    if jwks is None and not with_secret:
-        raise ProvisioningError("a client needs a secret or a JWKS")
+    jwks_url = jwks_url_clean(jwks_url)
+    if jwks is None and not jwks_url and not with_secret:
+        raise ProvisioningError("a client needs a secret or a JWKS (registered keys or a JWKS URL)")
 
     client_secret = secrets.token_urlsafe(32) if with_secret else None
     with transaction.atomic():
@@ -173,6 +194,7 @@ def client_create(
             name=name.strip() or f"{partner.name} client",
             partner=partner,
             jwks=jwks,
+            jwks_url=jwks_url,
         )
         if client_secret:
             ClientSecret.objects.create(
@@ -257,17 +279,22 @@ def client_update(
     partner: Partner | Unchanged = UNCHANGED,
     plan: RatePlan | Unchanged | None = UNCHANGED,
     jwks: dict[str, Any] | Unchanged | None = UNCHANGED,
+    jwks_url: str | Unchanged = UNCHANGED,
     status: ClientStatus | Unchanged = UNCHANGED,
 ) -> ApiClient:
-    """Change a client's name, partner or client-wide plan; its keys go through
+    """Change a client's name, partner, client-wide plan or JWKS URL; its keys go through
     client_jwks_set and its status through client_revoke / client_activate."""
     # Every check before the first change, so a refusal leaves the instance as it was too.
     if name is not UNCHANGED:
         name = name_clean(name, what="name")
-    if jwks is not UNCHANGED:
-        client_jwks_validate(client=client, jwks=jwks)
+    if jwks_url is not UNCHANGED:
+        jwks_url = jwks_url_clean(jwks_url)
+    if jwks is not UNCHANGED or jwks_url is not UNCHANGED:
+        client_jwks_validate(
+            client=client, jwks=client.jwks if jwks is UNCHANGED else jwks, jwks_url=jwks_url
+        )
     with transaction.atomic():
-        changed = fields_assign(client, name=name, partner=partner, plan=plan)
+        changed = fields_assign(client, name=name, partner=partner, plan=plan, jwks_url=jwks_url)
         if changed:
             client.save(update_fields=changed)
             callers_changed()  # cached callers hold the client (its plan)

@@ -156,7 +156,11 @@ def test_an_access_that_cannot_be_recorded_is_refused_and_changes_nothing(
 def test_token_requests_are_recorded_without_their_secrets(cast):
     grant = cast.client_a
     form = urlencode(
-        {"grant_type": "client_credentials", "resource": tenant_fhir_base(cast.tenant_a)}
+        {
+            "grant_type": "client_credentials",
+            "scope": "system/*.rs",
+            "resource": tenant_fhir_base(cast.tenant_a),
+        }
     )
 
     def ask(secret: str) -> Any:

@@ -15,7 +15,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from tenants.selectors import token_endpoint_url
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-GRANT = {"grant_type": "client_credentials"}
+# SMART Backend Services requires a scope; this one asks for all the grant holds.
+GRANT = {"grant_type": "client_credentials", "scope": "system/*.cruds"}
 
 
 @functools.cache
@@ -53,6 +54,7 @@ def assertion(
     exp_in: int = 240,
     jti: str | None = None,
     claims: dict[str, Any] | None = None,
+    header: dict[str, Any] | None = None,
 ) -> str:
     now = int(time.time())
     payload: dict[str, Any] = {
@@ -64,7 +66,7 @@ def assertion(
         "jti": jti or uuid.uuid4().hex,
     }
     payload.update(claims or {})
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid, **(header or {})})
 
 
 def unsigned_assertion(payload: dict[str, Any], header: dict[str, Any]) -> str:
@@ -84,7 +86,7 @@ def basic(client_id: str, secret: str) -> str:
 
 def jwt_form(client_assertion: str, **extra: str) -> dict[str, str]:
     return {
-        "grant_type": "client_credentials",
+        **GRANT,
         "client_assertion_type": JWT_BEARER,
         "client_assertion": client_assertion,
         **extra,

@@ -94,7 +94,7 @@ def test_a_token_from_the_token_endpoint_works_after_reactivation(client, cast):
     response = form_post(
         client,
         "/oauth/token",
-        {"grant_type": "client_credentials"},
+        {"grant_type": "client_credentials", "scope": "system/*.rs"},
         Authorization=basic(issued.client.client_id, issued.client_secret),
     )
     assert response.status_code == 200, response.content

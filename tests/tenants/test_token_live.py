@@ -102,7 +102,7 @@ def test_the_other_tenant_cannot_be_reached_over_http(live_server_url, partner_c
     response = requests.post(
         f"{live_server_url}/oauth/token",
         auth=(partner_client.client.client_id, partner_client.client_secret),
-        data={"grant_type": "client_credentials"},
+        data={"grant_type": "client_credentials", "scope": "system/*.rs"},
         timeout=10,
     )
     token = response.json()["access_token"]

@@ -22,6 +22,12 @@ class Command(BaseCommand):
         parser.add_argument("--purpose", action="append", default=[], dest="purposes")
         parser.add_argument("--jwks", type=Path, help="JWKS file with the client's public keys.")
         parser.add_argument(
+            "--jwks-url",
+            default="",
+            help="https URL where the client publishes its public keys (JWKS); "
+            "an assertion's jku must name it.",
+        )
+        parser.add_argument(
             "--no-secret", action="store_true", help="Key-only client (private_key_jwt)."
         )
         parser.add_argument("--json", action="store_true")
@@ -41,6 +47,7 @@ class Command(BaseCommand):
                 plan_name=options["plan"],
                 purposes=options["purposes"],
                 jwks=jwks,
+                jwks_url=options["jwks_url"],
                 name=options["name"],
                 with_secret=not options["no_secret"],
             )
@@ -61,7 +68,8 @@ class Command(BaseCommand):
             "partner": issued.client.partner.name,
             "token_endpoint": token_endpoint_url(),
             "auth_methods": (["client_secret_basic"] if issued.client_secret else [])
-            + (["private_key_jwt"] if jwks else []),
+            + (["private_key_jwt"] if jwks or issued.client.jwks_url else []),
+            "jwks_url": issued.client.jwks_url,
             "grants": grants,
         }
         if options["json"]:
@@ -71,5 +79,7 @@ class Command(BaseCommand):
         if issued.client_secret:
             self.stdout.write(f"client_secret:  {issued.client_secret}  (shown once)")
         self.stdout.write(f"token endpoint: {result['token_endpoint']}")
+        if issued.client.jwks_url:
+            self.stdout.write(f"JWKS URL:       {issued.client.jwks_url}")
         for grant in grants:
             self.stdout.write(f"  {grant['tenant']}: {grant['fhir_base_url']}  [{grant['scope']}]")
