@@ -95,11 +95,19 @@ def version_url(base_url: str, resource: VersionNamed) -> str:
 
 
 def history_bundle(
-    *, versions: list[ResourceVersion], base_url: str, self_url: str, next_url: str | None
+    *,
+    versions: list[ResourceVersion],
+    base_url: str,
+    self_url: str,
+    next_url: str | None,
+    previous_url: str | None,
+    total: int,
 ) -> dict[str, Any]:
     links = [{"relation": "self", "url": self_url}]
     if next_url:
         links.append({"relation": "next", "url": next_url})
+    if previous_url:
+        links.append({"relation": "previous", "url": previous_url})
     entries = []
     for version in versions:
         entry: dict[str, Any] = {
@@ -125,6 +133,7 @@ def history_bundle(
         "resourceType": "Bundle",
         "type": "history",
         "meta": {"lastUpdated": instant_text(now_instant())},
+        "total": total,
         "link": links,
         "entry": entries,
     }

@@ -132,6 +132,8 @@ class HistoryQuery:
 class HistoryPage:
     versions: list[ResourceVersion]
     next_cursor: str | None
+    previous_cursor: str | None
+    total: int  # every version the query selects, on every page
 
 
 def _history_digest(query: HistoryQuery) -> str:
@@ -140,14 +142,31 @@ def _history_digest(query: HistoryQuery) -> str:
     return cursor_digest("history", query.resource_type, query.logical_id, since)
 
 
-def _history_after(caller: Caller, query: HistoryQuery, cursor: str) -> tuple[datetime, int]:
-    """The (last_updated, id) edge a history cursor carries."""
+@dataclass(frozen=True)
+class _HistoryEdge:
+    """Where a history cursor pages from: a version's (last_updated, id), and whether the
+    page wanted is the older one after it (next) or the newer one before it (previous)."""
+
+    last_updated: datetime
+    id: int
+    newer: bool
+
+
+def _history_edge(caller: Caller, query: HistoryQuery, cursor: str) -> _HistoryEdge:
     position = cursor_read(caller=caller, cursor=cursor, digest=_history_digest(query))
     try:
-        after = datetime.fromisoformat(position["t"])
-        return after, int(position["i"])
+        return _HistoryEdge(
+            datetime.fromisoformat(position["t"]), int(position["i"]), position.get("d") == "b"
+        )
     except (KeyError, TypeError, ValueError):
         raise cursor_invalid() from None
+
+
+def _history_cursor(caller: Caller, query: HistoryQuery, version: Any, *, newer: bool) -> str:
+    position: dict[str, Any] = {"t": version.last_updated.isoformat(), "i": version.id}
+    if newer:
+        position["d"] = "b"
+    return cursor_make(caller=caller, digest=_history_digest(query), position=position)
 
 
 def history_parse(
@@ -179,7 +198,8 @@ def history_page(
 ) -> HistoryPage:
     """One page of versions, newest first (instance history: by version number), without
     the versions the caller's consent decision denies (each decided on its own
-    compartment and labels, in SQL)."""
+    compartment and labels, in SQL); the cursors of the pages after and before it, and
+    how many versions there are in all."""
     if query.logical_id is not None:
         current = (
             Resource.objects.filter(resource_type=query.resource_type, logical_id=query.logical_id)
@@ -201,21 +221,36 @@ def history_page(
         versions = versions.filter(last_updated__gte=query.since)
     types = [query.resource_type] if query.resource_type else sorted(R4_RESOURCE_TYPES)
     versions = consent.visible(versions, resource_types=types)
-    if cursor:
-        after, last_id = _history_after(caller, query, cursor)
-        versions = versions.filter(
-            Q(last_updated__lt=after) | Q(last_updated=after, id__lt=last_id)
+    total = versions.count()
+    edge = _history_edge(caller, query, cursor) if cursor else None
+    # One row more than the page says whether another page lies beyond, without a COUNT.
+    if edge is not None and edge.newer:
+        newer = versions.filter(
+            Q(last_updated__gt=edge.last_updated)
+            | Q(last_updated=edge.last_updated, id__gt=edge.id)
         )
-    ordered = versions.order_by("-last_updated", "-id")
-    # One row more than the page says whether a next page exists without a COUNT(*).
-    rows = list(ordered[: query.count + 1]) if query.count else []
-    next_cursor = None
-    if len(rows) > query.count:
+        rows = list(newer.order_by("last_updated", "id")[: query.count + 1])
+        more_newer, more_older = len(rows) > query.count, True
+        rows = rows[: query.count][::-1]
+    else:
+        if edge is not None:
+            versions = versions.filter(
+                Q(last_updated__lt=edge.last_updated)
+                | Q(last_updated=edge.last_updated, id__lt=edge.id)
+            )
+        rows = list(versions.order_by("-last_updated", "-id")[: query.count + 1])
+        more_newer, more_older = edge is not None, len(rows) > query.count
         rows = rows[: query.count]
-        last = rows[-1]
-        position: dict[str, Any] = {"t": last.last_updated.isoformat(), "i": last.id}
-        next_cursor = cursor_make(caller=caller, digest=_history_digest(query), position=position)
-    return HistoryPage(versions=rows, next_cursor=next_cursor)
+    return HistoryPage(
+        versions=rows,
+        next_cursor=_history_cursor(caller, query, rows[-1], newer=False)
+        if rows and more_older
+        else None,
+        previous_cursor=_history_cursor(caller, query, rows[0], newer=True)
+        if rows and more_newer
+        else None,
+        total=total,
+    )
 
 
 def _criteria_matches(

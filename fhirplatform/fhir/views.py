@@ -415,14 +415,20 @@ class HistoryView(BaseFhirView):
         kept = {name: value for name, value in params.items() if value}
         self_query = kept | ({"_cursor": cursor} if cursor else {})
         self_url = f"{self.base_url}/{path}" + (f"?{urlencode(self_query)}" if self_query else "")
-        next_url = None
-        if page.next_cursor:
-            next_query = kept | {"_count": str(query.count), "_cursor": page.next_cursor}
-            next_url = f"{self.base_url}/{path}?{urlencode(next_query)}"
+
+        def page_url(page_cursor: str) -> str:
+            query_part = kept | {"_count": str(query.count), "_cursor": page_cursor}
+            return f"{self.base_url}/{path}?{urlencode(query_part)}"
+
         for version in page.versions:
             self.state.audit.saw(version.compartment)
         bundle = history_bundle(
-            versions=page.versions, base_url=self.base_url, self_url=self_url, next_url=next_url
+            versions=page.versions,
+            base_url=self.base_url,
+            self_url=self_url,
+            next_url=page_url(page.next_cursor) if page.next_cursor else None,
+            previous_url=page_url(page.previous_cursor) if page.previous_cursor else None,
+            total=page.total,
         )
         return Response(bundle)
 

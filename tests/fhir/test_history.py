@@ -80,6 +80,32 @@ def test_paging_returns_each_version_exactly_once(api):
     assert sorted(seen) == sorted(created)
 
 
+def _link(bundle, relation):
+    found = [link["url"] for link in bundle["link"] if link["relation"] == relation]
+    return found[0] if found else None
+
+
+def test_pages_carry_the_total_and_lead_back_by_previous_links(api):
+    since = timezone.now().isoformat()
+    for i in range(12):
+        api.post("Patient", patient(f"Q{i}"))
+    pages = [api.get("Patient/_history", _since=since, _count="5").json()]
+    while url := _link(pages[-1], "next"):
+        pages.append(_follow(api, url).json())
+    assert [len(page["entry"]) for page in pages] == [5, 5, 2]
+    assert {page["total"] for page in pages} == {12}
+    assert _link(pages[0], "previous") is None
+
+    # Back from the last page, by previous links: the same pages, in the same order.
+    back = [pages[-1]]
+    while url := _link(back[-1], "previous"):
+        back.append(_follow(api, url).json())
+    assert [fhir_valid(page)["total"] for page in back] == [12, 12, 12]
+    ids = [[entry["resource"]["id"] for entry in page["entry"]] for page in back]
+    assert ids == [[entry["resource"]["id"] for entry in page["entry"]] for page in pages[::-1]]
+    assert _link(back[-1], "next") == _link(pages[0], "next")  # the first page again
+
+
 def test_count_above_the_cap_is_refused_like_a_search(api):
     refused = api.get("_history", _count="100000")
     assert refused.status_code == 400

@@ -345,7 +345,6 @@ def test_unknown_parameters_strict_and_lenient(world: dict[str, Any]) -> None:
         ("Patient", "_include=Patient:name", "_include"),
         ("Patient", "_summary=maybe", "_summary"),
         ("Patient", "_lastUpdated=2020-99", "_lastUpdated"),
-        ("Patient", "_id=a b", "_id"),
         ("Patient", "identifier=|", "identifier"),
         ("Patient", "_cursor=forged", "_cursor"),
     ],
@@ -360,6 +359,18 @@ def test_bad_values_give_400_naming_the_parameter(
     assert outcome["resourceType"] == "OperationOutcome"
     issue = outcome["issue"][0]
     assert named in issue.get("expression", []) or named in issue["diagnostics"]
+
+
+def test_an_id_no_resource_can_have_matches_nothing_unless_handling_is_strict(
+    world: dict[str, Any],
+) -> None:
+    assert search(world["caller"], "Patient", "_id=a b").get("entry", []) == []
+    assert search(world["caller"], "Patient", "_id=a b")["total"] == 0
+    with pytest.raises(FhirError) as failure:
+        search(world["caller"], "Patient", "_id=a b", strict=True)
+    assert failure.value.status == 400 and failure.value.outcome()["issue"][0]["expression"] == [
+        "_id"
+    ]
 
 
 def test_count_above_the_cap_is_refused_and_the_default_said_in_self_link(

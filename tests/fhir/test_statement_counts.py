@@ -278,6 +278,19 @@ def limiter_wire(settings: Any) -> Iterator[RedisCounter]:
             limits_reset_local_state()
 
 
+def test_a_history_page_is_its_count_and_its_rows_in_one_transaction(api, uncached, wire):
+    subject = _created(api, patient("Historycount"))
+    path = f"/fhir/provider-a/Patient/{subject['id']}/_history"
+
+    response, counted = _counted(wire, lambda: api.get(path))
+
+    assert response.status_code == 200 and response.json()["total"] == 1
+    # BEGIN, SET LOCAL; the current row (its compartment); the total; the page; the audit
+    # event; COMMIT.
+    assert (counted.statements, counted.round_trips) == (7, 6), counted.sent
+    assert _audited(counted.texts, 5)
+
+
 def test_a_warm_read_is_its_statement_its_audit_event_and_one_redis_round_trip(
     api, uncached, wire, limiter_wire, cache_wire
 ):

@@ -11,6 +11,7 @@ from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode
 
 from fhirplatform.errors import FhirError, Issue, IssueCode
+from fhirplatform.fhir.models import id_valid
 from fhirplatform.fhir.paging import CURSOR_PARAM, DEFAULT_COUNT, count_parse
 from fhirplatform.fhir.search.query import Chain, Criterion, Modifier, split_values
 from fhirplatform.fhir.search.registry import Column, ParamType, SearchParameter, search_parameter
@@ -193,7 +194,7 @@ def search_parse(
             request.total_accurate = value == "accurate"
             request.used.append((name, value))
         else:
-            _parse_criterion(request, name, value, searchable)
+            _parse_criterion(request, name, value, searchable, strict=strict)
     if request.unknown and strict:
         raise FhirError(
             400,
@@ -212,9 +213,15 @@ def search_parse(
     return request
 
 
-def _parse_criterion(request: SearchRequest, name: str, value: str, types: list[str]) -> None:
+def _parse_criterion(
+    request: SearchRequest, name: str, value: str, types: list[str], *, strict: bool
+) -> None:
     code, _, modifier = name.partition(":")
     criterion = Criterion(code, modifier or None, split_values(value))
+    if code == Column.ID and strict:
+        # Lenient handling lets a value no id can have match nothing (query.column_filter).
+        for bad in (v for v in criterion.values if not id_valid(v)):
+            raise _invalid(name, f"'{bad[:100]}' is not a resource id", IssueCode.VALUE)
     if code in (Column.ID, Column.LAST_UPDATED):
         request.criteria.append((criterion, None))
         request.used.append((name, value))

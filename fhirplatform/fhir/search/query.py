@@ -306,9 +306,8 @@ def column_filter(column: Column, criterion: Criterion) -> Q:
     combined = Q()
     for value in criterion.values:
         if column is Column.ID:
-            if not id_valid(value):
-                raise bad_value(criterion, f"'{value}' is not a resource id")
-            combined |= Q(logical_id=value)
+            # A value no id can have matches nothing (strict handling refused it already).
+            combined |= Q(logical_id=value) if id_valid(value) else Q(pk__in=[])
         else:
             combined |= instant_value_q(criterion, value, "last_updated")
     return combined
