@@ -64,11 +64,11 @@ def interaction_flags(resource_type: str) -> dict[str, Any]:
     return {
         "versioning": "versioned-update",
         "readHistory": True,
-        "updateCreate": False,  # ids are server-assigned UUIDs
+        "updateCreate": True,  # the tenant's switch decides (capability_statement)
         "conditionalCreate": True,
         "conditionalRead": "full-support",
-        "conditionalUpdate": False,
-        "conditionalDelete": "not-supported",
+        "conditionalUpdate": True,
+        "conditionalDelete": "multiple" if settings.FHIR_CONDITIONAL_DELETE_MULTIPLE else "single",
     }
 
 
@@ -119,7 +119,8 @@ def _audit_trail(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def capability_statement(*, base_url: str) -> dict[str, Any]:
+def capability_statement(*, base_url: str, update_creates: bool) -> dict[str, Any]:
+    """The tenant's CapabilityStatement: `update_creates` is its update-as-create switch."""
     system_interactions = [
         {"code": "transaction"},
         {"code": "batch"},
@@ -151,7 +152,10 @@ def capability_statement(*, base_url: str) -> dict[str, Any]:
             "description": "OAuth2 client credentials (client_secret_basic, private_key_jwt); "
             f"see {base_url}/.well-known/smart-configuration",
         },
-        "resource": list(_resources()),
+        "resource": [
+            entry | {"updateCreate": update_creates} if "updateCreate" in entry else entry
+            for entry in _resources()
+        ],
         "interaction": system_interactions,
     }
     if system_operations := _operations(None):

@@ -480,4 +480,9 @@ class MetadataView(PublicFhirView):
     """[base]/metadata — the CapabilityStatement, no authentication."""
 
     def get(self, request: Request, tenant: str) -> Response:
-        return Response(capability_statement(base_url=tenant_fhir_base(self.tenant)))
+        return Response(
+            capability_statement(
+                base_url=tenant_fhir_base(self.tenant),
+                update_creates=self.tenant.fhir_update_creates,
+            )
+        )

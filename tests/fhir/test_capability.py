@@ -7,6 +7,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhirplatform.fhir.capability import UNDECLARED_TYPES
 from fhirplatform.fhir.search.registry import search_parameters_for
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
+from tenants.services import tenant_update
 
 pytestmark = pytest.mark.django_db
 
@@ -49,7 +50,23 @@ def test_search_parameters_come_from_the_search_registry(cast):
         "history-instance",
         "history-type",
     } == interactions
-    assert observation["updateCreate"] is False
+
+
+def test_the_write_flags_say_what_the_tenant_and_settings_allow(cast):
+    observation = _resource(cast.tenant_a.slug, "Observation")
+    assert observation["updateCreate"] is True  # the tenant's switch, on by default
+    assert observation["conditionalUpdate"] is True
+    assert observation["conditionalDelete"] == "single"  # FHIR_CONDITIONAL_DELETE_MULTIPLE
+    assert observation["conditionalCreate"] is True
+
+    tenant_update(tenant=cast.tenant_a, fhir_update_creates=False)
+    assert _resource(cast.tenant_a.slug, "Observation")["updateCreate"] is False
+    assert _resource(cast.tenant_b.slug, "Observation")["updateCreate"] is True
+
+
+def _resource(slug, resource_type):
+    rest = _metadata(slug).json()["rest"][0]
+    return next(r for r in rest["resource"] if r["type"] == resource_type)
 
 
 def test_the_other_tenant_cannot_be_guessed(cast):
