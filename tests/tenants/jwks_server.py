@@ -6,6 +6,7 @@ connection closes). It counts the requests each path received.
 """
 
 import json
+import ssl
 import threading
 import time
 from collections import Counter
@@ -69,12 +70,19 @@ def _handler(server: JwksServer) -> type[SimpleHTTPRequestHandler]:
 
 
 @contextmanager
-def jwks_server(folder: Path) -> Iterator[JwksServer]:
-    """Serve `folder` on 127.0.0.1 (a free port) in a thread until the block ends."""
+def jwks_server(folder: Path, *, tls: tuple[Path, Path] | None = None) -> Iterator[JwksServer]:
+    """Serve `folder` on 127.0.0.1 (a free port) in a thread until the block ends; over
+    https as `localhost` when `tls` gives a certificate and its key (PEM files)."""
     served = JwksServer(folder=folder, base="")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(served))
     httpd.daemon_threads = True
-    served.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    port = httpd.server_address[1]
+    served.base = f"http://127.0.0.1:{port}"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        served.base = f"https://localhost:{port}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

@@ -5,10 +5,15 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from django.core.management import CommandError, call_command
 from jwt.algorithms import RSAAlgorithm
 
@@ -390,3 +395,69 @@ def test_the_admin_lets_a_key_only_client_swap_its_keys_for_a_url(cast):
         browser.post(url, data | {"jwks": "", "jwks_url": ""})
     )
     assert ApiClient.objects.get(pk=issued.client.pk).jwks_url == good
+
+
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `name` and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def https_server(tmp_path: Path, loopback) -> Iterator[tuple[JwksServer, Path]]:
+    certificates = tmp_path / "tls"
+    certificates.mkdir()
+    served_folder = tmp_path / "served"
+    served_folder.mkdir()
+    tls = _self_signed(certificates, "localhost")
+    jwks_url_cache_clear()
+    with jwks_server(served_folder, tls=tls) as served:
+        served.publish(jwks_of((rsa_key(), "rsa-1")))
+        yield served, tls[0]
+    jwks_url_cache_clear()
+
+
+def test_an_https_url_is_fetched_with_a_verified_certificate(https_server, post, monkeypatch):
+    served, certificate = https_server
+    issued = _client(served.url())
+    # Not signed by a trusted authority: refused, and nothing is read.
+    _refused(post(_signed(issued)), "SSLError")
+    jwks_url_cache_clear()
+    # Trusted (the process's CA file), the same server verifies the client.
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+    _issued(post(_signed(issued, jku=served.url())))
+    assert served.hits["/jwks.json"] == 1
+
+
+def test_a_certificate_for_another_name_is_refused(tmp_path, loopback, post, monkeypatch):
+    other = _self_signed(tmp_path, "jwks.partner.example")
+    monkeypatch.setenv("SSL_CERT_FILE", str(other[0]))
+    jwks_url_cache_clear()
+    with jwks_server(tmp_path, tls=other) as served:
+        served.publish(jwks_of((rsa_key(), "rsa-1")))
+        issued = _client(served.url())
+        _refused(post(_signed(issued)), "SSLError")
+    jwks_url_cache_clear()
