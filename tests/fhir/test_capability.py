@@ -60,8 +60,11 @@ def test_the_write_flags_say_what_the_tenant_and_settings_allow(cast):
     assert observation["conditionalCreate"] is True
 
     tenant_update(tenant=cast.tenant_a, fhir_update_creates=False)
-    assert _resource(cast.tenant_a.slug, "Observation")["updateCreate"] is False
-    assert _resource(cast.tenant_b.slug, "Observation")["updateCreate"] is True
+    try:
+        assert _resource(cast.tenant_a.slug, "Observation")["updateCreate"] is False
+        assert _resource(cast.tenant_b.slug, "Observation")["updateCreate"] is True
+    finally:  # the cast's tenant object outlives the test's transaction
+        tenant_update(tenant=cast.tenant_a, fhir_update_creates=True)
 
 
 def _resource(slug, resource_type):

@@ -12,6 +12,7 @@ from django.urls import Resolver404, resolve
 from django.utils import timezone
 
 from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.operations.views import UnknownOperationView
 from fhirplatform.fhir.services import resource_create
 from fhirplatform.schemas import tenant_schema
 from tenants.models import AccessToken, Grant, Tenant, TenantStatus
@@ -128,11 +129,13 @@ def send(
 
 
 def route_exists(call: Call) -> bool:
+    """Whether the call's endpoint is built: its path resolves to a view of its own, not
+    to the answer every operation not offered gets."""
     try:
-        resolve(fill(call.path, "provider-a", "x").split("?")[0])
+        match = resolve(fill(call.path, "provider-a", "x").split("?")[0])
     except Resolver404:
         return False
-    return True
+    return getattr(match.func, "view_class", None) is not UnknownOperationView
 
 
 def snapshot(world: World) -> tuple[Any, ...]:
