@@ -17,6 +17,7 @@ from fhirplatform.fhir.operations.definitions import OPERATIONS, Level
 from fhirplatform.fhir.search.parsing import Control
 from fhirplatform.fhir.search.registry import search_parameters_for
 from fhirplatform.resource_types import NOT_STORED, R4_RESOURCE_TYPES
+from tenants.selectors import token_endpoint_url
 
 FHIR_VERSION = "4.0.1"
 SOFTWARE_NAME = "fhirplatform"
@@ -144,9 +145,7 @@ def capability_statement(*, base_url: str, update_creates: bool) -> dict[str, An
             "extension": [
                 {
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [
-                        {"url": "token", "valueUri": f"{settings.PUBLIC_BASE_URL}/oauth/token"}
-                    ],
+                    "extension": [{"url": "token", "valueUri": token_endpoint_url()}],
                 }
             ],
             "description": "OAuth2 client credentials (client_secret_basic, private_key_jwt); "
