@@ -189,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     port = os.environ.get("PORT", "8000")
     host = os.environ.get("BIND", "").strip() or DEFAULT_BIND
     backoff_start = float(os.environ.get("RUN_RESTART_BACKOFF_SECONDS", "1"))
-    os.environ.setdefault("PUBLIC_BASE_URL", f"http://localhost:{port}")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
     data: Path = options.data_dir
     data.mkdir(parents=True, exist_ok=True)
