@@ -41,12 +41,17 @@ class SealFields(Protocol):
     previous: str
 
 
+def _chained_digest(seq: int, at: datetime, fields: tuple[object, ...], previous: str) -> str:
+    """SHA-256 over a chained record (a seal, an archive): its number, its time in one
+    spelling, its fields, and the digest of the record before it."""
+    stamp = at.astimezone(UTC).isoformat(timespec="microseconds")
+    text = "|".join(map(str, (seq, stamp, *fields)))
+    return hashlib.sha256(f"{text}|{previous}".encode()).hexdigest()
+
+
 def seal_digest(seal: SealFields) -> str:
-    stamp = seal.sealed_at.astimezone(UTC).isoformat(timespec="microseconds")
-    text = "|".join(
-        map(str, (seal.seq, stamp, seal.horizon, seal.count, seal.chain_before, seal.chain))
-    )
-    return hashlib.sha256(f"{text}|{seal.previous}".encode()).hexdigest()
+    fields = (seal.horizon, seal.count, seal.chain_before, seal.chain)
+    return _chained_digest(seal.seq, seal.sealed_at, fields, seal.previous)
 
 
 class ArchiveFields(Protocol):
@@ -69,24 +74,16 @@ class ArchiveFields(Protocol):
 
 
 def archive_digest(archive: ArchiveFields) -> str:
-    stamp = archive.archived_at.astimezone(UTC).isoformat(timespec="microseconds")
-    text = "|".join(
-        map(
-            str,
-            (
-                archive.seq,
-                stamp,
-                archive.first_seal,
-                archive.last_seal,
-                archive.events,
-                archive.horizon,
-                archive.chain_before,
-                archive.chain,
-                archive.seal_digest,
-                archive.path,
-                archive.sha256,
-                archive.size,
-            ),
-        )
+    fields = (
+        archive.first_seal,
+        archive.last_seal,
+        archive.events,
+        archive.horizon,
+        archive.chain_before,
+        archive.chain,
+        archive.seal_digest,
+        archive.path,
+        archive.sha256,
+        archive.size,
     )
-    return hashlib.sha256(f"{text}|{archive.previous}".encode()).hexdigest()
+    return _chained_digest(archive.seq, archive.archived_at, fields, archive.previous)
