@@ -27,9 +27,9 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -40,7 +40,10 @@ from audit.digests import DIGEST_FIELDS, event_canonical, event_digest
 from audit.models import AuditArchive, AuditSeal, Interaction
 from audit.sealing import trail_lock
 from audit.services import AuditRecord, audit_write
-from fhirplatform.schemas import schema_current
+from fhirplatform.schemas import schema_current, tenant_or_public_schema
+
+if TYPE_CHECKING:
+    from tenants.models import Tenant
 
 FORMAT = 1
 
@@ -171,6 +174,29 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: archived.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def retention_cutoff(tenant: "Tenant | None", now: datetime) -> datetime:
+    """Blocks sealed before this have outlived the trail's retention: the tenant's
+    audit_retention_days, or AUDIT_PUBLIC_RETENTION_DAYS for the public trail (None)."""
+    days = tenant.audit_retention_days if tenant else settings.AUDIT_PUBLIC_RETENTION_DAYS
+    return now - timedelta(days=days)
+
+
+def trail_archives(
+    *, tenant: "Tenant | None", cutoff: datetime, actor: str
+) -> Iterator[AuditArchive]:
+    """Archive the trail's blocks sealed before `cutoff` (the tenant's, or public for None),
+    one archive (one transaction) at a time, yielding each. Raises ArchiveRefused when the
+    oldest blocks do not verify; the archives before it stay made."""
+    while True:
+        with tenant_or_public_schema(tenant):
+            archive = audit_archive(
+                cutoff=cutoff, actor=actor, tenant=tenant.slug if tenant else ""
+            )
+        if archive is None:
+            return
+        yield archive
 
 
 def audit_archive(

@@ -1,10 +1,9 @@
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from django.conf import settings
 from django.utils import timezone
 
-from audit.archiving import ArchiveRefused, audit_archive
+from audit.archiving import ArchiveRefused, retention_cutoff, trail_archives
 from audit.sealing import MAX_BLOCK, audit_seal
 from fhirplatform.celery import app
 from fhirplatform.schemas import schema_public, tenant_schema
@@ -36,36 +35,28 @@ def audit_seal_all() -> dict[str, int]:
     return sealed
 
 
-def _archive_until_done(tenant: Tenant | None, cutoff: datetime, actor: str) -> int:
-    """Archive a trail's due seals, one archive (one transaction) at a time; the events
-    archived. A trail whose oldest blocks do not verify keeps them and is logged."""
+def _archive_until_done(tenant: Tenant | None, now: datetime, actor: str) -> int:
+    """Archive what a trail's retention lets go as of `now`; the events archived. A trail
+    whose oldest blocks do not verify keeps them and is logged."""
     archived = 0
-    while True:
-        try:
-            if tenant is None:
-                schema_public()
-                archive = audit_archive(cutoff=cutoff, actor=actor)
-            else:
-                with tenant_schema(tenant):
-                    archive = audit_archive(cutoff=cutoff, actor=actor, tenant=tenant.slug)
-        except ArchiveRefused as refused:
-            logger.error(
-                "audit archive refused",
-                extra={"tenant": tenant.slug if tenant else "public", "reason": str(refused)},
-            )
-            return archived
-        if archive is None:
-            return archived
-        archived += archive.events
+    try:
+        for archive in trail_archives(
+            tenant=tenant, cutoff=retention_cutoff(tenant, now), actor=actor
+        ):
+            archived += archive.events
+    except ArchiveRefused as refused:
+        logger.error(
+            "audit archive refused",
+            extra={"tenant": tenant.slug if tenant else "public", "reason": str(refused)},
+        )
+    return archived
 
 
 def audit_archive_due(*, now: datetime, actor: str) -> dict[str, int]:
     """Archive what every trail's retention lets go as of `now`: the events archived."""
-    public_cutoff = now - timedelta(days=settings.AUDIT_PUBLIC_RETENTION_DAYS)
-    archived = {"public": _archive_until_done(None, public_cutoff, actor)}
+    archived = {"public": _archive_until_done(None, now, actor)}
     for tenant in Tenant.objects.exclude(schema_name="public").order_by("slug"):
-        cutoff = now - timedelta(days=tenant.audit_retention_days)
-        archived[tenant.slug] = _archive_until_done(tenant, cutoff, actor)
+        archived[tenant.slug] = _archive_until_done(tenant, now, actor)
     schema_public()
     return archived
 

@@ -47,3 +47,15 @@ def tenant_schema(tenant: "Tenant", *, atomic: bool = True) -> Iterator[None]:
             yield
         finally:
             schema_public()
+
+
+@contextmanager
+def tenant_or_public_schema(tenant: "Tenant | None") -> Iterator[str]:
+    """In the tenant's schema as one transaction, or in public for None (each audit trail
+    lives in one of them); yields the schema's name."""
+    if tenant is None:
+        schema_public()
+        yield "public"
+        return
+    with tenant_schema(tenant):
+        yield tenant.schema_name

@@ -1,14 +1,11 @@
 """The trail an audit command works on: `--tenant SLUG` or `--public`."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 from django.utils.dateparse import parse_date, parse_datetime
 
-from fhirplatform.schemas import schema_public, tenant_schema
 from tenants.models import Tenant
 
 
@@ -26,17 +23,6 @@ def trail_tenant(options: dict[str, Any]) -> Tenant | None:
     if tenant is None:
         raise CommandError(f"no tenant {options['tenant']!r}")
     return tenant
-
-
-@contextmanager
-def trail_entered(tenant: Tenant | None) -> Iterator[str]:
-    """In the trail's schema (a tenant's as one transaction); yields the schema's name."""
-    if tenant is None:
-        schema_public()
-        yield "public"
-        return
-    with tenant_schema(tenant):
-        yield tenant.schema_name
 
 
 def instant_option(text: str, name: str) -> datetime:

@@ -4,18 +4,15 @@ let them leave the live tables (audit/archiving.py). Exit 1 when the oldest bloc
 verify: they stay, for audit_verify to name."""
 
 import getpass
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from audit.archiving import ArchiveRefused, archive_root, audit_archive
+from audit.archiving import ArchiveRefused, archive_root, retention_cutoff, trail_archives
 from audit.management.trails import (
     instant_option,
     trail_arguments,
-    trail_entered,
     trail_tenant,
 )
 
@@ -36,24 +33,16 @@ class Command(BaseCommand):
         if options["before"]:
             cutoff = instant_option(options["before"], "before")
         else:
-            days = tenant.audit_retention_days if tenant else settings.AUDIT_PUBLIC_RETENTION_DAYS
-            cutoff = timezone.now() - timedelta(days=days)
-        actor = getpass.getuser()
+            cutoff = retention_cutoff(tenant, timezone.now())
         archives = 0
-        while True:
-            try:
-                with trail_entered(tenant):
-                    archive = audit_archive(
-                        cutoff=cutoff, actor=actor, tenant=tenant.slug if tenant else ""
-                    )
-            except ArchiveRefused as refused:
-                raise CommandError(f"not archived: {refused}; run audit_verify") from refused
-            if archive is None:
-                break
-            archives += 1
-            self.stdout.write(
-                f"archive {archive.seq}: seals {archive.first_seal}-{archive.last_seal}, "
-                f"{archive.events} events, {archive.size} bytes, "
-                f"{archive_root() / archive.path}"
-            )
+        try:
+            for archive in trail_archives(tenant=tenant, cutoff=cutoff, actor=getpass.getuser()):
+                archives += 1
+                self.stdout.write(
+                    f"archive {archive.seq}: seals {archive.first_seal}-{archive.last_seal}, "
+                    f"{archive.events} events, {archive.size} bytes, "
+                    f"{archive_root() / archive.path}"
+                )
+        except ArchiveRefused as refused:
+            raise CommandError(f"not archived: {refused}; run audit_verify") from refused
         self.stdout.write(f"{archives} archive(s) written; sealed before {cutoff.isoformat()}")

@@ -14,12 +14,12 @@ from django.utils import timezone
 from audit.management.trails import (
     instant_option,
     trail_arguments,
-    trail_entered,
     trail_tenant,
 )
 from audit.models import Interaction
 from audit.selectors import events_between
 from audit.services import AuditRecord, audit_write
+from fhirplatform.schemas import tenant_or_public_schema
 
 
 class Command(BaseCommand):
@@ -59,7 +59,7 @@ class Command(BaseCommand):
             out: TextIO = (
                 stack.enter_context(output.open("w")) if output else self.stdout  # type: ignore[assignment]
             )
-            with trail_entered(tenant):
+            with tenant_or_public_schema(tenant):
                 for event in events_between(since=since, until=until):
                     out.write(json.dumps(event) + "\n")
                     count += 1

@@ -7,8 +7,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from audit.management.trails import trail_arguments, trail_entered, trail_tenant
+from audit.management.trails import trail_arguments, trail_tenant
 from audit.verification import audit_verify
+from fhirplatform.schemas import tenant_or_public_schema
 
 
 class Command(BaseCommand):
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        with trail_entered(trail_tenant(options)) as schema:
+        with tenant_or_public_schema(trail_tenant(options)) as schema:
             report = audit_verify(schema=schema, files=options["archive"])
         if options["json"]:
             self.stdout.write(json.dumps(report.as_dict(), indent=2))
