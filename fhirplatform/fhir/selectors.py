@@ -27,8 +27,7 @@ from fhirplatform.fhir.paging import (
 )
 from fhirplatform.fhir.representation import resource_gone
 from fhirplatform.fhir.search.parsing import search_parse
-from fhirplatform.fhir.search.selectors import _hops_scope_check as search_scope_check
-from fhirplatform.fhir.search.selectors import _matching
+from fhirplatform.fhir.search.selectors import search_matches
 from fhirplatform.fhir.search.values import instant_parse
 from fhirplatform.fhir.validation import resource_type_check
 from fhirplatform.resource_types import R4_RESOURCE_TYPES
@@ -266,10 +265,9 @@ def _criteria_matches(
         params=parse_qsl(criteria, keep_blank_values=True),
         strict=True,
     )
-    if caller is not None:
-        search_scope_check(caller, request)
+    matches = search_matches(caller=caller, request=request, base_url="", consent=consent)
     # One row more than asked for tells the caller there are too many.
-    return list(_matching(request, "", consent).order_by("id")[: most + 1])
+    return list(matches.order_by("id")[: most + 1])
 
 
 def resource_match(

@@ -98,12 +98,19 @@ def _matching(
 
 
 def search_matches(
-    *, caller: Caller, request: SearchRequest, base_url: str, consent: "ConsentGuard"
+    *,
+    caller: Caller | None,
+    request: SearchRequest,
+    base_url: str,
+    consent: "ConsentGuard | None",
 ) -> QuerySet[Resource]:
     """The current resources a parsed search matches and the caller's consent decision
-    permits, its scopes checked as search_bundle checks them: for an operation that selects
-    with search criteria and shapes its own answer (Observation/$lastn)."""
-    _hops_scope_check(caller, request)
+    permits, its scopes checked as search_bundle checks them: for what selects with search
+    criteria and shapes its own answer (Observation/$lastn, conditional writes). `caller`
+    None: the platform matching for itself (the bulk loader), no scope to check; `consent`
+    None: nothing left out."""
+    if caller is not None:
+        _hops_scope_check(caller, request)
     return _matching(request, base_url.rstrip("/"), consent)
 
 
