@@ -23,10 +23,10 @@ from fhirplatform.errors import (
 )
 from fhirplatform.fhir.numbers import (
     ExactFloat,
+    exact_dumps,
     exact_float,
     exact_fragment,
     exact_loads,
-    long_ints_as_fragments,
 )
 
 
@@ -70,10 +70,7 @@ def json_render(data: Any) -> bytes:
     """
     if isinstance(data, JsonText):
         return data.text.encode()
-    try:
-        return orjson.dumps(data, default=_fragment, option=_ORJSON_OPTIONS)
-    except orjson.JSONEncodeError:
-        return orjson.dumps(long_ints_as_fragments(data), default=_fragment, option=_ORJSON_OPTIONS)
+    return exact_dumps(data, default=_fragment, option=_ORJSON_OPTIONS)
 
 
 class FhirJSONRenderer(BaseRenderer):

@@ -17,6 +17,7 @@ Integers need nothing: Python's int is exact.
 
 import json
 import math
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -75,23 +76,31 @@ def exact_fragment(value: Any) -> orjson.Fragment:
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
-def long_ints_as_fragments(value: Any) -> Any:
+def _long_ints_as_fragments(value: Any) -> Any:
     """`value` with every integer orjson would refuse as a fragment of its digits, for a
     second try at writing it (what else it holds is kept as it is)."""
     if isinstance(value, dict):
-        return {key: long_ints_as_fragments(item) for key, item in value.items()}
+        return {key: _long_ints_as_fragments(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [long_ints_as_fragments(item) for item in value]
+        return [_long_ints_as_fragments(item) for item in value]
     if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
         return orjson.Fragment(str(value))
     return value
 
 
-def exact_dumps(value: Any, *, sort_keys: bool = False) -> bytes:
-    """JSON for storage (the jsonb of a resource and its version) and for fingerprints
-    (`sort_keys`), numbers exact."""
-    option = orjson.OPT_SORT_KEYS if sort_keys else 0
+def exact_dumps(
+    value: Any,
+    *,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] = exact_fragment,
+    option: int = 0,
+) -> bytes:
+    """JSON with its numbers exact, for storage (the jsonb of a resource and its version),
+    fingerprints (`sort_keys`) and answers (http.json_render, with its own `default` and
+    `option`). An integer past 64 bits, which orjson refuses, goes as its digits on a
+    second try, never rounded."""
+    option |= orjson.OPT_SORT_KEYS if sort_keys else 0
     try:
-        return orjson.dumps(value, default=exact_fragment, option=option)
+        return orjson.dumps(value, default=default, option=option)
     except orjson.JSONEncodeError:
-        return orjson.dumps(long_ints_as_fragments(value), default=exact_fragment, option=option)
+        return orjson.dumps(_long_ints_as_fragments(value), default=default, option=option)
