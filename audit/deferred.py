@@ -41,12 +41,17 @@ class DeferredEvents:
             what="audit: events of requests refused before the pipeline",
         )
 
+    def _queue(self, schema: str, record: AuditRecord) -> None:
+        """Queue one event, or count it past the bound (the caller holds the lock). A
+        trail's count of unqueued refusals always goes in: there is one per trail."""
+        if record.outcome == UNRECORDED or len(self._queued) < settings.AUDIT_DEFERRED_MAX_EVENTS:
+            self._queued.append((schema, record))
+        else:
+            self._overflow[(schema, record.tenant)] += 1
+
     def add(self, *, record: AuditRecord, schema: str) -> None:
         with self._lock:
-            if len(self._queued) < settings.AUDIT_DEFERRED_MAX_EVENTS:
-                self._queued.append((schema, record))
-            else:
-                self._overflow[(schema, record.tenant)] += 1
+            self._queue(schema, record)
             if settings.AUDIT_DEFERRED_BACKGROUND_FLUSH:
                 self._flusher.start()
 
@@ -87,13 +92,7 @@ class DeferredEvents:
     def _requeue(self, schema: str, records: list[AuditRecord]) -> None:
         with self._lock:
             for record in records:
-                # A trail's count of unqueued refusals always goes back: one per trail.
-                if record.outcome == UNRECORDED or (
-                    len(self._queued) < settings.AUDIT_DEFERRED_MAX_EVENTS
-                ):
-                    self._queued.append((schema, record))
-                else:
-                    self._overflow[(schema, record.tenant)] += 1
+                self._queue(schema, record)
 
 
 _deferred = DeferredEvents()
