@@ -153,10 +153,28 @@ def _model_issues(resource_type: str, content: dict[str, Any]) -> list[Issue]:
     return issues
 
 
+def _has_value_extension(content: Any) -> bool:
+    """Whether any extension in `content` has a `_valueX` (a scan that builds nothing: the
+    common answer is no, on every write)."""
+    stack: list[tuple[Any, bool]] = [(content, False)]
+    while stack:
+        value, in_extension = stack.pop()
+        if isinstance(value, list):
+            stack.extend((item, in_extension) for item in value)
+        elif isinstance(value, dict):
+            for key, child in value.items():
+                if in_extension and _VALUE_EXTENSION.match(key):
+                    return True
+                stack.append((child, key in ("extension", "modifierExtension")))
+    return False
+
+
 def _value_extensions_apart(content: Any, path: str) -> tuple[Any, list[tuple[str, Any]]]:
     """`content` without the `_valueX` of any extension (a copy only where one is found),
     and each one taken, with its path."""
     taken: list[tuple[str, Any]] = []
+    if not _has_value_extension(content):
+        return content, taken
 
     def walk(value: Any, where: str, in_extension: bool) -> Any:
         if isinstance(value, list):
