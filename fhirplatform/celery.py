@@ -32,6 +32,9 @@ app.conf.update(
     task_default_queue="fhirplatform",
     broker_connection_retry_on_startup=True,
     result_expires=3600,
+    # Bulk exports run on workers of their own (scripts/run.py), so that a long export
+    # never holds up cache invalidation or audit sealing.
+    task_routes={"export.*": {"queue": "export"}},
     beat_schedule={
         "purge-expired-tokens": {
             "task": "tenants.tasks.tokens_purge_expired",
@@ -42,6 +45,9 @@ app.conf.update(
             "task": "audit.seal_all",
             "schedule": float(os.environ.get("AUDIT_SEAL_SECONDS", "10")),
         },
+        # Exports whose worker died are resumed; expired exports' files are deleted.
+        "export-reap": {"task": "export.reap_all", "schedule": 30.0},
+        "export-expire": {"task": "export.expire_all", "schedule": crontab(minute="*/10")},
         # Sealed blocks older than their trail's retention leave it as archives.
         "audit-archive": {
             "task": "audit.archive_all",
@@ -49,11 +55,14 @@ app.conf.update(
         },
     },
 )
-app.autodiscover_tasks(["tenants", "fhirplatform.fhir", "audit"])
+app.autodiscover_tasks(["tenants", "fhirplatform.fhir", "fhirplatform.fhir.export", "audit"])
 
 
 class TenantTask(SignedTask):
     abstract = True
+    # False: the task commits step by step in the schema (a bulk export writes for minutes
+    # and records each file as it goes), rather than as one transaction.
+    atomic = True
 
     def run_verified(self, envelope: Envelope | None, args: Any, kwargs: Any) -> Any:
         """Run in the schema the (verified) message names, never without one."""
@@ -68,7 +77,7 @@ class TenantTask(SignedTask):
         if envelope is not None:
             context_update(tenant=tenant.slug, client=envelope.client)
         # One transaction in the schema: the search_path is set inside it (SET LOCAL).
-        with tenant_schema(tenant):
+        with tenant_schema(tenant, atomic=self.atomic):
             return super().run_verified(envelope, args, kwargs)
 
 

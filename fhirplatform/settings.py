@@ -250,6 +250,47 @@ FHIR_MAX_PAYLOAD_BYTES = env_int("FHIR_MAX_PAYLOAD_BYTES", 5 * 1024 * 1024, mini
 FHIR_CONDITIONAL_DELETE_MULTIPLE = env_bool("FHIR_CONDITIONAL_DELETE_MULTIPLE", False)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FHIR_MAX_PAYLOAD_BYTES + 1024
 
+# Bulk export (fhirplatform/fhir/export, docs/bulk-export.md). Files go to the "exports"
+# storage: a folder by default, an S3-compatible bucket when EXPORT_S3_BUCKET is set.
+EXPORT_DIR = env_str("EXPORT_DIR", "") or str(BASE_DIR / ".data" / "exports")
+EXPORT_S3_BUCKET = env_str("EXPORT_S3_BUCKET", "")
+# Resources per NDJSON file; a type with more is split into several.
+EXPORT_FILE_MAX_RESOURCES = env_int("EXPORT_FILE_MAX_RESOURCES", 50_000, minimum=1)
+# How long a finished export's files can be downloaded before they are deleted.
+EXPORT_RETENTION_SECONDS = env_int("EXPORT_RETENTION_SECONDS", 86400, minimum=60)
+# Retry-After while a job runs: polling sooner is answered 429.
+EXPORT_POLL_SECONDS = env_int("EXPORT_POLL_SECONDS", 2, minimum=1)
+# A running job's worker renews its heartbeat between batches; a job whose heartbeat is
+# older than this belongs to a worker that died, and is resumed (up to
+# EXPORT_MAX_ATTEMPTS runs in all) or failed.
+EXPORT_STALE_SECONDS = env_int("EXPORT_STALE_SECONDS", 120, minimum=5)
+EXPORT_MAX_ATTEMPTS = env_int("EXPORT_MAX_ATTEMPTS", 3, minimum=1)
+# Rows the worker reads per batch from its server-side cursor.
+EXPORT_BATCH_ROWS = env_int("EXPORT_BATCH_ROWS", 2000, minimum=1)
+# How long the worker pauses, batch after batch, while interactive traffic holds the
+# adaptive limit's export share (fhirplatform/limits/costs.py CRITICALITY_SHARE).
+EXPORT_YIELD_SECONDS = env_int("EXPORT_YIELD_MS", 250, minimum=1) / 1000
+_exports_storage: dict[str, object] = (
+    {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": EXPORT_S3_BUCKET,
+            "endpoint_url": env_str("EXPORT_S3_ENDPOINT_URL", "") or None,
+            "region_name": env_str("EXPORT_S3_REGION", "") or None,
+            "location": env_str("EXPORT_S3_PREFIX", "exports"),
+            "default_acl": None,
+            "file_overwrite": True,
+        },
+    }
+    if EXPORT_S3_BUCKET
+    else {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": EXPORT_DIR}}
+)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "exports": _exports_storage,
+}
+
 # Where seed_demo keeps the demo credentials it made (local demo only).
 DEMO_CREDENTIALS_FILE = env_str(
     "DEMO_CREDENTIALS_FILE", str(BASE_DIR / ".data" / "demo-credentials.json")

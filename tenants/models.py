@@ -23,6 +23,14 @@ class RatePlan(models.Model):
     batch_per_minute = models.PositiveIntegerField()
     export_per_hour = models.PositiveIntegerField()
     export_poll_per_minute = models.PositiveIntegerField()
+    # Bulk exports queued or running at once (fhirplatform/fhir/export): on one tenant (its
+    # plan's cap), and by one client on it (the client's plan, else its grant's).
+    export_jobs_per_tenant = models.PositiveIntegerField(
+        default=2, help_text="Bulk exports queued or running at once on a tenant."
+    )
+    export_jobs_per_client = models.PositiveIntegerField(
+        default=1, help_text="Bulk exports queued or running at once by one client on a tenant."
+    )
     burst_seconds = models.PositiveIntegerField(
         default=10, help_text="Bucket depth, in seconds of the sustained rate."
     )

@@ -182,6 +182,9 @@ def celery_worker_process(django_db_setup: Cast) -> Iterator[subprocess.Popen[by
             "warning",
             "--without-gossip",
             "--without-mingle",
+            # The platform's queue and the bulk exports' (fhirplatform/celery.py task_routes).
+            "--queues",
+            "fhirplatform,export",
             # A probe task the envelope tests send (tests/celery_probe.py).
             "--include",
             "tests.celery_probe",

@@ -12,3 +12,16 @@ LIMITS_REFUSALS_PER_IP = "1000000/m"
 # Tests never run collectstatic; the admin's files come from the apps themselves.
 STATIC_ROOT = None
 WHITENOISE_USE_FINDERS = True
+
+# Exports: a folder of the session's own, shared with the worker it starts (which inherits
+# the environment); polls due every second; a worker that stops for 3 s is taken as dead.
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+EXPORT_DIR = os.environ.setdefault("EXPORT_DIR", tempfile.mkdtemp(prefix="fp-test-exports-"))
+EXPORT_POLL_SECONDS = 1
+EXPORT_STALE_SECONDS = int(os.environ.get("EXPORT_STALE_SECONDS", "3"))
+STORAGES["exports"] = {  # noqa: F405
+    "BACKEND": "django.core.files.storage.FileSystemStorage",
+    "OPTIONS": {"location": EXPORT_DIR},
+}

@@ -100,3 +100,7 @@ class ResourceVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resource_type}/{self.logical_id}/_history/{self.version_id}"
+
+
+# Bulk export's tables are the fhir app's too (tenant schema): defined beside their code.
+from fhirplatform.fhir.export.models import ExportFile, ExportJob  # noqa: E402, F401

@@ -278,13 +278,18 @@ class FhirView(APIView):
             admission.release(status=refusal.status)
             raise
 
+    def require_scope(self, caller: Caller, description: Description) -> None:
+        """The scope step: the interaction on the described type. A view whose scope needs
+        are not one type's (a bulk export's) states its own."""
+        scope_require(
+            scopes=caller.scopes,
+            resource_type=description.resource_type,
+            interaction=description.interaction,
+        )
+
     def _require_scope(self, request: Request, caller: Caller, description: Description) -> None:
         try:
-            scope_require(
-                scopes=caller.scopes,
-                resource_type=description.resource_type,
-                interaction=description.interaction,
-            )
+            self.require_scope(caller, description)
         except FhirError:
             self._charge_refusal(request)
             raise

@@ -1,6 +1,7 @@
 from django.urls import path, re_path
 
 from fhirplatform.fhir import audit_views, views
+from fhirplatform.fhir.export import views as export
 from fhirplatform.fhir.operations import views as operations
 from fhirplatform.fhir.smart import SmartConfigurationView
 from fhirplatform.resource_types import TYPE_CHARS
@@ -12,6 +13,8 @@ _VERSION = r"(?P<version_id>[^/]{1,64})"
 # routes, which refuse AuditEvent (fhirplatform/resource_types.py NOT_STORED).
 _AUDIT_ID = r"(?P<logical_id>[A-Za-z0-9\-.]{1,64})"
 _OPERATION = r"\$(?P<operation>[^/]{1,200})"
+_JOB = r"(?P<job_id>[^/]{1,64})"
+_FILE = r"(?P<name>[A-Za-z]{1,64}\.[0-9]{3,9}\.ndjson)"
 
 urlpatterns: list = [
     path(
@@ -28,6 +31,18 @@ urlpatterns: list = [
         rf"^AuditEvent/{_AUDIT_ID}$",
         audit_views.AuditEventReadView.as_view(),
         name="fhir-audit-read",
+    ),
+    # Bulk export (fhirplatform/fhir/export), before the operations' catch-all routes.
+    path("$export", export.ExportKickoffView.as_view(), name="fhir-export"),
+    path("Patient/$export", export.PatientExportKickoffView.as_view(), name="fhir-export-patient"),
+    re_path(
+        rf"^Group/{_ID}/\$export$", export.GroupExportKickoffView.as_view(), name="fhir-export-group"
+    ),
+    re_path(
+        rf"^\$export-status/{_JOB}$", export.ExportStatusView.as_view(), name="fhir-export-status"
+    ),
+    re_path(
+        rf"^\$export-file/{_JOB}/{_FILE}$", export.ExportFileView.as_view(), name="fhir-export-file"
     ),
     # Operations, before the type and instance routes, which would read `$name` as an id.
     re_path(

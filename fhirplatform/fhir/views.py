@@ -53,7 +53,7 @@ def json_patch_require(request: Request) -> None:
         )
 
 
-def _prefer(request: Request) -> dict[str, str]:
+def prefer_parse(request: Request) -> dict[str, str]:
     """Prefer: return=minimal, handling=strict ... as a dict."""
     prefer: dict[str, str] = {}
     for part in request.headers.get("Prefer", "").replace(";", ",").split(","):
@@ -114,7 +114,7 @@ class BaseFhirView(FhirView):
         headers = version_headers(resource)
         if location:
             headers["Location"] = version_url(self.base_url, resource)
-        returning = _prefer(request).get("return", "representation")
+        returning = prefer_parse(request).get("return", "representation")
         if returning == "minimal":
             return Response(None, status=status, headers=headers)
         if returning == "operationoutcome":
@@ -132,7 +132,7 @@ class BaseFhirView(FhirView):
     def search(
         self, request: Request, resource_type: str | None, params: list[tuple[str, str]]
     ) -> Response:
-        strict = _prefer(request).get("handling") == "strict"
+        strict = prefer_parse(request).get("handling") == "strict"
         bundle = search_bundle(
             caller=self.caller,
             resource_type=resource_type,
@@ -463,7 +463,7 @@ class SystemView(BaseFhirView):
         return self.search(request, None, _params(request))
 
     def post(self, request: Request, tenant: str) -> Response:
-        representation = _prefer(request).get("return") == "representation"
+        representation = prefer_parse(request).get("return") == "representation"
         bundle = bundle_processing.bundle_process(
             caller=self.caller,
             planned=self.planned,

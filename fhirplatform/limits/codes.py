@@ -39,6 +39,8 @@ class ThrottleReason(StrEnum):
     OVERLOAD = "overload"
     DAILY_QUOTA = "daily-quota"
     AUTH_REFUSALS = "auth-refusals"  # too many refused (401/403) requests from one address
+    EXPORT_JOBS = "export-jobs"  # as many bulk exports queued or running as the plan allows
+    EXPORT_POLL = "export-poll-early"  # an export's status polled before its Retry-After
 
 
 SCOPE_REASON: dict[LimitScope, ThrottleReason] = {

@@ -19,6 +19,8 @@ _COUNT_ONLY_LIMITS: dict[str, int | bool] = {
     "batch_per_minute": 1_000_000,
     "export_per_hour": 1_000,
     "export_poll_per_minute": 1_000,
+    "export_jobs_per_tenant": 1_000,
+    "export_jobs_per_client": 1_000,
     "concurrency": 10_000,
     "daily_quota": 2_000_000_000,
     "dry_run": True,

@@ -1,0 +1,355 @@
+"""The worker's side of a bulk export: one job, type after type, file after file.
+
+- **What**: the job's rows as of its transaction time, narrowed by `_since`, the
+  patients (Patient and Group exports: their compartments) and `_typeFilter`, without
+  what the caller's consent decision denies (left out in SQL, as a search leaves it out;
+  the manifest's error file gives the counts, never ids).
+- **How**: each file is one query read through a server-side cursor in batches, written
+  to a temporary file, moved into the export storage whole, and only then recorded,
+  together with where the next file starts. A worker killed mid-file leaves an
+  unrecorded file at most; the next run deletes it and resumes after the last recorded
+  one (`resume`).
+- **Who**: the job's client on its grant, checked again at the start of every run and
+  before every file: a revoked client or grant, a suspended tenant, or scopes narrowed
+  below the job's types fail the job.
+- **Fair**: between batches the worker pauses while interactive requests hold the
+  adaptive limit's export share (pacing.py).
+"""
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import IO
+from urllib.parse import parse_qsl
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from consent.enforcement import ConsentGuard
+from fhirplatform.errors import Issue, IssueCode, Severity, operation_outcome
+from fhirplatform.fhir.caching import CacheState, consent_guard
+from fhirplatform.fhir.export.models import (
+    ExportFile,
+    ExportJob,
+    ExportLevel,
+    ExportStatus,
+    FileKind,
+)
+from fhirplatform.fhir.export.pacing import yield_to_interactive
+from fhirplatform.fhir.export.services import retention_end
+from fhirplatform.fhir.export.shaping import elements_shaper
+from fhirplatform.fhir.export.storage import (
+    export_storage,
+    file_store,
+    file_writing,
+    files_delete,
+    job_prefix,
+)
+from fhirplatform.fhir.models import Resource
+from fhirplatform.fhir.numbers import exact_dumps
+from fhirplatform.fhir.search.keyset import with_stored_text
+from fhirplatform.fhir.search.parsing import search_parse
+from fhirplatform.fhir.search.selectors import search_matches
+from fhirplatform.schemas import schema_current
+from tenants.models import ClientStatus, Grant, GrantStatus, TenantStatus
+from tenants.scopes import Interaction, scopes_allow, scopes_intersect, scopes_parse
+from tenants.selectors import tenant_fhir_base
+from tenants.tokens import Caller
+
+logger = logging.getLogger(__name__)
+
+# The longest a worker pauses for interactive traffic while writing one file.
+MAX_YIELD_SECONDS = 5.0
+
+
+class JobStopped(Exception):
+    """The job must fail, for the reason given (its `error`)."""
+
+
+class JobLost(Exception):
+    """The job is no longer this run's: cancelled, or taken over by a later run."""
+
+
+@dataclass
+class _Run:
+    job: ExportJob
+    caller: Caller
+    consent: ConsentGuard
+    base_url: str
+    schema: str
+
+
+def _caller(job: ExportJob) -> Caller:
+    """The job's caller as its grant stands now; JobStopped when it may no longer export."""
+    grant = (
+        Grant.objects.select_related("client__partner", "tenant")
+        .filter(pk=job.grant_pk, client__client_id=job.client_id)
+        .first()
+    )
+    if grant is None or grant.client.status != ClientStatus.ACTIVE:
+        raise JobStopped("The client's access was revoked during the export")
+    if grant.status != GrantStatus.ACTIVE or grant.tenant.status != TenantStatus.ACTIVE:
+        raise JobStopped("The client's grant or the tenant was suspended during the export")
+    scopes = scopes_intersect(scopes_parse(job.scopes), scopes_parse(grant.scopes))
+    if not all(scopes_allow(scopes, t, Interaction.EXPORT) for t in job.resource_types):
+        raise JobStopped("The client's scopes no longer cover the exported types")
+    return Caller(
+        tenant=grant.tenant,
+        client=grant.client,
+        grant=grant,
+        scopes=scopes,
+        token_id=f"export:{job.pk}",
+        purpose=job.purpose if job.purpose in grant.purposes else None,
+        partner_slug=grant.client.partner.slug,
+    )
+
+
+def _selected(run: _Run, resource_type: str) -> QuerySet[Resource]:
+    """The type's rows the job exports, before consent."""
+    job = run.job
+    rows = Resource.objects.filter(
+        resource_type=resource_type, deleted=False, last_updated__lte=job.transaction_time
+    )
+    if job.since is not None:
+        rows = rows.filter(last_updated__gt=job.since)
+    if job.level != ExportLevel.SYSTEM:
+        if job.patients or job.level == ExportLevel.GROUP:
+            rows = rows.filter(compartment__overlap=job.patients)
+        else:
+            rows = rows.exclude(compartment=[])
+    queries = job.type_filters.get(resource_type)
+    if queries:
+        matched = Q()
+        for query in queries:
+            parsed = search_parse(
+                resource_type=resource_type,
+                params=parse_qsl(query, keep_blank_values=True),
+                strict=True,
+            )
+            found = search_matches(
+                caller=run.caller, request=parsed, base_url=run.base_url, consent=None
+            )
+            matched |= Q(pk__in=found.values("pk"))
+        rows = rows.filter(matched)
+    return rows
+
+
+def _visible(run: _Run, resource_type: str) -> QuerySet[Resource]:
+    return run.consent.visible(_selected(run, resource_type), resource_types=[resource_type])
+
+
+def _lines(run: _Run, resource_type: str, after_pk: int) -> Iterator[tuple[int, bytes]]:
+    """The next file's rows after `after_pk`, as (pk, NDJSON line), through a server-side
+    cursor; pausing between batches for interactive traffic."""
+    rows = (
+        with_stored_text(_visible(run, resource_type))
+        .filter(pk__gt=after_pk)
+        .order_by("pk")
+        .values_list("pk", "content_text")[: settings.EXPORT_FILE_MAX_RESOURCES]  # type: ignore[misc]
+    )
+    shape = elements_shaper(run.job.elements, resource_type)
+    batch = settings.EXPORT_BATCH_ROWS
+    # Pauses are bounded per file, so the heartbeat renewed between files stays fresh.
+    yield_budget = MAX_YIELD_SECONDS
+    for n, (pk, text) in enumerate(rows.iterator(chunk_size=batch), start=1):
+        line = text.encode() if shape is None else exact_dumps(shape(text))
+        yield pk, line + b"\n"
+        if n % batch == 0 and yield_budget > 0:
+            yield_budget -= yield_to_interactive(max_seconds=yield_budget)
+
+
+def _write_file(run: _Run, handle: IO[bytes], resource_type: str, after_pk: int) -> tuple[int, int]:
+    """Write the next file of the type; (resources written, last row's pk)."""
+    count, last = 0, after_pk
+    with transaction.atomic():  # the server-side cursor lives in one transaction
+        for pk, line in _lines(run, resource_type, after_pk):
+            handle.write(line)
+            count, last = count + 1, pk
+    return count, last
+
+
+def _ours(job: ExportJob) -> QuerySet[ExportJob]:
+    """The job, while it is still this run's to write: running, and not claimed by a later
+    run (which a heartbeat gone stale lets the reaper start)."""
+    return ExportJob.objects.filter(pk=job.pk, status=ExportStatus.RUNNING, attempts=job.attempts)
+
+
+def _renew(job: ExportJob) -> None:
+    if not _ours(job).update(heartbeat_at=timezone.now()):
+        raise JobLost()
+
+
+def _record(run: _Run, file: ExportFile, *, next_type: int, after_pk: int) -> None:
+    """Record a stored file and where the next one starts, if the job is still running;
+    otherwise the stored file goes again."""
+    job = run.job
+    with transaction.atomic():
+        if _ours(job).select_for_update().first() is None:
+            export_storage().delete(file.storage_name)
+            raise JobLost()
+        if file.count:
+            file.save()
+        job.type_index, job.after_pk = next_type, after_pk
+        job.written += file.count if file.kind == FileKind.OUTPUT else 0
+        job.heartbeat_at = timezone.now()
+        job.save(update_fields=["type_index", "after_pk", "written", "heartbeat_at", "denied"])
+
+
+def _export_type(run: _Run, index: int, resource_type: str) -> None:
+    job = run.job
+    after = job.after_pk
+    sequence = job.files.filter(resource_type=resource_type, kind=FileKind.OUTPUT).count()
+    while True:
+        _renew(job)
+        with file_writing() as handle:
+            count, last = _write_file(run, handle, resource_type, after)
+            if count == 0:
+                break
+            sequence += 1
+            name = f"{resource_type}.{sequence:03d}.ndjson"
+            storage_name = job_prefix(schema=run.schema, job_id=job.pk) + name
+            size = file_store(handle, storage_name)
+        file = ExportFile(
+            job=job,
+            resource_type=resource_type,
+            sequence=sequence,
+            name=name,
+            storage_name=storage_name,
+            count=count,
+            size=size,
+        )
+        _record(run, file, next_type=index, after_pk=last)
+        after = last
+        if count < settings.EXPORT_FILE_MAX_RESOURCES:
+            break
+    # Left out under consent: every selected row less those the decision lets through.
+    denied = _selected(run, resource_type).count() - _visible(run, resource_type).count()
+    if denied:
+        job.denied[resource_type] = denied
+    job.type_index, job.after_pk = index + 1, 0
+    if not _ours(job).update(type_index=job.type_index, after_pk=0, denied=job.denied):
+        raise JobLost()
+
+
+def _error_file(run: _Run) -> None:
+    """The manifest's error file: what a lenient kick-off skipped, and per type how many
+    resources consent left out. Counts only: never a patient's or a resource's id."""
+    job = run.job
+    issues = [
+        Issue(code=IssueCode.NOT_SUPPORTED, diagnostics=text, severity=Severity.WARNING)
+        for text in job.request_issues
+    ] + [
+        Issue(
+            code=IssueCode.SUSPENDED,
+            severity=Severity.INFORMATION,
+            diagnostics=f"{count} {resource_type} resource(s) left out under patients' "
+            "consent or the tenant's consent policy",
+        )
+        for resource_type, count in sorted(job.denied.items())
+    ]
+    if not issues:
+        return
+    name = "OperationOutcome.001.ndjson"
+    storage_name = job_prefix(schema=run.schema, job_id=job.pk) + name
+    with file_writing() as handle:
+        for issue in issues:
+            handle.write(exact_dumps(operation_outcome(issue)) + b"\n")
+        size = file_store(handle, storage_name)
+    error = ExportFile(
+        job=job,
+        kind=FileKind.ERROR,
+        resource_type="OperationOutcome",
+        sequence=1,
+        name=name,
+        storage_name=storage_name,
+        count=len(issues),
+        size=size,
+    )
+    _record(run, error, next_type=len(job.resource_types), after_pk=0)
+
+
+def _claim(job_id: str) -> ExportJob | None:
+    """Take the job for this run: a queued one, or a running one whose worker died (its
+    heartbeat is stale). None when there is nothing to do."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.EXPORT_STALE_SECONDS)
+    with transaction.atomic():
+        job = ExportJob.objects.select_for_update(skip_locked=True).filter(pk=job_id).first()
+        if job is None:
+            return None
+        orphaned = job.status == ExportStatus.RUNNING and (
+            job.heartbeat_at is None or job.heartbeat_at < stale
+        )
+        if job.status != ExportStatus.QUEUED and not orphaned:
+            return None
+        job.attempts += 1
+        if job.attempts > settings.EXPORT_MAX_ATTEMPTS:
+            _finish(job, ExportStatus.FAILED, "The export's worker stopped too many times")
+            return None
+        job.status = ExportStatus.RUNNING
+        job.started_at = job.started_at or now
+        job.heartbeat_at = now
+        job.save(update_fields=["attempts", "status", "started_at", "heartbeat_at"])
+    return job
+
+
+def _finish(job: ExportJob, status: ExportStatus, error: str = "") -> None:
+    now = timezone.now()
+    job.status, job.error, job.finished_at = status, error, now
+    job.expires_at = retention_end(now)
+    job.save(update_fields=["status", "error", "finished_at", "expires_at"])
+
+
+def export_run(*, job_id: str) -> str:
+    """Run (or resume) one job in the current tenant schema; the job's status after."""
+    job = _claim(job_id)
+    if job is None:
+        return "skipped"
+    schema = schema_current()
+    # What a killed run stored but never recorded.
+    files_delete(
+        schema=schema,
+        job_id=job.pk,
+        keep=frozenset(job.files.values_list("storage_name", flat=True)),
+    )
+    try:
+        caller = _caller(job)
+        run = _Run(
+            job=job,
+            caller=caller,
+            consent=consent_guard(caller=caller, state=CacheState(key=None)),
+            base_url=tenant_fhir_base(caller.tenant),
+            schema=schema,
+        )
+        for index in range(job.type_index, len(job.resource_types)):
+            _caller(job)  # still allowed, type after type
+            _export_type(run, index, job.resource_types[index])
+        _error_file(run)
+    except JobLost:
+        return "lost"
+    except JobStopped as stopped:
+        with transaction.atomic():
+            failed = _ours(job).select_for_update().first()
+            if failed is not None:
+                _finish(failed, ExportStatus.FAILED, str(stopped))
+                failed.files.all().delete()
+        if failed is not None:
+            files_delete(schema=schema, job_id=job.pk)
+        return str(ExportStatus.FAILED)
+    with transaction.atomic():
+        done = _ours(job).select_for_update().first()
+        if done is None:
+            return "lost"
+        _finish(done, ExportStatus.DONE)
+    return str(ExportStatus.DONE)
+
+
+def jobs_orphaned() -> list[str]:
+    """Running jobs of the current schema whose worker stopped renewing their heartbeat."""
+    stale = timezone.now() - timedelta(seconds=settings.EXPORT_STALE_SECONDS)
+    running = ExportJob.objects.filter(status=ExportStatus.RUNNING)
+    orphaned = running.filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at=None))
+    return [str(pk) for pk in orphaned.values_list("pk", flat=True)]
