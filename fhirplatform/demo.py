@@ -1,7 +1,8 @@
 """The demo platform: an operator, a provider and a payer tenant, a sandbox tenant,
 a demo partner with a secret-based client and a key-based client, and their data; in the
 provider tenant, one patient's Consent that keeps the analytics client out, and the policy
-test that says so.
+test that says so; in every tenant with patients, a few Groups of them (the cohorts a
+`Group/<id>/$export` names).
 
 Idempotent: a second run reuses what exists. Secrets are only known when they are
 made, so they are kept for the local demo in .data/demo-credentials.json (0600).
@@ -54,6 +55,26 @@ PARTNER_USERNAME = "acme-dev"
 CONSENT_TENANT = "demo-provider"
 OPTED_OUT_CLIENT = "analytics-backend"  # the demo client a patient's Consent keeps out
 CONSENT_TEST_NAME = "A patient who opted out of analytics is not shown to Acme Analytics"
+# A demo Group is found again by this identifier, so a re-run neither duplicates nor renames it.
+DEMO_GROUP_SYSTEM = "urn:fhirplatform:demo-group"
+
+
+@dataclass(frozen=True)
+class DemoGroup:
+    key: str  # the identifier value under DEMO_GROUP_SYSTEM
+    name: str
+    size: int  # members wanted; a tenant with fewer patients gets fewer
+    start_percent: int  # where in the tenant's patients (in load order) the members start
+
+
+DEMO_GROUPS = (
+    # The first two overlap (a patient may be in several cohorts). Only the first holds the
+    # provider tenant's opted-out patient (at the default population): one Group the demo
+    # Consent touches, two it does not.
+    DemoGroup("care-management", "Care management panel", size=25, start_percent=0),
+    DemoGroup("wellness-outreach", "Annual wellness outreach", size=20, start_percent=5),
+    DemoGroup("quality-cohort", "Quality measure cohort", size=30, start_percent=50),
+)
 
 
 @dataclass
@@ -65,6 +86,8 @@ class DemoReport:
     clients: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     consent: str | None = None  # the demo patient's opt-out, once there is data
+    # tenant slug -> "Group/<id> <name> (<n> members)", once the tenant has patients
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _credentials_path() -> Path:
@@ -226,6 +249,7 @@ def demo_seed(*, patients: int = 0, observations_per_patient: int = 0) -> DemoRe
     _save_credentials(credentials)
     report.data = _demo_data(patients=patients, observations_per_patient=observations_per_patient)
     report.consent = _demo_consent(credentials["clients"][OPTED_OUT_CLIENT]["client_id"])
+    report.groups = _demo_groups()
     return report
 
 
@@ -314,6 +338,52 @@ def _demo_data(*, patients: int, observations_per_patient: int) -> dict[str, Any
             f"{report.resources} resources generated in {report.seconds:.1f} s ({count} patients)"
         )
     return loaded
+
+
+def _group_content(group: DemoGroup, patient_ids: list[str]) -> dict[str, Any]:
+    return {
+        "resourceType": "Group",
+        "identifier": [{"system": DEMO_GROUP_SYSTEM, "value": group.key}],
+        "active": True,
+        "type": "person",
+        "actual": True,
+        "name": group.name,
+        "quantity": len(patient_ids),
+        "member": [{"entity": {"reference": f"Patient/{pid}"}} for pid in patient_ids],
+    }
+
+
+def _group_members(group: DemoGroup, patient_ids: list[str]) -> list[str]:
+    start = len(patient_ids) * group.start_percent // 100
+    return patient_ids[start : start + group.size]
+
+
+def _demo_groups() -> dict[str, list[str]]:
+    """Each demo tenant with patients gets the DEMO_GROUPS cohorts of them (once), through
+    the same store as a FHIR create; a Group already there is kept as it is."""
+    made: dict[str, list[str]] = {}
+    for slug, _, _ in DEMO_TENANTS:
+        tenant = Tenant.objects.get(slug=slug)
+        with tenant_schema(tenant), transaction.atomic():
+            patient_ids = list(
+                Resource.objects.filter(resource_type="Patient", deleted=False)
+                .order_by("pk")
+                .values_list("logical_id", flat=True)
+            )
+            if not patient_ids:
+                continue
+            groups = Resource.objects.filter(resource_type="Group", deleted=False)
+            for group in DEMO_GROUPS:
+                identifier = [{"system": DEMO_GROUP_SYSTEM, "value": group.key}]
+                stored = groups.filter(content__identifier__contains=identifier).first()
+                if stored is None:
+                    content = _group_content(group, _group_members(group, patient_ids))
+                    stored = resource_create(resource_type="Group", content=content, source="demo")
+                members = len(stored.content.get("member", []))
+                made.setdefault(slug, []).append(
+                    f"Group/{stored.logical_id} {group.name} ({members} members)"
+                )
+    return made
 
 
 def demo_report_dict(report: DemoReport) -> dict[str, Any]:
