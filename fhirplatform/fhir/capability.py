@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 
 from audit.fhir import SEARCH_PARAMETERS as AUDIT_SEARCH_PARAMETERS
-from fhirplatform.fhir.operations.definitions import OPERATIONS, Level
+from fhirplatform.fhir.operations.definitions import BULK_DATA_CAPABILITIES, OPERATIONS, Level
 from fhirplatform.fhir.search.parsing import Control
 from fhirplatform.fhir.search.registry import search_parameters_for
 from fhirplatform.resource_types import NOT_STORED, R4_RESOURCE_TYPES
@@ -169,6 +169,7 @@ def capability_statement(*, base_url: str, update_creates: bool) -> dict[str, An
         "date": "2026-01-01",
         "publisher": SOFTWARE_NAME,
         "kind": "instance",
+        "instantiates": [BULK_DATA_CAPABILITIES],
         "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
         "implementation": {"description": "fhirplatform FHIR R4 API", "url": base_url},
         "fhirVersion": FHIR_VERSION,

@@ -38,7 +38,22 @@ LASTN = Operation(
     ("Observation",),
     frozenset({Level.TYPE}),
 )
-OPERATIONS: tuple[Operation, ...] = (VALIDATE, EVERYTHING, LASTN)
+# Bulk Data IG v2 (fhirplatform/fhir/export): one operation name at three levels.
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+EXPORT_SYSTEM = Operation("export", f"{_BULK}/export", (), frozenset({Level.SYSTEM}))
+EXPORT_PATIENT = Operation(
+    "export", f"{_BULK}/patient-export", ("Patient",), frozenset({Level.TYPE})
+)
+EXPORT_GROUP = Operation("export", f"{_BULK}/group-export", ("Group",), frozenset({Level.INSTANCE}))
+BULK_DATA_CAPABILITIES = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+OPERATIONS: tuple[Operation, ...] = (
+    VALIDATE,
+    EVERYTHING,
+    LASTN,
+    EXPORT_SYSTEM,
+    EXPORT_PATIENT,
+    EXPORT_GROUP,
+)
 
 
 def operation_unsupported(name: str, level: Level, resource_type: str | None = None) -> FhirError:
