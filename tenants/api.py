@@ -35,7 +35,7 @@ from tenants.oauth import (
     token_for_client,
     token_request_issue,
 )
-from tenants.selectors import tenant_fhir_base
+from tenants.selectors import fhir_base_url, tenant_fhir_base, token_endpoint_url
 from tenants.services import token_revoke
 
 logger = logging.getLogger(__name__)
@@ -159,22 +159,22 @@ def _token_rate_limit(request: HttpRequest, client_id: str | None) -> None:
         )
 
 
-def _authenticate(credentials: ClientCredentials) -> ApiClient:
+def _authenticate(credentials: ClientCredentials, *, token_endpoint: str) -> ApiClient:
     if credentials.method == AuthMethod.CLIENT_SECRET_BASIC:
         return client_authenticate_secret(
             client_id=credentials.client_id, secret=credentials.secret
         )
-    return assertion_verify(assertion=credentials.assertion)
+    return assertion_verify(assertion=credentials.assertion, audience=token_endpoint)
 
 
 def _guarded(handler: Any) -> Any:
     """Render the endpoint's refusals: OAuth errors, throttling, and failing closed; and
     record every request in the audit trail (audit/token_requests.py)."""
 
-    def view(request: HttpRequest) -> HttpResponse:
-        return token_request_audited(request, _answered(request))
+    def view(request: HttpRequest, **kwargs: str) -> HttpResponse:
+        return token_request_audited(request, _answered(request, **kwargs))
 
-    def _answered(request: HttpRequest) -> HttpResponse:
+    def _answered(request: HttpRequest, **kwargs: str) -> HttpResponse:
         if request.method != "POST":
             response = JsonResponse(
                 OAuthError(OAuthErrorCode.INVALID_REQUEST, "Use POST").body(), status=405
@@ -183,7 +183,7 @@ def _guarded(handler: Any) -> Any:
             return response
         basic = "Authorization" in request.headers
         try:
-            return handler(request)  # type: ignore[no-any-return]
+            return handler(request, **kwargs)  # type: ignore[no-any-return]
         except OAuthError as error:
             logger.info(
                 "oauth request refused", extra={"error": str(error.error), "path": request.path}
@@ -212,9 +212,24 @@ def _guarded(handler: Any) -> Any:
     return csrf_exempt(view)
 
 
+def _resource(form: QueryDict, tenant: str | None) -> str:
+    """The FHIR base the token is for: `resource` (or `aud`); at a tenant's own endpoint,
+    that tenant's base, which `resource` may repeat but not contradict."""
+    asked = form.get("resource") or form.get("aud", "")
+    if tenant is None:
+        return asked
+    base = fhir_base_url(tenant)
+    if asked and asked.rstrip("/") != base:
+        raise OAuthError(
+            OAuthErrorCode.INVALID_TARGET, "This token endpoint issues tokens for its tenant only"
+        )
+    return base
+
+
 @_guarded
-def token(request: HttpRequest) -> HttpResponse:
-    """POST /oauth/token: client credentials grant, see docs/auth.md for the tenant rule."""
+def token(request: HttpRequest, tenant: str | None = None) -> HttpResponse:
+    """POST /oauth/token, or a tenant's own POST /oauth/<tenant>/token: client credentials
+    grant, see docs/auth.md for the tenant rule."""
     form = _form(request)
     try:
         credentials = _credentials(request, form)
@@ -226,11 +241,13 @@ def token(request: HttpRequest) -> HttpResponse:
         raise OAuthError(
             OAuthErrorCode.UNSUPPORTED_GRANT_TYPE, "grant_type must be client_credentials"
         )
-    client = request.audit_client = _authenticate(credentials)  # type: ignore[attr-defined]
+    client = request.audit_client = _authenticate(  # type: ignore[attr-defined]
+        credentials, token_endpoint=token_endpoint_url(tenant)
+    )
     issued = request.audit_issued = token_request_issue(  # type: ignore[attr-defined]
         client=client,
         auth_method=credentials.method,
-        resource=form.get("resource") or form.get("aud", ""),
+        resource=_resource(form, tenant),
         scope=form.get("scope", ""),
         purpose=form.get("purpose_of_use", ""),
     )
@@ -253,7 +270,7 @@ def revoke(request: HttpRequest) -> HttpResponse:
     form = _form(request)
     credentials = _credentials(request, form)
     _token_rate_limit(request, credentials.client_id)
-    client = request.audit_client = _authenticate(credentials)  # type: ignore[attr-defined]
+    client = request.audit_client = _authenticate(credentials, token_endpoint=token_endpoint_url())  # type: ignore[attr-defined]
     record = token_for_client(client=client, token=form.get("token", ""))
     # RFC 7009: an unknown token, or another client's, is answered 200 all the same.
     if record is not None:

@@ -35,7 +35,6 @@ from tenants.oauth import (
     TokenServiceUnavailable,
     oauth_text_check,
 )
-from tenants.selectors import token_endpoint_url
 from tenants.services import JWK_PRIVATE_FIELDS, jti_hash, jti_spend
 
 logger = logging.getLogger(__name__)
@@ -148,14 +147,14 @@ def _registered_key(keys: list[Any], algorithm: AssertionAlgorithm, kid: str) ->
 
 
 def _claims(
-    assertion: str, key: jwt.PyJWK, algorithm: AssertionAlgorithm, client_id: str
+    assertion: str, key: jwt.PyJWK, algorithm: AssertionAlgorithm, client_id: str, audience: str
 ) -> dict[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(
             assertion,
             key,
             algorithms=[str(algorithm)],
-            audience=token_endpoint_url(),
+            audience=audience,
             issuer=client_id,
             leeway=CLOCK_SKEW_SECONDS,
             options={"require": ["iss", "sub", "aud", "exp", "jti"]},
@@ -163,7 +162,7 @@ def _claims(
     except jwt.ExpiredSignatureError:
         raise _rejected("client_assertion has expired") from None
     except jwt.InvalidAudienceError:
-        raise _rejected(f"client_assertion aud must be {token_endpoint_url()}") from None
+        raise _rejected(f"client_assertion aud must be {audience}") from None
     except jwt.InvalidSignatureError:
         raise _rejected("client_assertion signature does not verify") from None
     except jwt.PyJWTError as exc:
@@ -201,15 +200,16 @@ def jti_remember(*, client: ApiClient, jti: str, expires_at: float) -> bool:
     )
 
 
-def assertion_verify(*, assertion: str) -> ApiClient:
-    """The active client that signed this assertion, or OAuthError(invalid_client)."""
+def assertion_verify(*, assertion: str, audience: str) -> ApiClient:
+    """The active client that signed this assertion for `audience` (the token endpoint it
+    was posted to), or OAuthError(invalid_client)."""
     client_id = assertion_client_id(assertion)
     header = _header(assertion)
     client = ApiClient.objects.filter(client_id=client_id[:MAX_CLIENT_ID_LENGTH]).first()
     if client is None or not (client.jwks or client.jwks_url):
         raise _rejected("Client authentication failed")
     key = _registered_key(_candidate_keys(client, header), header.algorithm, header.kid)
-    claims = _claims(assertion, key, header.algorithm, client.client_id)
+    claims = _claims(assertion, key, header.algorithm, client.client_id, audience)
     if client.status != ClientStatus.ACTIVE:
         raise _rejected("Client authentication failed")
     # The jti is spent only after the signature verified: a forger cannot burn real ones.

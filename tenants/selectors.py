@@ -6,12 +6,24 @@ from fhirplatform.errors import not_found
 from tenants.models import Tenant, TenantStatus
 
 
+def fhir_base_url(tenant_slug: str) -> str:
+    return f"{settings.PUBLIC_BASE_URL}/fhir/{tenant_slug}"
+
+
 def tenant_fhir_base(tenant: Tenant) -> str:
-    return f"{settings.PUBLIC_BASE_URL}/fhir/{tenant.slug}"
+    return fhir_base_url(tenant.slug)
 
 
-def token_endpoint_url() -> str:
-    return f"{settings.PUBLIC_BASE_URL}/oauth/token"
+def token_endpoint_url(tenant_slug: str | None = None) -> str:
+    """The token endpoint: the shared one (the tenant named by `resource`), or a tenant's
+    own, for SMART clients that name no tenant in their token request (docs/auth.md)."""
+    if tenant_slug is None:
+        return f"{settings.PUBLIC_BASE_URL}/oauth/token"
+    return f"{settings.PUBLIC_BASE_URL}/oauth/{tenant_slug}/token"
+
+
+def revocation_endpoint_url() -> str:
+    return f"{settings.PUBLIC_BASE_URL}/oauth/revoke"
 
 
 def tenant_for_url(slug: str) -> Tenant:

@@ -6,5 +6,6 @@ app_name = "oauth"
 
 urlpatterns = [
     path("token", api.token, name="token"),
+    path("<slug:tenant>/token", api.token, name="tenant-token"),
     path("revoke", api.revoke, name="revoke"),
 ]

@@ -17,7 +17,6 @@ from fhirplatform.fhir.operations.definitions import BULK_DATA_CAPABILITIES, OPE
 from fhirplatform.fhir.search.parsing import Control
 from fhirplatform.fhir.search.registry import search_parameters_for
 from fhirplatform.resource_types import NOT_STORED, R4_RESOURCE_TYPES
-from tenants.selectors import token_endpoint_url
 
 FHIR_VERSION = "4.0.1"
 SOFTWARE_NAME = "fhirplatform"
@@ -120,7 +119,9 @@ def _audit_trail(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def capability_statement(*, base_url: str, update_creates: bool) -> dict[str, Any]:
+def capability_statement(
+    *, base_url: str, token_endpoint: str, update_creates: bool
+) -> dict[str, Any]:
     """The tenant's CapabilityStatement: `update_creates` is its update-as-create switch."""
     system_interactions = [
         {"code": "transaction"},
@@ -145,7 +146,7 @@ def capability_statement(*, base_url: str, update_creates: bool) -> dict[str, An
             "extension": [
                 {
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [{"url": "token", "valueUri": token_endpoint_url()}],
+                    "extension": [{"url": "token", "valueUri": token_endpoint}],
                 }
             ],
             "description": "OAuth2 client credentials (client_secret_basic, private_key_jwt); "

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from fhirplatform.fhir.pipeline import PublicFhirView
 from tenants.assertions import AssertionAlgorithm
 from tenants.oauth import GRANT_TYPE_CLIENT_CREDENTIALS, AuthMethod
-from tenants.selectors import tenant_fhir_base, token_endpoint_url
+from tenants.selectors import revocation_endpoint_url, tenant_fhir_base, token_endpoint_url
 
 SMART_CAPABILITIES = [
     "client-confidential-symmetric",
@@ -31,12 +31,13 @@ SCOPES_SUPPORTED = [
 ]
 
 
-def smart_configuration(*, fhir_base: str) -> dict[str, Any]:
-    token_endpoint = token_endpoint_url()
+def smart_configuration(*, fhir_base: str, tenant_slug: str) -> dict[str, Any]:
     return {
         "issuer": fhir_base,
-        "token_endpoint": token_endpoint,
-        "revocation_endpoint": token_endpoint.rsplit("/", 1)[0] + "/revoke",
+        # The tenant's own token endpoint: a Backend Services client names no tenant in its
+        # token request (no `resource`), and may hold grants on several.
+        "token_endpoint": token_endpoint_url(tenant_slug),
+        "revocation_endpoint": revocation_endpoint_url(),
         "token_endpoint_auth_methods_supported": [str(method) for method in AuthMethod],
         "token_endpoint_auth_signing_alg_values_supported": [
             str(algorithm) for algorithm in AssertionAlgorithm
@@ -50,7 +51,9 @@ def smart_configuration(*, fhir_base: str) -> dict[str, Any]:
 
 class SmartConfigurationView(PublicFhirView):
     def get(self, request: Request, tenant: str) -> Response:
-        body = smart_configuration(fhir_base=tenant_fhir_base(self.tenant))
+        body = smart_configuration(
+            fhir_base=tenant_fhir_base(self.tenant), tenant_slug=self.tenant.slug
+        )
         response = Response(body, content_type="application/json")
         response["Cache-Control"] = "public, max-age=3600"
         return response

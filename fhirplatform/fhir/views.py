@@ -31,7 +31,7 @@ from fhirplatform.fhir.validation import payload_check, resource_type_check
 from fhirplatform.limits.codes import EndpointClass
 from fhirplatform.limits.costs import bundle_cost, search_cost
 from tenants.scopes import Interaction
-from tenants.selectors import tenant_fhir_base
+from tenants.selectors import tenant_fhir_base, token_endpoint_url
 
 _WRITE_INTERACTIONS = {
     "PUT": Interaction.UPDATE,
@@ -483,6 +483,7 @@ class MetadataView(PublicFhirView):
         return Response(
             capability_statement(
                 base_url=tenant_fhir_base(self.tenant),
+                token_endpoint=token_endpoint_url(self.tenant.slug),
                 update_creates=self.tenant.fhir_update_creates,
             )
         )

@@ -90,12 +90,21 @@ def _operations(resource: dict) -> dict[str, str]:
     return {o["name"]: o["definition"] for o in resource.get("operation", [])}
 
 
+BULK = "http://hl7.org/fhir/uv/bulkdata"
+
+
 def test_operations_are_declared_where_they_work(cast):
-    rest = _metadata(cast.tenant_a.slug).json()["rest"][0]
+    statement = _metadata(cast.tenant_a.slug).json()
+    rest = statement["rest"][0]
     by_type = {r["type"]: r for r in rest["resource"]}
     assert _operations(by_type["Patient"]) == {
         "validate": VALIDATE,
         "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        "export": f"{BULK}/OperationDefinition/patient-export",
+    }
+    assert _operations(by_type["Group"]) == {
+        "validate": VALIDATE,
+        "export": f"{BULK}/OperationDefinition/group-export",
     }
     assert _operations(by_type["Observation"]) == {
         "validate": VALIDATE,
@@ -104,4 +113,5 @@ def test_operations_are_declared_where_they_work(cast):
     assert _operations(by_type["Encounter"]) == {"validate": VALIDATE}
     # The audit trail is never written, so there is nothing to validate for it.
     assert "operation" not in by_type["AuditEvent"]
-    assert "operation" not in rest  # no system-level operation is offered
+    assert _operations(rest) == {"export": f"{BULK}/OperationDefinition/export"}
+    assert statement["instantiates"] == [f"{BULK}/CapabilityStatement/bulk-data"]

@@ -22,7 +22,7 @@ def test_configuration_is_public_and_complete(client, cast):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("application/json")
     config = response.json()
-    assert config["token_endpoint"] == token_endpoint_url()
+    assert config["token_endpoint"] == token_endpoint_url("provider-a")
     assert config["issuer"] == tenant_fhir_base(cast.tenant_a)
     assert config["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
@@ -41,12 +41,14 @@ def test_configuration_is_public_and_complete(client, cast):
     assert config["revocation_endpoint"].endswith("/oauth/revoke")
 
 
-def test_each_tenant_names_its_own_base_and_shares_the_token_endpoint(client, cast):
+def test_each_tenant_names_its_own_base_and_token_endpoint(client, cast):
+    """A Backend Services client names no tenant in its token request: the endpoint does."""
     a = client.get(PATH.format("provider-a")).json()
     b = client.get(PATH.format("payer-b")).json()
     assert a["issuer"] != b["issuer"]
     assert b["issuer"] == tenant_fhir_base(cast.tenant_b)
-    assert a["token_endpoint"] == b["token_endpoint"]
+    assert b["token_endpoint"] == token_endpoint_url("payer-b")
+    assert a["token_endpoint"] == token_endpoint_url("provider-a")
 
 
 def test_unknown_tenant_gets_the_shared_404(client, cast):

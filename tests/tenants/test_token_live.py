@@ -42,7 +42,7 @@ def _search_patients(base: str, token: str, tenant: str = "provider-a") -> reque
 
 def test_client_secret_basic_end_to_end(live_server_url, partner_client):
     config = _discover(live_server_url, "provider-a")
-    assert config["token_endpoint"] == f"{live_server_url}/oauth/token"
+    assert config["token_endpoint"] == f"{live_server_url}/oauth/provider-a/token"
     response = requests.post(
         config["token_endpoint"],
         auth=(partner_client.client.client_id, partner_client.client_secret),
@@ -136,3 +136,64 @@ def test_the_other_tenant_cannot_be_reached_over_http(live_server_url, partner_c
     )
     assert refused.status_code == 400
     assert refused.json()["error"] == "invalid_target"
+
+
+@pytest.fixture(scope="module")
+def two_tenant_client(live_server_url, django_db_blocker):
+    """A key-based client with grants on both cast tenants."""
+    with django_db_blocker.unblock():
+        return client_create(
+            partner_name=f"Two Tenants {uuid.uuid4().hex[:8]}",
+            tenant_slugs=["provider-a", "payer-b"],
+            scopes="system/Patient.rs",
+            jwks=jwks_of((rsa_key(), "rsa-1")),
+        )
+
+
+def _key_form(client_id: str, aud: str, **extra: str) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "scope": "system/Patient.read",
+        "client_assertion_type": JWT_BEARER,
+        "client_assertion": assertion(client_id, rsa_key(), "rsa-1", alg="RS384", aud=aud),
+        **extra,
+    }
+
+
+def test_a_tenants_own_token_endpoint_names_the_tenant(live_server_url, two_tenant_client):
+    """A Backend Services client sends no `resource`: at the shared endpoint a client of two
+    tenants cannot be told apart; at the tenant's own (its smart-configuration's) it can."""
+    client_id = two_tenant_client.client.client_id
+    shared = f"{live_server_url}/oauth/token"
+    refused = requests.post(shared, data=_key_form(client_id, shared), timeout=10)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_request"
+    for tenant in ("provider-a", "payer-b"):
+        endpoint = _discover(live_server_url, tenant)["token_endpoint"]
+        response = requests.post(endpoint, data=_key_form(client_id, endpoint), timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["tenant"] == tenant
+        token = response.json()["access_token"]
+        assert _search_patients(live_server_url, token, tenant=tenant).status_code == 200
+
+
+def test_a_tenants_token_endpoint_refuses_another_tenant_or_audience(
+    live_server_url, two_tenant_client
+):
+    client_id = two_tenant_client.client.client_id
+    endpoint = f"{live_server_url}/oauth/provider-a/token"
+    other_base = f"{live_server_url}/fhir/payer-b"
+    contradicted = requests.post(
+        endpoint, data=_key_form(client_id, endpoint, resource=other_base), timeout=10
+    )
+    assert contradicted.status_code == 400
+    assert contradicted.json()["error"] == "invalid_target"
+    # An assertion made for the shared endpoint is not one for the tenant's.
+    shared = f"{live_server_url}/oauth/token"
+    wrong_aud = requests.post(endpoint, data=_key_form(client_id, shared), timeout=10)
+    assert wrong_aud.status_code == 401
+    assert wrong_aud.json()["error"] == "invalid_client"
+    unknown = f"{live_server_url}/oauth/no-such-tenant/token"
+    nowhere = requests.post(unknown, data=_key_form(client_id, unknown), timeout=10)
+    assert nowhere.status_code == 400
+    assert nowhere.json()["error"] == "invalid_target"

@@ -17,7 +17,7 @@ from tenants.scopes import scopes_parse
 from tenants.services import client_create, tenant_create, token_issue
 from tests.fhir.rest_support import FhirClient, generous_limits
 
-ASYNC = {"HTTP_PREFER": "respond-async", "HTTP_ACCEPT": "application/fhir+json"}
+ASYNC: dict[str, Any] = {"HTTP_PREFER": "respond-async", "HTTP_ACCEPT": "application/fhir+json"}
 
 
 @dataclass
@@ -67,7 +67,7 @@ def export_world(*, patients: int = 6, observations: int = 5) -> ExportWorld:
     return ExportWorld(tenant=tenant, reader=reader, writer=FhirClient(slug, token.access_token))
 
 
-def _auth(token: str) -> dict[str, str]:
+def _auth(token: str) -> dict[str, Any]:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
@@ -80,7 +80,7 @@ def kickoff(
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Any:
-    extra = ASYNC | _auth(token) | (headers or {})
+    extra: dict[str, Any] = ASYNC | _auth(token) | (headers or {})
     url = f"{world.base}/{path}"
     if body is not None:
         return Client().post(url, json.dumps(body), content_type="application/fhir+json", **extra)
