@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from fhirplatform.errors import not_found
 from fhirplatform.fhir.export.models import ExportFile, ExportJob, ExportStatus, FileKind
+from fhirplatform.fhir.models import RELATIVE_REFERENCE, Resource, id_valid
 from tenants.tokens import Caller
 
 
@@ -84,3 +85,29 @@ def export_manifest(*, job: ExportJob, base_url: str) -> dict[str, Any]:
             if f.kind == FileKind.ERROR
         ],
     }
+
+
+def group_members(*, group_id: str) -> list[str]:
+    """The ids of a stored Group's active Patient members; the shared 404 for no Group.
+
+    Not decided by consent: a Group sits in every member's compartment, so one member's
+    denial would hide it, and with it the other members' data. Its membership only says
+    whose compartments to export; each of them is consent-filtered in the export itself,
+    and the Group is exported only where the caller may see it."""
+    if not id_valid(group_id):
+        raise not_found()
+    content = (
+        Resource.objects.filter(resource_type="Group", logical_id=group_id, deleted=False)
+        .values_list("content", flat=True)
+        .first()
+    )
+    if content is None:
+        raise not_found()
+    members: list[str] = []
+    for member in content.get("member") or []:
+        entity = member.get("entity") if isinstance(member, dict) else None
+        reference = entity.get("reference") if isinstance(entity, dict) else None
+        match = RELATIVE_REFERENCE.fullmatch(reference) if isinstance(reference, str) else None
+        if match and match["type"] == "Patient" and not member.get("inactive"):
+            members.append(match["id"])
+    return list(dict.fromkeys(members))

@@ -25,7 +25,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fhirplatform.errors import FhirError, Issue, IssueCode, Severity, operation_outcome
-from fhirplatform.fhir import selectors
 from fhirplatform.fhir.export import selectors as jobs
 from fhirplatform.fhir.export.models import ExportJob, ExportLevel, ExportStatus
 from fhirplatform.fhir.export.pacing import poll_wait
@@ -43,8 +42,6 @@ from fhirplatform.fhir.http import (
     PlainJSONParser,
     PlainJSONRenderer,
 )
-from fhirplatform.fhir.models import RELATIVE_REFERENCE
-from fhirplatform.fhir.numbers import exact_loads
 from fhirplatform.fhir.pipeline import Description, Endpoint
 from fhirplatform.fhir.views import BaseFhirView, prefer_parse
 from fhirplatform.limits.codes import EndpointClass, ThrottleReason
@@ -65,18 +62,6 @@ class NdjsonRenderer(FhirJSONRenderer):
 
 class PlainNdjsonRenderer(NdjsonRenderer):
     media_type = "application/ndjson"
-
-
-def _group_members(group: dict[str, Any]) -> list[str]:
-    """The ids of the Group's active Patient members."""
-    members: list[str] = []
-    for member in group.get("member") or []:
-        entity = member.get("entity") if isinstance(member, dict) else None
-        reference = entity.get("reference") if isinstance(entity, dict) else None
-        match = RELATIVE_REFERENCE.fullmatch(reference) if isinstance(reference, str) else None
-        if match and match["type"] == "Patient" and not member.get("inactive"):
-            members.append(match["id"])
-    return list(dict.fromkeys(members))
 
 
 class ExportKickoffView(BaseFhirView):
@@ -146,11 +131,7 @@ class ExportKickoffView(BaseFhirView):
 
     def _members(self, group_id: str) -> list[str]:
         scope_require(scopes=self.caller.scopes, resource_type=GROUP, interaction=Interaction.READ)
-        group = selectors.resource_read(
-            resource_type=GROUP, logical_id=group_id, consent=self.consent
-        )
-        self.shown(GROUP, group.compartment)
-        return _group_members(exact_loads(group.content.text))
+        return jobs.group_members(group_id=group_id)
 
 
 class PatientExportKickoffView(ExportKickoffView):

@@ -14,6 +14,14 @@ def export(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ExportWorld
         yield export_world()
 
 
+@pytest.fixture(autouse=True)
+def _no_background_event_writes(settings: Any) -> None:
+    # Kick-offs in quick succession pass the count-only plan's export bucket (counted,
+    # never refused): their throttle events must not be written by a thread that outlives
+    # the test's database access.
+    settings.LIMITS_EVENTS_BACKGROUND_FLUSH = False
+
+
 @pytest.fixture
 def live(export: ExportWorld, committed: None, celery_worker_process: Any) -> ExportWorld:
     return export

@@ -45,3 +45,29 @@ def test_a_denying_patient_is_left_out_and_counted(live: ExportWorld) -> None:
         for o in outcomes
     }
     assert counted == denied
+
+
+def test_a_group_with_a_denying_member_exports_the_others(live: ExportWorld) -> None:
+    """A Group is in each member's compartment, so a denying member hides it from reads;
+    its export still runs, leaving that member out."""
+    with tenant_schema(live.tenant):
+        ids = list(
+            Resource.objects.filter(resource_type="Patient")
+            .order_by("pk")
+            .values_list("logical_id", flat=True)[:2]
+        )
+    denying, other = ids  # the first patient denies the reader (the test above)
+    group = live.created(
+        {
+            "resourceType": "Group",
+            "type": "person",
+            "actual": True,
+            "member": [{"entity": {"reference": f"Patient/{p}"}} for p in ids],
+        }
+    )
+    token = live.token()
+    assert live.writer.get(f"Group/{group['id']}").status_code == 200
+    manifest = run_export(live, token, f"Group/{group['id']}/$export", params={"_type": "Patient"})
+    patients = exported(manifest, token)["Patient"]
+    assert [p["id"] for p in patients] == [other]
+    assert manifest["error"]
