@@ -138,6 +138,20 @@ def _rsa_key_pair(kid: str) -> tuple[str, dict[str, Any]]:
     return private_pem, {"keys": [public_jwk]}
 
 
+def _private_jwks_write(record: dict[str, Any], key: str) -> None:
+    """The client's private key also as a JWKS (kid, alg and key_ops set), the form Bulk
+    Data clients such as smart-fetch take: a PEM alone would be sent under its thumbprint
+    as kid, which is not the kid registered for it."""
+    pem = Path(record["private_key_file"]).read_bytes()
+    private_key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private_key, rsa.RSAPrivateKey)  # the demo makes RSA keys only
+    jwk = json.loads(RSAAlgorithm.to_jwk(private_key))
+    jwk.update(kid=record["kid"], alg="RS384", key_ops=["sign"])
+    path = _credentials_path().parent / f"{key}-private.jwks"
+    _private_file_write(path, json.dumps({"keys": [jwk]}, indent=2))
+    record["private_jwks_file"] = str(path)
+
+
 def _known_client_works(known: dict[str, Any]) -> bool:
     """The recorded credentials still authenticate this client against this database."""
     client = ApiClient.objects.filter(client_id=known["client_id"]).first()
@@ -160,6 +174,8 @@ def _demo_client(
 ) -> dict[str, Any]:
     known = credentials.setdefault("clients", {}).get(key)
     if known and _known_client_works(known):
+        if known.get("private_key_file") and not Path(known.get("private_jwks_file", "")).is_file():
+            _private_jwks_write(known, key)
         return dict(known)
     private_pem, jwks = _rsa_key_pair(f"{key}-1") if with_key else (None, None)
     issued = client_create(
@@ -185,6 +201,7 @@ def _demo_client(
         _private_file_write(key_path, private_pem)
         record["private_key_file"] = str(key_path)
         record["kid"] = f"{key}-1"
+        _private_jwks_write(record, key)
     credentials["clients"][key] = record
     return record
 

@@ -163,10 +163,29 @@ def children_for(*, bind: str, data: Path) -> list[Child]:
     ]
     celery = [PYTHON, "-m", "celery", "-A", "fhirplatform"]
     worker = [*celery, "worker", "--concurrency", "2", "--loglevel", "info", "--without-gossip"]
+    # Bulk exports on a worker of their own (queue `export`, fhirplatform/celery.py), at a
+    # lower CPU priority than the web server: an export never delays an API answer's CPU.
+    exports = [
+        "nice",
+        "-n",
+        "10",
+        *celery,
+        "worker",
+        "--queues",
+        "export",
+        "--concurrency",
+        os.environ.get("EXPORT_WORKERS", "1"),
+        "--hostname",
+        "export@%h",
+        "--loglevel",
+        "info",
+        "--without-gossip",
+    ]
     beat = [*celery, "beat", "--loglevel", "info", "--schedule", str(data / "celerybeat-schedule")]
     return [
         Child("web (gunicorn)", web),
         Child("Celery worker", worker),
+        Child("Celery export worker", exports),
         Child("Celery beat", beat),
     ]
 

@@ -29,7 +29,7 @@ class Command(BaseCommand):
         out(f"Admin:  {report.admin_url}")
         for username, password in report.users.items():
             out(f"  user {username:10} password {password}")
-        out(f"Token endpoint: {report.token_endpoint}")
+        out(f"Token endpoint: {report.token_endpoint} (each tenant's own: /oauth/<tenant>/token)")
         out("Tenants:")
         for slug, base in report.tenants.items():
             out(f"  {slug:14} {base}")
@@ -41,8 +41,12 @@ class Command(BaseCommand):
                 out(f"    client_secret {client['client_secret']}")
             if client.get("private_key_file"):
                 out(f"    private key   {client['private_key_file']} (kid {client['kid']})")
+                out(f"    as a JWKS     {client['private_jwks_file']}")
             out(f"    scope         {client['scope']}  tenants: {', '.join(client['tenants'])}")
         for slug, loaded in report.data.items():
             out(f"Data in {slug}: {loaded}")
+        for slug, groups in report.groups.items():
+            for group in groups:
+                out(f"Group in {slug}: {group} (bulk export: Group/<id>/$export)")
         if report.consent:
             out(f"Consent: {report.consent} (docs/consent.md)")
