@@ -283,7 +283,10 @@ _exports_storage: dict[str, object] = (
         },
     }
     if EXPORT_S3_BUCKET
-    else {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": EXPORT_DIR}}
+    else {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": EXPORT_DIR},
+    }
 )
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -36,7 +36,9 @@ urlpatterns: list = [
     path("$export", export.ExportKickoffView.as_view(), name="fhir-export"),
     path("Patient/$export", export.PatientExportKickoffView.as_view(), name="fhir-export-patient"),
     re_path(
-        rf"^Group/{_ID}/\$export$", export.GroupExportKickoffView.as_view(), name="fhir-export-group"
+        rf"^Group/{_ID}/\$export$",
+        export.GroupExportKickoffView.as_view(),
+        name="fhir-export-group",
     ),
     re_path(
         rf"^\$export-status/{_JOB}$", export.ExportStatusView.as_view(), name="fhir-export-status"
