@@ -7,6 +7,7 @@ create uniquely named objects through `committed`.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -99,6 +100,9 @@ def django_db_setup(
             )
         if not django_db_keepdb:
             teardown_databases(databases, verbosity=request.config.option.verbose)
+        # The session's export files (tests/settings.py made the folder).
+        if Path(settings.EXPORT_DIR).name.startswith("fp-test-exports-"):
+            shutil.rmtree(settings.EXPORT_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

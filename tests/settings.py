@@ -5,6 +5,14 @@ within seconds; the per-address refusal budget itself is tested with a narrow
 override (tests/limits/test_refusals.py).
 """
 
+import os
+import tempfile
+
+# Exports: a folder of the session's own, shared with the workers it starts (which inherit
+# the environment), set before the platform's settings read it.
+if "EXPORT_DIR" not in os.environ:
+    os.environ["EXPORT_DIR"] = tempfile.mkdtemp(prefix="fp-test-exports-")
+
 from fhirplatform.settings import *  # noqa: F403
 
 LIMITS_REFUSALS_PER_IP = "1000000/m"
@@ -13,15 +21,6 @@ LIMITS_REFUSALS_PER_IP = "1000000/m"
 STATIC_ROOT = None
 WHITENOISE_USE_FINDERS = True
 
-# Exports: a folder of the session's own, shared with the worker it starts (which inherits
-# the environment); polls due every second; a worker that stops for 3 s is taken as dead.
-import os  # noqa: E402
-import tempfile  # noqa: E402
-
-EXPORT_DIR = os.environ.setdefault("EXPORT_DIR", tempfile.mkdtemp(prefix="fp-test-exports-"))
+# Polls are due every second; a worker that stops for 3 s is taken as dead.
 EXPORT_POLL_SECONDS = 1
 EXPORT_STALE_SECONDS = int(os.environ.get("EXPORT_STALE_SECONDS", "3"))
-STORAGES["exports"] = {  # noqa: F405
-    "BACKEND": "django.core.files.storage.FileSystemStorage",
-    "OPTIONS": {"location": EXPORT_DIR},
-}

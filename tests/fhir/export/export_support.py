@@ -2,8 +2,10 @@
 the Bulk Data flow: kick-off, polling as Retry-After says, the manifest, the files."""
 
 import json
+import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,8 @@ from tenants.scopes import scopes_parse
 from tenants.services import client_create, tenant_create, token_issue
 from tests.fhir.rest_support import FhirClient, generous_limits
 
+# Starts an export worker of the test's own with these environment variables (conftest.py).
+StartWorker = Callable[[dict[str, str]], subprocess.Popen[bytes]]
 ASYNC: dict[str, Any] = {"HTTP_PREFER": "respond-async", "HTTP_ACCEPT": "application/fhir+json"}
 
 

@@ -3,37 +3,31 @@ a running job whose recorded files are whole and never served as a result, and t
 resumes after its last recorded file; a job cancelled mid-run stops and leaves no file;
 a worker yields to interactive traffic; expired jobs go with their files.
 
-These workers write five resources per file and check the load after every resource;
-the session's own worker stops taking exports meanwhile (Celery's cancel_consumer), so
-these are the only ones that run them.
+These workers (conftest.py `workers`) write five resources per file and check the load
+after every resource.
 """
 
 import json
 import math
 import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
-from fhirplatform.celery import app
 from fhirplatform.fhir.export.models import ExportFile, ExportJob, ExportStatus
 from fhirplatform.fhir.export.tasks import export_expire_all, export_reap_all
 from fhirplatform.limits.store import ADAPTIVE_KEY, GLOBAL_INFLIGHT_KEY
 from fhirplatform.schemas import tenant_schema
-from tests import conftest as session
 from tests.fhir.export.export_support import (
     ExportWorld,
+    StartWorker,
     download,
     exported,
     kickoff,
@@ -42,56 +36,9 @@ from tests.fhir.export.export_support import (
     wait_done,
 )
 
-EXPORT_QUEUE = "export"
 FILE_RESOURCES = 5
-
-
-@pytest.fixture
-def workers(live: ExportWorld) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Start export workers of the test's own (slow: small files, a load check after every
-    resource); the session worker takes no exports until the test ends."""
-    app.control.cancel_consumer(EXPORT_QUEUE, reply=True, timeout=5)
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        name = f"export-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-        env = session.test_environment() | {
-            "EXPORT_FILE_MAX_RESOURCES": str(FILE_RESOURCES),
-            "EXPORT_BATCH_ROWS": "1",
-        }
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "fhirplatform",
-                "worker",
-                "--pool",
-                "solo",
-                "--queues",
-                EXPORT_QUEUE,
-                "--hostname",
-                name,
-                "--loglevel",
-                "warning",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=session.ROOT,
-            env=env,
-        )
-        started.append(process)
-        deadline = time.monotonic() + 60
-        while not app.control.ping(destination=[name], timeout=1.0):
-            assert process.poll() is None and time.monotonic() < deadline, "no worker"
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait(timeout=15)
-    app.control.add_consumer(EXPORT_QUEUE, reply=True, timeout=5)
+# Five resources per file, and a load check after every resource.
+SLOW = {"EXPORT_FILE_MAX_RESOURCES": str(FILE_RESOURCES), "EXPORT_BATCH_ROWS": "1"}
 
 
 class Pressure:
@@ -132,10 +79,10 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
 
 
 def test_a_killed_worker_leaves_whole_files_and_the_job_resumes(
-    live: ExportWorld, workers: Callable[[], subprocess.Popen[bytes]]
+    live: ExportWorld, workers: StartWorker
 ) -> None:
     token = live.token()
-    first = workers()
+    first = workers(SLOW)
     path = status_path(kickoff(live, token, params={"_type": "Patient,Encounter"}))
     with Pressure():
         _wait_for(lambda: len(_recorded(live, _job(live, path))) >= 1)
@@ -145,9 +92,9 @@ def test_a_killed_worker_leaves_whole_files_and_the_job_resumes(
     assert job.status == ExportStatus.RUNNING
     recorded = _recorded(live, job)
     for file in recorded:  # each recorded file is whole
-        stored = Path(settings.EXPORT_DIR, file.storage_name).read_bytes().splitlines()
-        assert len(stored) == file.count == FILE_RESOURCES
-        assert all(json.loads(line)["resourceType"] == file.resource_type for line in stored)
+        written = Path(settings.EXPORT_DIR, file.storage_name).read_bytes().splitlines()
+        assert len(written) == file.count == FILE_RESOURCES
+        assert all(json.loads(line)["resourceType"] == file.resource_type for line in written)
     # Nothing is served as a result while the job is unfinished.
     time.sleep(settings.EXPORT_POLL_SECONDS)
     assert poll(path, token).status_code == 202
@@ -155,7 +102,7 @@ def test_a_killed_worker_leaves_whole_files_and_the_job_resumes(
     assert download(url, token).status_code == 404
 
     time.sleep(settings.EXPORT_STALE_SECONDS + 0.5)
-    workers()
+    workers(SLOW)
     assert export_reap_all.apply().get() == {live.tenant.slug: 1}
     done = wait_done(path, token)
     assert done.status_code == 200
@@ -171,10 +118,10 @@ def test_a_killed_worker_leaves_whole_files_and_the_job_resumes(
 
 
 def test_cancel_mid_run_stops_the_worker_and_leaves_no_file(
-    live: ExportWorld, workers: Callable[[], subprocess.Popen[bytes]]
+    live: ExportWorld, workers: StartWorker
 ) -> None:
     token = live.token()
-    workers()
+    workers(SLOW)
     path = status_path(kickoff(live, token, params={"_type": "Observation"}))
     job = _job(live, path)
     folder = Path(settings.EXPORT_DIR, live.tenant.schema_name, str(job.pk))
@@ -189,10 +136,10 @@ def test_cancel_mid_run_stops_the_worker_and_leaves_no_file(
 
 
 def test_the_worker_yields_while_interactive_traffic_holds_its_share(
-    live: ExportWorld, workers: Callable[[], subprocess.Popen[bytes]]
+    live: ExportWorld, workers: StartWorker
 ) -> None:
     token = live.token()
-    workers()
+    workers(SLOW)
     path = status_path(kickoff(live, token, params={"_type": "Patient"}))
     job = _job(live, path)
     with Pressure():
