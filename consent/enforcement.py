@@ -118,6 +118,12 @@ class ConsentGuard:
             return rows.none()
         return rows if exclusion.q is None else rows.exclude(exclusion.q)
 
+    def may_deny(self, *, resource_types: Sequence[str]) -> bool:
+        """Whether the decision leaves out any resource of these types (the same exclusion
+        `visible` applies, so it costs nothing more): when not, nothing needs counting."""
+        exclusion = consent_exclusion(guard=self, resource_types=resource_types)
+        return exclusion.everything or exclusion.q is not None
+
     def settles_by(self, instant: datetime | None) -> None:
         """Note that what this request was decided on may change at `instant`."""
         if instant is not None and (self._settled is None or instant < self._settled):

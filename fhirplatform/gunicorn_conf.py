@@ -59,3 +59,8 @@ util.write_error = outcome_write_error
 # gunicorn's threaded worker, which reads a flooding client's next request late
 # (fhirplatform/gunicorn_worker.py); used whatever --threads says.
 worker_class = "fhirplatform.gunicorn_worker.ThreadWorker"
+
+# An idle kept-alive connection is closed after this many seconds. Longer than a bulk
+# export's Retry-After (EXPORT_POLL_SECONDS, 2): a client polling on time reuses its
+# connection instead of racing the server's close of it (gunicorn's default is 2).
+keepalive = 5

@@ -394,6 +394,9 @@ def celery_worker(env: dict[str, str], log: Path, root: Path) -> Iterator[Worker
     with log.open("ab") as output:
         process = subprocess.Popen(
             [
+                # As `make run` starts its export worker (scripts/run.py): below the web
+                # server's CPU priority.
+                *("nice", "-n", "10"),
                 sys.executable,
                 *("-m", "celery", "-A", "fhirplatform", "worker"),
                 *("--pool", "prefork", "--concurrency", "1", "-Q", WORKER_QUEUES),

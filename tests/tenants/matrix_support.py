@@ -43,6 +43,7 @@ class Call:
     path: str
     body: Any = None
     content_type: str = "application/fhir+json"
+    headers: tuple[tuple[str, str], ...] = ()  # what the interaction itself needs sent
 
 
 CALLS = {
@@ -85,7 +86,9 @@ CALLS = {
         "application/json-patch+json",
     ),
     "delete": Call(Interaction.DELETE, "Patient", "DELETE", "/fhir/{t}/Patient/{id}"),
-    "export": Call(Interaction.EXPORT, "*", "GET", "/fhir/{t}/$export"),
+    "export": Call(
+        Interaction.EXPORT, "*", "GET", "/fhir/{t}/$export", headers=(("Prefer", "respond-async"),)
+    ),
 }
 
 
@@ -118,7 +121,7 @@ def send(
     headers: dict[str, str] | None = None,
 ):
     path = fill(call.path, tenant, logical_id)
-    headers = dict(headers or {})
+    headers = dict(call.headers) | dict(headers or {})
     if authorization is not None:
         headers["Authorization"] = authorization
     kwargs: dict[str, Any] = {"headers": headers}

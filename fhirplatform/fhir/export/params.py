@@ -115,6 +115,12 @@ def _patient_id(value: Any) -> str:
     return match["id"]
 
 
+def exportable_types(*, level: ExportLevel, caller: Caller) -> list[str]:
+    """Every type the level exports that the caller's scopes let it read, sorted."""
+    exportable = STORED_RESOURCE_TYPES if level is ExportLevel.SYSTEM else COMPARTMENT_TYPES
+    return sorted(t for t in exportable if scopes_allow(caller.scopes, t, Interaction.EXPORT))
+
+
 def _types(
     requested: list[str], *, level: ExportLevel, caller: Caller, checker: _Checker
 ) -> list[str]:
@@ -122,7 +128,7 @@ def _types(
     type the level holds) that the caller's scopes let it read."""
     exportable = STORED_RESOURCE_TYPES if level is ExportLevel.SYSTEM else COMPARTMENT_TYPES
     if not requested:
-        return sorted(t for t in exportable if scopes_allow(caller.scopes, t, Interaction.EXPORT))
+        return exportable_types(level=level, caller=caller)
     types: list[str] = []
     for name in dict.fromkeys(requested):
         if name not in R4_RESOURCE_TYPES:

@@ -10,8 +10,9 @@
   unrecorded file at most; the next run deletes it and resumes after the last recorded
   one (`resume`).
 - **Who**: the job's client on its grant, checked again at the start of every run and
-  before every file: a revoked client or grant, a suspended tenant, or scopes narrowed
-  below the job's types fail the job.
+  before every type: a revoked client or grant, a suspended tenant, or scopes narrowed
+  below the job's types fail the job. Each type is decided on the consents as they are
+  when the worker starts it.
 - **Fair**: between batches the worker pauses while interactive requests hold the
   adaptive limit's export share (pacing.py).
 """
@@ -24,8 +25,8 @@ from typing import IO
 from urllib.parse import parse_qsl
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from consent.enforcement import ConsentGuard
@@ -225,13 +226,28 @@ def _export_type(run: _Run, index: int, resource_type: str) -> None:
         after = last
         if count < settings.EXPORT_FILE_MAX_RESOURCES:
             break
-    # Left out under consent: every selected row less those the decision lets through.
-    denied = _selected(run, resource_type).count() - _visible(run, resource_type).count()
-    if denied:
-        job.denied[resource_type] = denied
+    if run.consent.may_deny(resource_types=[resource_type]):
+        # Left out under consent: every selected row less those written.
+        written = job.files.filter(resource_type=resource_type, kind=FileKind.OUTPUT)
+        total = written.aggregate(total=Sum("count"))["total"] or 0
+        if denied := _selected(run, resource_type).count() - total:
+            job.denied[resource_type] = denied
     job.type_index, job.after_pk = index + 1, 0
     if not _ours(job).update(type_index=job.type_index, after_pk=0, denied=job.denied):
         raise JobLost()
+
+
+def _types_held(resource_types: list[str]) -> frozenset[str]:
+    """Those of the types the tenant holds a current resource of: one statement of index
+    probes, so that a system export spends nothing on the many types a tenant never uses."""
+    table = Resource._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT t FROM unnest(%s::text[]) AS t WHERE EXISTS "
+            f"(SELECT 1 FROM {table} r WHERE r.resource_type = t AND NOT r.deleted)",
+            [resource_types],
+        )
+        return frozenset(row[0] for row in cursor.fetchall())
 
 
 def _error_file(run: _Run) -> None:
@@ -324,8 +340,13 @@ def export_run(*, job_id: str) -> str:
             base_url=tenant_fhir_base(caller.tenant),
             schema=schema,
         )
+        held = _types_held(job.resource_types[job.type_index :])
         for index in range(job.type_index, len(job.resource_types)):
-            _caller(job)  # still allowed, type after type
+            if job.resource_types[index] not in held:
+                continue
+            # Type after type: still allowed, and decided on the consents as they are now.
+            run.caller = _caller(job)
+            run.consent = consent_guard(caller=run.caller, state=CacheState(key=None))
             _export_type(run, index, job.resource_types[index])
         _error_file(run)
     except JobLost:

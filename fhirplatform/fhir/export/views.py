@@ -31,6 +31,7 @@ from fhirplatform.fhir.export.pacing import poll_wait
 from fhirplatform.fhir.export.params import (
     NDJSON,
     export_request_parse,
+    exportable_types,
     parameters_from_body,
     skipped_issues,
 )
@@ -76,8 +77,14 @@ class ExportKickoffView(BaseFhirView):
         return Description(*self.endpoint(request.method or "", kwargs), 1)
 
     def require_scope(self, caller: Caller, description: Description) -> None:
-        """What is exported is every requested type the scopes let the caller read: the
-        parameters decide it (params.py), and refuse a kick-off that would export nothing."""
+        """Read on some type the level exports. Which of them are exported, the parameters
+        decide (params.py): every requested type the scopes let the caller read."""
+        if not exportable_types(level=self.level, caller=caller):
+            scope_require(
+                scopes=caller.scopes,
+                resource_type=description.resource_type,
+                interaction=Interaction.EXPORT,
+            )
 
     def get(self, request: Request, tenant: str, logical_id: str = "") -> Response:
         pairs = [(name, value) for name, values in request.query_params.lists() for value in values]

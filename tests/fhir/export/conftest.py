@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from fhirplatform.celery import app
+from fhirplatform.limits import services as limit_services
 from tests import conftest as session
 from tests.fhir.export.export_support import ExportWorld, StartWorker, export_world
 
@@ -24,11 +25,13 @@ def export(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ExportWorld
 
 
 @pytest.fixture(autouse=True)
-def _no_background_event_writes(settings: Any) -> None:
+def _no_throttle_event_writes(settings: Any) -> Iterator[None]:
     # Kick-offs in quick succession pass the count-only plan's export bucket (counted,
-    # never refused): their throttle events must not be written by a thread that outlives
-    # the test's database access.
+    # never refused). Their throttle events are not what these tests look at, and must not
+    # be written after the test, by a thread or at exit, naming a rolled-back client.
     settings.LIMITS_EVENTS_BACKGROUND_FLUSH = False
+    yield
+    limit_services._events.counts.clear()
 
 
 @pytest.fixture
