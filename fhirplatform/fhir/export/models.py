@@ -66,8 +66,10 @@ class ExportJob(models.Model):
     # A running job's worker renews this; a stale one is a worker that died (runner.py).
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
-    # Where the next file starts: the index into resource_types and the last row written.
+    # Where the next file starts: the index into resource_types, and the last row written
+    # in (last_updated, pk) order (runner.py Position).
     type_index = models.PositiveSmallIntegerField(default=0)
+    after_updated = models.DateTimeField(null=True, blank=True)
     after_pk = models.BigIntegerField(default=0)
     written = models.PositiveBigIntegerField(default=0)
     # {type: resources left out under consent}: counts only, never ids.

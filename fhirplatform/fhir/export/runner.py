@@ -20,7 +20,7 @@
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO
 from urllib.parse import parse_qsl
 
@@ -142,33 +142,46 @@ def _visible(run: _Run, resource_type: str) -> QuerySet[Resource]:
     return run.consent.visible(_selected(run, resource_type), resource_types=[resource_type])
 
 
-def _lines(run: _Run, resource_type: str, after_pk: int) -> Iterator[tuple[int, bytes]]:
-    """The next file's rows after `after_pk`, as (pk, NDJSON line), through a server-side
+# Where a type's next file starts: after this row, in (last_updated, pk) order, the order
+# of the store's (resource_type, last_updated, id) index; (None, 0) at the type's start.
+Position = tuple[datetime | None, int]
+START: Position = (None, 0)
+
+
+def _lines(run: _Run, resource_type: str, after: Position) -> Iterator[tuple[Position, bytes]]:
+    """The next file's rows after `after`, as (position, NDJSON line), through a server-side
     cursor; pausing between batches for interactive traffic."""
-    rows = (
-        with_stored_text(_visible(run, resource_type))
-        .filter(pk__gt=after_pk)
-        .order_by("pk")
-        .values_list("pk", "content_text")[: settings.EXPORT_FILE_MAX_RESOURCES]  # type: ignore[misc]
-    )
+    rows = with_stored_text(_visible(run, resource_type))
+    updated, pk = after
+    if updated is not None:
+        rows = rows.filter(Q(last_updated__gt=updated) | Q(last_updated=updated, pk__gt=pk))
+    ordered = rows.order_by(
+        "last_updated", "pk"
+    ).values_list(
+        "last_updated",
+        "pk",
+        "content_text",  # type: ignore[misc]
+    )[: settings.EXPORT_FILE_MAX_RESOURCES]
     shape = elements_shaper(run.job.elements, resource_type)
     batch = settings.EXPORT_BATCH_ROWS
     # Pauses are bounded per file, so the heartbeat renewed between files stays fresh.
     yield_budget = MAX_YIELD_SECONDS
-    for n, (pk, text) in enumerate(rows.iterator(chunk_size=batch), start=1):
+    for n, (last_updated, row_pk, text) in enumerate(ordered.iterator(chunk_size=batch), 1):
         line = text.encode() if shape is None else exact_dumps(shape(text))
-        yield pk, line + b"\n"
+        yield (last_updated, row_pk), line + b"\n"
         if n % batch == 0 and yield_budget > 0:
             yield_budget -= yield_to_interactive(max_seconds=yield_budget)
 
 
-def _write_file(run: _Run, handle: IO[bytes], resource_type: str, after_pk: int) -> tuple[int, int]:
-    """Write the next file of the type; (resources written, last row's pk)."""
-    count, last = 0, after_pk
+def _write_file(
+    run: _Run, handle: IO[bytes], resource_type: str, after: Position
+) -> tuple[int, Position]:
+    """Write the next file of the type; (resources written, the last row's position)."""
+    count, last = 0, after
     with transaction.atomic():  # the server-side cursor lives in one transaction
-        for pk, line in _lines(run, resource_type, after_pk):
+        for last, line in _lines(run, resource_type, after):  # noqa: B007 - `last` is kept
             handle.write(line)
-            count, last = count + 1, pk
+            count += 1
     return count, last
 
 
@@ -183,7 +196,7 @@ def _renew(job: ExportJob) -> None:
         raise JobLost()
 
 
-def _record(run: _Run, file: ExportFile, *, next_type: int, after_pk: int) -> None:
+def _record(run: _Run, file: ExportFile, *, next_type: int, after: Position) -> None:
     """Record a stored file and where the next one starts, if the job is still running;
     otherwise the stored file goes again."""
     job = run.job
@@ -193,15 +206,16 @@ def _record(run: _Run, file: ExportFile, *, next_type: int, after_pk: int) -> No
             raise JobLost()
         if file.count:
             file.save()
-        job.type_index, job.after_pk = next_type, after_pk
+        job.type_index, (job.after_updated, job.after_pk) = next_type, after
         job.written += file.count if file.kind == FileKind.OUTPUT else 0
         job.heartbeat_at = timezone.now()
-        job.save(update_fields=["type_index", "after_pk", "written", "heartbeat_at", "denied"])
+        fields = ["type_index", "after_updated", "after_pk", "written", "heartbeat_at", "denied"]
+        job.save(update_fields=fields)
 
 
 def _export_type(run: _Run, index: int, resource_type: str) -> None:
     job = run.job
-    after = job.after_pk
+    after: Position = (job.after_updated, job.after_pk)
     sequence = job.files.filter(resource_type=resource_type, kind=FileKind.OUTPUT).count()
     while True:
         _renew(job)
@@ -222,7 +236,7 @@ def _export_type(run: _Run, index: int, resource_type: str) -> None:
             count=count,
             size=size,
         )
-        _record(run, file, next_type=index, after_pk=last)
+        _record(run, file, next_type=index, after=last)
         after = last
         if count < settings.EXPORT_FILE_MAX_RESOURCES:
             break
@@ -232,8 +246,11 @@ def _export_type(run: _Run, index: int, resource_type: str) -> None:
         total = written.aggregate(total=Sum("count"))["total"] or 0
         if denied := _selected(run, resource_type).count() - total:
             job.denied[resource_type] = denied
-    job.type_index, job.after_pk = index + 1, 0
-    if not _ours(job).update(type_index=job.type_index, after_pk=0, denied=job.denied):
+    job.type_index, (job.after_updated, job.after_pk) = index + 1, START
+    started = _ours(job).update(
+        type_index=job.type_index, after_updated=None, after_pk=0, denied=job.denied
+    )
+    if not started:
         raise JobLost()
 
 
@@ -284,7 +301,7 @@ def _error_file(run: _Run) -> None:
         count=len(issues),
         size=size,
     )
-    _record(run, error, next_type=len(job.resource_types), after_pk=0)
+    _record(run, error, next_type=len(job.resource_types), after=START)
 
 
 def _claim(job_id: str) -> ExportJob | None:
