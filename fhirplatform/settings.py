@@ -270,6 +270,9 @@ EXPORT_BATCH_ROWS = env_int("EXPORT_BATCH_ROWS", 2000, minimum=1)
 # How long the worker pauses, batch after batch, while interactive traffic holds the
 # adaptive limit's export share (fhirplatform/limits/costs.py CRITICALITY_SHARE).
 EXPORT_YIELD_SECONDS = env_int("EXPORT_YIELD_MS", 250, minimum=1) / 1000
+# While any request is in flight, the worker rests this many times as long as it worked
+# on its last batch (percent: 100 = half the time; 0 = never), pacing.py.
+EXPORT_INTERACTIVE_YIELD = env_int("EXPORT_INTERACTIVE_YIELD_PERCENT", 100) / 100
 _exports_storage: dict[str, object] = (
     {
         "BACKEND": "storages.backends.s3.S3Storage",

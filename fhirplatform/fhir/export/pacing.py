@@ -1,6 +1,6 @@
 """What keeps exports fair to everyone else: polls no faster than the Retry-After a
-client was given, and a worker that pauses while interactive traffic is near the
-adaptive limit's share for exports.
+client was given, and a worker that takes turns with interactive traffic, and pauses
+while that traffic is near the adaptive limit's share for exports.
 
 Both read the limiter's Redis and give way when it is down: polling is still bounded by
 the export-poll rate bucket (or the fallback limiter), and a worker that cannot tell the
@@ -10,6 +10,7 @@ load goes on.
 import logging
 import math
 import time
+from typing import NamedTuple
 
 import redis
 from django.conf import settings
@@ -40,9 +41,21 @@ def poll_wait(*, tenant_slug: str, job_id: object, retry_after: int) -> int:
     return max(1, math.ceil(max(remaining_ms, 0) / 1000 + POLL_TOLERANCE_SECONDS))
 
 
-def interactive_pressure() -> bool:
-    """Whether requests in flight platform-wide hold the export share of the adaptive
-    limit: the share at which the limiter itself stops admitting export requests."""
+class Load(NamedTuple):
+    """Requests in flight platform-wide (the limiter's leases), and how many of them hold
+    the adaptive limit's export share: the share at which the limiter itself stops
+    admitting export requests."""
+
+    inflight: int
+    export_share: int
+
+    @property
+    def saturated(self) -> bool:
+        return self.inflight >= self.export_share
+
+
+def interactive_load() -> Load:
+    """The load now, in one Redis round trip; none when Redis cannot tell."""
     try:
         client = limiter_redis()
         pipe = client.pipeline(transaction=False)
@@ -50,16 +63,29 @@ def interactive_pressure() -> bool:
         pipe.hget(ADAPTIVE_KEY, "limit")
         inflight, limit = pipe.execute()
     except redis.RedisError:
-        return False
+        return Load(0, 1)
     adaptive = float(limit) if limit else float(settings.LIMITS_ADAPTIVE_MAX)
-    return int(inflight) >= max(1, math.floor(adaptive * CRITICALITY_SHARE[EndpointClass.EXPORT]))
+    share = max(1, math.floor(adaptive * CRITICALITY_SHARE[EndpointClass.EXPORT]))
+    return Load(int(inflight), share)
 
 
-def yield_to_interactive(*, max_seconds: float) -> float:
-    """Pause while interactive traffic holds the export share, for `max_seconds` at most
-    (an export that never ran would never finish); the seconds paused."""
+def yield_to_interactive(*, worked_seconds: float, max_seconds: float) -> float:
+    """The worker's pause after `worked_seconds` of export work; the seconds paused, at
+    most `max_seconds` (an export that never ran would never finish):
+
+    - while requests in flight hold the export share, it waits, step by step;
+    - while any request is in flight, it rests EXPORT_INTERACTIVE_YIELD times as long as
+      it worked (1: half the time), so that on a busy platform an export takes the CPU
+      and the database's attention in turns with the requests, not from them;
+    - on an idle platform it goes on at once."""
     paused = 0.0
-    while paused < max_seconds and interactive_pressure():
+    load = interactive_load()
+    while load.saturated and paused < max_seconds:
         time.sleep(settings.EXPORT_YIELD_SECONDS)
         paused += settings.EXPORT_YIELD_SECONDS
+        load = interactive_load()
+    if load.inflight and paused < max_seconds:
+        rest = min(worked_seconds * settings.EXPORT_INTERACTIVE_YIELD, max_seconds - paused)
+        time.sleep(rest)
+        paused += rest
     return paused

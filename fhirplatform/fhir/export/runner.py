@@ -18,6 +18,7 @@
 """
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -201,6 +202,7 @@ def _write_file(
     count, last = 0, after
     yield_budget = MAX_YIELD_SECONDS
     with transaction.atomic():  # the server-side cursor lives in one transaction
+        started = time.monotonic()
         for batch in _batches(run, resource_type, after):
             if shape is None:
                 handle.write(("\n".join(row[2] for row in batch) + "\n").encode())
@@ -208,7 +210,11 @@ def _write_file(
                 handle.write(b"".join(exact_dumps(shape(row[2])) + b"\n" for row in batch))
             count, last = count + len(batch), (_instant(batch[-1][0]), batch[-1][1])
             if yield_budget > 0:
-                yield_budget -= yield_to_interactive(max_seconds=yield_budget)
+                worked = time.monotonic() - started
+                yield_budget -= yield_to_interactive(
+                    worked_seconds=worked, max_seconds=yield_budget
+                )
+                started = time.monotonic()
     return count, last
 
 
