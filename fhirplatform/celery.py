@@ -21,7 +21,23 @@ from fhirplatform.task_envelope import Envelope, EnvelopeRefused, SignedTask, Te
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fhirplatform.settings")
 
-__all__ = ["EnvelopeRefused", "TenantMissing", "TenantTask", "app", "tenant_task"]
+__all__ = [
+    "EXPORT_QUEUE",
+    "PLATFORM_QUEUE",
+    "QUEUES",
+    "EnvelopeRefused",
+    "TenantMissing",
+    "TenantTask",
+    "app",
+    "tenant_task",
+]
+
+# The platform's own tasks (cache invalidation, audit sealing, token purges), and bulk
+# exports, which run on workers of their own (scripts/run.py) so that a long export never
+# holds up the others.
+PLATFORM_QUEUE = "fhirplatform"
+EXPORT_QUEUE = "export"
+QUEUES = (PLATFORM_QUEUE, EXPORT_QUEUE)
 
 app = Celery("fhirplatform", task_cls=SignedTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -29,12 +45,10 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    task_default_queue="fhirplatform",
+    task_default_queue=PLATFORM_QUEUE,
     broker_connection_retry_on_startup=True,
     result_expires=3600,
-    # Bulk exports run on workers of their own (scripts/run.py), so that a long export
-    # never holds up cache invalidation or audit sealing.
-    task_routes={"export.*": {"queue": "export"}},
+    task_routes={"export.*": {"queue": EXPORT_QUEUE}},
     beat_schedule={
         "purge-expired-tokens": {
             "task": "tenants.tasks.tokens_purge_expired",

@@ -18,6 +18,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from fhirplatform.celery import QUEUES
 from fhirplatform.celery import app as celery_app
 from fhirplatform.redis_clients import redis_client
 from fhirplatform.schemas import schema_public
@@ -80,14 +81,18 @@ def _migrations() -> dict[str, Any]:
 
 
 def _workers() -> dict[str, Any]:
-    """At least one Celery worker answers a ping over the broker."""
+    """Every queue has a Celery worker consuming it, by the workers' own answer over the
+    broker: the platform's tasks and the bulk exports run on workers of their own, and
+    either kind may be down while the other answers."""
     with celery_app.connection_for_write(connect_timeout=1) as connection:
         # One quick connection attempt: kombu's own retries would hold the probe for seconds.
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
-        replies = celery_app.control.ping(timeout=1.0, limit=1, connection=connection)
-    if not replies:
-        raise RuntimeError("no Celery worker answered a ping")
-    return {"workers": sorted(name for reply in replies for name in reply)}
+        inspect = celery_app.control.inspect(timeout=WORKERS_WAIT_SECONDS, connection=connection)
+        replies = inspect.active_queues() or {}
+    consumed = {queue["name"] for queues in replies.values() for queue in queues or ()}
+    if missing := [queue for queue in QUEUES if queue not in consumed]:
+        raise RuntimeError(f"no Celery worker consumes {', '.join(missing)}")
+    return {"workers": sorted(replies), "queues": sorted(consumed)}
 
 
 class CachedCheck:
@@ -113,6 +118,9 @@ class CachedCheck:
             self._result = None
 
 
+# How long the workers check waits for their answers (every worker answers; none is the
+# last): the probe answers from memory for WORKERS seconds after that.
+WORKERS_WAIT_SECONDS = 0.5
 WORKERS = CachedCheck(_workers, seconds=5)
 
 

@@ -164,7 +164,7 @@ def children_for(*, bind: str, data: Path) -> list[Child]:
     celery = [PYTHON, "-m", "celery", "-A", "fhirplatform"]
     worker = [*celery, "worker", "--concurrency", "2", "--loglevel", "info", "--without-gossip"]
     # Bulk exports on a worker of their own (queue `export`, fhirplatform/celery.py), at a
-    # lower CPU priority than the web server: an export never delays an API answer's CPU.
+    # lower CPU priority than the web server, which comes first for the CPU.
     exports = [
         "nice",
         "-n",

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import setup_databases, teardown_databases
 
+from fhirplatform.celery import QUEUES
 from fhirplatform.schemas import schema_public
 from scripts.loopback import gunicorn
 from tenants.models import ApiClient, Grant, Tenant
@@ -188,7 +189,7 @@ def celery_worker_process(django_db_setup: Cast) -> Iterator[subprocess.Popen[by
             "--without-mingle",
             # The platform's queue and the bulk exports' (fhirplatform/celery.py task_routes).
             "--queues",
-            "fhirplatform,export",
+            ",".join(QUEUES),
             # A probe task the envelope tests send (tests/celery_probe.py).
             "--include",
             "tests.celery_probe",

@@ -18,6 +18,7 @@ from django.conf import settings
 from fhirplatform.limits.codes import EndpointClass
 from fhirplatform.limits.costs import CRITICALITY_SHARE
 from fhirplatform.limits.store import ADAPTIVE_KEY, GLOBAL_INFLIGHT_KEY, limit_key, limiter_redis
+from fhirplatform.redis_clients import RedisBreaker
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,15 @@ class Load(NamedTuple):
         return self.inflight >= self.export_share
 
 
+# A worker that found Redis down asks again only after LIMITS_REDIS_RETRY_SECONDS: one
+# timeout per few seconds, not one per batch.
+_breaker = RedisBreaker(lambda: settings.LIMITS_REDIS_RETRY_SECONDS)
+
+
 def interactive_load() -> Load:
     """The load now, in one Redis round trip; none when Redis cannot tell."""
+    if not _breaker.available():
+        return Load(0, 1)
     try:
         client = limiter_redis()
         pipe = client.pipeline(transaction=False)
@@ -63,7 +71,10 @@ def interactive_load() -> Load:
         pipe.hget(ADAPTIVE_KEY, "limit")
         inflight, limit = pipe.execute()
     except redis.RedisError:
+        if _breaker.trip():
+            logger.warning("export pacing: the limiter's Redis is unreachable; not yielding")
         return Load(0, 1)
+    _breaker.recover()
     adaptive = float(limit) if limit else float(settings.LIMITS_ADAPTIVE_MAX)
     share = max(1, math.floor(adaptive * CRITICALITY_SHARE[EndpointClass.EXPORT]))
     return Load(int(inflight), share)

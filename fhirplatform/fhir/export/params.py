@@ -20,7 +20,7 @@ from fhirplatform.errors import FhirError, Issue, IssueCode, Severity
 from fhirplatform.fhir.compartments import PATIENT, PATIENT_COMPARTMENT
 from fhirplatform.fhir.export.models import ExportLevel
 from fhirplatform.fhir.models import RELATIVE_REFERENCE
-from fhirplatform.fhir.search.parsing import search_parse
+from fhirplatform.fhir.search.parsing import IGNORED_CONTROL, search_parse
 from fhirplatform.fhir.search.selectors import search_matches
 from fhirplatform.resource_types import R4_RESOURCE_TYPES, STORED_RESOURCE_TYPES
 from tenants.scopes import Interaction, scopes_allow
@@ -34,9 +34,7 @@ COMPARTMENT_TYPES: frozenset[str] = (PATIENT_COMPARTMENT | {PATIENT}) & STORED_R
 _FILTER_CONTROLS = frozenset(
     {"_count", "_sort", "_summary", "_elements", "_include", "_revinclude", "_total", "_type"}
 )
-_SERVED = frozenset(
-    {"_outputFormat", "_since", "_type", "_typeFilter", "_elements", "patient", "_format"}
-)
+_SERVED = frozenset({"_outputFormat", "_since", "_type", "_typeFilter", "_elements", "patient"})
 # Known to the IG, not served: named as not supported rather than as unknown.
 _NOT_SERVED = frozenset({"includeAssociatedData", "_until", "organizeOutputBy"})
 
@@ -189,6 +187,8 @@ def export_request_parse(
     checker = _Checker(lenient=lenient)
     named: dict[str, list[Any]] = {}
     for name, value in params:
+        if name in IGNORED_CONTROL:  # _format, _pretty: as on every FHIR request
+            continue
         if name in _SERVED:
             named.setdefault(name, []).append(value)
         elif name in _NOT_SERVED:
@@ -204,10 +204,10 @@ def export_request_parse(
         raise _invalid("_since", "_since may be given once")
     requested = _words(_text("_type", v) for v in named.get("_type", []))
     types = _types(requested, level=level, caller=caller, checker=checker)
-    if not types:
+    if not types:  # without _type, the scope step has seen to it that there are some
         raise FhirError(
-            403 if not requested else 400,
-            IssueCode.FORBIDDEN if not requested else IssueCode.NOT_SUPPORTED,
+            400,
+            IssueCode.NOT_SUPPORTED,
             "Nothing to export: no requested type is exportable under the token's scopes",
             expression=["_type"],
         )

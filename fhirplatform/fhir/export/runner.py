@@ -1,50 +1,48 @@
 """The worker's side of a bulk export: one job, type after type, file after file.
 
-- **What**: the job's rows as of its transaction time, narrowed by `_since`, the
-  patients (Patient and Group exports: their compartments) and `_typeFilter`, without
-  what the caller's consent decision denies (left out in SQL, as a search leaves it out;
-  the manifest's error file gives the counts, never ids).
+- **What**: the job's rows (selection.py), without what the caller's consent decision
+  denies; the manifest's error file gives the counts left out, never ids.
 - **How**: each file is one query read through a server-side cursor in batches, written
   to a temporary file, moved into the export storage whole, and only then recorded,
   together with where the next file starts. A worker killed mid-file leaves an
   unrecorded file at most; the next run deletes it and resumes after the last recorded
-  one (`resume`).
+  one.
 - **Who**: the job's client on its grant, checked again at the start of every run and
-  before every type: a revoked client or grant, a suspended tenant, or scopes narrowed
+  before every file: a revoked client or grant, a suspended tenant, or scopes narrowed
   below the job's types fail the job. Each type is decided on the consents as they are
   when the worker starts it.
-- **Fair**: between batches the worker pauses while interactive requests hold the
-  adaptive limit's export share (pacing.py).
+- **Fair**: between batches the worker takes turns with interactive requests, and waits
+  while they hold the adaptive limit's export share (pacing.py).
 """
 
-import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import IO, Any
-from urllib.parse import parse_qsl
+from datetime import timedelta
+from typing import IO
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import BooleanField, Q, QuerySet, Sum
-from django.db.models.expressions import RawSQL
-from django.db.models.fields import TextField
-from django.db.models.functions import Cast
+from django.db import transaction
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from consent.enforcement import ConsentGuard
 from fhirplatform.errors import Issue, IssueCode, Severity, operation_outcome
 from fhirplatform.fhir.caching import CacheState, consent_guard
 from fhirplatform.fhir.export.models import (
     ExportFile,
     ExportJob,
-    ExportLevel,
     ExportStatus,
     FileKind,
 )
 from fhirplatform.fhir.export.pacing import yield_to_interactive
+from fhirplatform.fhir.export.params import skipped_issues
+from fhirplatform.fhir.export.selection import (
+    START,
+    Position,
+    Selection,
+    file_batches,
+    position_of,
+    types_held,
+)
 from fhirplatform.fhir.export.services import retention_end
 from fhirplatform.fhir.export.shaping import elements_shaper
 from fhirplatform.fhir.export.storage import (
@@ -54,18 +52,12 @@ from fhirplatform.fhir.export.storage import (
     files_delete,
     job_prefix,
 )
-from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.numbers import exact_dumps
-from fhirplatform.fhir.search.keyset import with_stored_text
-from fhirplatform.fhir.search.parsing import search_parse
-from fhirplatform.fhir.search.selectors import search_matches
 from fhirplatform.schemas import schema_current
 from tenants.models import ClientStatus, Grant, GrantStatus, TenantStatus
 from tenants.scopes import Interaction, scopes_allow, scopes_intersect, scopes_parse
 from tenants.selectors import tenant_fhir_base
 from tenants.tokens import Caller
-
-logger = logging.getLogger(__name__)
 
 # The longest a worker pauses for interactive traffic while writing one file.
 MAX_YIELD_SECONDS = 5.0
@@ -82,9 +74,7 @@ class JobLost(Exception):
 @dataclass
 class _Run:
     job: ExportJob
-    caller: Caller
-    consent: ConsentGuard
-    base_url: str
+    rows: Selection
     schema: str
 
 
@@ -113,85 +103,6 @@ def _caller(job: ExportJob) -> Caller:
     )
 
 
-def _selected(run: _Run, resource_type: str) -> QuerySet[Resource]:
-    """The type's rows the job exports, before consent."""
-    job = run.job
-    rows = Resource.objects.filter(
-        resource_type=resource_type, deleted=False, last_updated__lte=job.transaction_time
-    )
-    if job.since is not None:
-        rows = rows.filter(last_updated__gt=job.since)
-    if job.level != ExportLevel.SYSTEM:
-        if job.patients or job.level == ExportLevel.GROUP:
-            rows = rows.filter(compartment__overlap=job.patients)
-        else:
-            rows = rows.exclude(compartment=[])
-    queries = job.type_filters.get(resource_type)
-    if queries:
-        matched = Q()
-        for query in queries:
-            parsed = search_parse(
-                resource_type=resource_type,
-                params=parse_qsl(query, keep_blank_values=True),
-                strict=True,
-            )
-            found = search_matches(
-                caller=run.caller, request=parsed, base_url=run.base_url, consent=None
-            )
-            matched |= Q(pk__in=found.values("pk"))
-        rows = rows.filter(matched)
-    return rows
-
-
-def _visible(run: _Run, resource_type: str) -> QuerySet[Resource]:
-    return run.consent.visible(_selected(run, resource_type), resource_types=[resource_type])
-
-
-# Where a type's next file starts: after this row, in (last_updated, pk) order, the order
-# of the store's (resource_type, last_updated, id) index; (None, 0) at the type's start.
-Position = tuple[datetime | None, int]
-START: Position = (None, 0)
-
-
-def _after(position: Position) -> RawSQL:
-    """Rows after `position` in (last_updated, pk) order: one row comparison, which the
-    index serves as a range (an OR of two conditions it would not)."""
-    table = Resource._meta.db_table
-    return RawSQL(  # noqa: S611 - the table's name is our own, the position a parameter
-        f"({table}.last_updated, {table}.id) > (%s, %s)",
-        position,
-        output_field=BooleanField(),
-    )
-
-
-def _instant(text: str) -> datetime:
-    instant = parse_datetime(text)
-    if instant is None:
-        raise ValueError(f"not a timestamp: {text!r}")
-    return instant
-
-
-def _batches(run: _Run, resource_type: str, after: Position) -> Iterator[list[Any]]:
-    """The next file's rows after `after`, in batches of (last_updated, pk, JSON text),
-    through a server-side cursor: a batch is one fetch, with no ORM work per row."""
-    rows = _visible(run, resource_type)
-    if after[0] is not None:
-        rows = rows.filter(_after(after))
-    # last_updated as PostgreSQL writes it: only the file's last row's is ever read, and
-    # a datetime made for every row cost a third of the run.
-    ordered = with_stored_text(rows).order_by("last_updated", "pk")
-    ordered = ordered.annotate(updated_text=Cast("last_updated", TextField()))
-    selected = ordered.values_list("updated_text", "pk", "content_text")  # type: ignore[misc]
-    sql, params = selected[: settings.EXPORT_FILE_MAX_RESOURCES].query.sql_with_params()
-    cursor = connection.chunked_cursor()
-    try:
-        cursor.execute(sql, params)
-        while batch := cursor.fetchmany(settings.EXPORT_BATCH_ROWS):
-            yield batch
-    finally:
-        cursor.close()
-
-
 def _write_file(
     run: _Run, handle: IO[bytes], resource_type: str, after: Position
 ) -> tuple[int, Position]:
@@ -203,12 +114,12 @@ def _write_file(
     yield_budget = MAX_YIELD_SECONDS
     with transaction.atomic():  # the server-side cursor lives in one transaction
         started = time.monotonic()
-        for batch in _batches(run, resource_type, after):
+        for batch in file_batches(run.rows, resource_type, after):
             if shape is None:
                 handle.write(("\n".join(row[2] for row in batch) + "\n").encode())
             else:
                 handle.write(b"".join(exact_dumps(shape(row[2])) + b"\n" for row in batch))
-            count, last = count + len(batch), (_instant(batch[-1][0]), batch[-1][1])
+            count, last = count + len(batch), position_of(batch[-1])
             if yield_budget > 0:
                 worked = time.monotonic() - started
                 yield_budget -= yield_to_interactive(
@@ -252,6 +163,7 @@ def _export_type(run: _Run, index: int, resource_type: str) -> None:
     sequence = job.files.filter(resource_type=resource_type, kind=FileKind.OUTPUT).count()
     while True:
         _renew(job)
+        run.rows.caller = _caller(job)  # still allowed, file after file
         with file_writing() as handle:
             count, last = _write_file(run, handle, resource_type, after)
             if count == 0:
@@ -273,11 +185,11 @@ def _export_type(run: _Run, index: int, resource_type: str) -> None:
         after = last
         if count < settings.EXPORT_FILE_MAX_RESOURCES:
             break
-    if run.consent.may_deny(resource_types=[resource_type]):
+    if run.rows.consent.may_deny(resource_types=[resource_type]):
         # Left out under consent: every selected row less those written.
         written = job.files.filter(resource_type=resource_type, kind=FileKind.OUTPUT)
         total = written.aggregate(total=Sum("count"))["total"] or 0
-        if denied := _selected(run, resource_type).count() - total:
+        if denied := run.rows.selected(resource_type).count() - total:
             job.denied[resource_type] = denied
     job.type_index, (job.after_updated, job.after_pk) = index + 1, START
     started = _ours(job).update(
@@ -287,27 +199,11 @@ def _export_type(run: _Run, index: int, resource_type: str) -> None:
         raise JobLost()
 
 
-def _types_held(resource_types: list[str]) -> frozenset[str]:
-    """Those of the types the tenant holds a current resource of: one statement of index
-    probes, so that a system export spends nothing on the many types a tenant never uses."""
-    table = Resource._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT t FROM unnest(%s::text[]) AS t WHERE EXISTS "
-            f"(SELECT 1 FROM {table} r WHERE r.resource_type = t AND NOT r.deleted)",
-            [resource_types],
-        )
-        return frozenset(row[0] for row in cursor.fetchall())
-
-
 def _error_file(run: _Run) -> None:
     """The manifest's error file: what a lenient kick-off skipped, and per type how many
     resources consent left out. Counts only: never a patient's or a resource's id."""
     job = run.job
-    issues = [
-        Issue(code=IssueCode.NOT_SUPPORTED, diagnostics=text, severity=Severity.WARNING)
-        for text in job.request_issues
-    ] + [
+    issues = skipped_issues(job.request_issues) + [
         Issue(
             code=IssueCode.SUSPENDED,
             severity=Severity.INFORMATION,
@@ -383,20 +279,19 @@ def export_run(*, job_id: str) -> str:
     )
     try:
         caller = _caller(job)
-        run = _Run(
+        rows = Selection(
             job=job,
             caller=caller,
             consent=consent_guard(caller=caller, state=CacheState(key=None)),
             base_url=tenant_fhir_base(caller.tenant),
-            schema=schema,
         )
-        held = _types_held(job.resource_types[job.type_index :])
+        run = _Run(job=job, rows=rows, schema=schema)
+        held = types_held(job.resource_types[job.type_index :])
         for index in range(job.type_index, len(job.resource_types)):
             if job.resource_types[index] not in held:
                 continue
-            # Type after type: still allowed, and decided on the consents as they are now.
-            run.caller = _caller(job)
-            run.consent = consent_guard(caller=run.caller, state=CacheState(key=None))
+            # Type after type, decided on the consents as they are now.
+            run.rows.consent = consent_guard(caller=run.rows.caller, state=CacheState(key=None))
             _export_type(run, index, job.resource_types[index])
         _error_file(run)
     except JobLost:

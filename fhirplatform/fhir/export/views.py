@@ -106,7 +106,7 @@ class ExportKickoffView(BaseFhirView):
             raise FhirError(400, IssueCode.REQUIRED, "A bulk export needs Prefer: respond-async")
         asked = export_request_parse(
             level=self.level,
-            params=[(n, v) for n, v in pairs if n not in ("_format", "_pretty")],
+            params=pairs,
             caller=self.caller,
             base_url=self.base_url,
             lenient=prefer.get("handling") == "lenient",
@@ -114,10 +114,10 @@ class ExportKickoffView(BaseFhirView):
         )
         if self.level is ExportLevel.GROUP:
             members = self._members(group_id)
-            # `patient` narrows a Group export to those of its members.
-            asked.patients = [p for p in asked.patients if p in members] or (
-                [] if asked.patients else members
-            )
+            if asked.patients:  # `patient` narrows a Group export to those of its members
+                asked.patients = [p for p in asked.patients if p in members]
+            else:
+                asked.patients = members
         job = export_kickoff(
             caller=self.caller,
             request=asked,

@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 
-from fhirplatform.celery import app
+from fhirplatform.celery import EXPORT_QUEUE, app
 from fhirplatform.limits import services as limit_services
 from tests import conftest as session
 from tests.fhir.export.export_support import ExportWorld, StartWorker, export_world
-
-EXPORT_QUEUE = "export"
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from fhirplatform.fhir.export.models import ExportFile, ExportJob, ExportStatus
 from fhirplatform.fhir.export.tasks import export_expire_all, export_reap_all
 from fhirplatform.limits.store import ADAPTIVE_KEY, GLOBAL_INFLIGHT_KEY
 from fhirplatform.schemas import tenant_schema
+from tenants.services import client_create, client_revoke
 from tests.fhir.export.export_support import (
     ExportWorld,
     StartWorker,
@@ -35,6 +36,7 @@ from tests.fhir.export.export_support import (
     status_path,
     wait_done,
 )
+from tests.fhir.rest_support import generous_limits
 
 FILE_RESOURCES = 5
 # Five resources per file, and a load check after every resource.
@@ -132,6 +134,33 @@ def test_cancel_mid_run_stops_the_worker_and_leaves_no_file(
     time.sleep(2)  # the worker finds out at its next file at the latest
     assert _job(live, path).status == ExportStatus.CANCELLED
     assert _recorded(live, job) == []
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_a_client_revoked_mid_export_fails_it_and_cannot_download(
+    live: ExportWorld, workers: StartWorker
+) -> None:
+    grant = client_create(
+        partner_name=f"Revoked {uuid.uuid4().hex[:6]}",
+        tenant_slugs=[live.tenant.slug],
+        scopes="system/*.rs",
+    ).grants[0]
+    generous_limits(grant)
+    token = live.token(grant)
+    workers(SLOW)
+    path = status_path(kickoff(live, token, params={"_type": "Observation"}))
+    job = _job(live, path)
+    with Pressure():
+        _wait_for(lambda: len(_recorded(live, job)) >= 1)
+        name = _recorded(live, job)[0].name
+        client_revoke(client=grant.client)
+    url = f"{path.replace('$export-status', '$export-file')}/{name}"
+    assert poll(path, token).status_code in (401, 403)
+    assert download(url, token).status_code in (401, 403)
+    _wait_for(lambda: _job(live, path).status == ExportStatus.FAILED)
+    assert "revoked" in _job(live, path).error
+    assert _recorded(live, job) == []
+    folder = Path(settings.EXPORT_DIR, live.tenant.schema_name, str(job.pk))
     assert not folder.exists() or not any(folder.iterdir())
 
 

@@ -1,6 +1,7 @@
 """Kick-offs that are refused, and what a lenient one leaves out: every refusal is a 400
 (or 403, 429) OperationOutcome, and creates no job."""
 
+import uuid
 from typing import Any
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from fhirplatform.fhir.export.models import ExportJob
 from fhirplatform.limits.selectors import profile_cache
 from fhirplatform.schemas import tenant_schema
-from tenants.services import rate_plan_create
+from tenants.services import client_create, rate_plan_create
 from tests.fhir.export.export_support import (
     ExportWorld,
     download,
@@ -127,13 +128,29 @@ def test_caps_from_the_plan_refuse_one_export_too_many(export: ExportWorld, db: 
         export_jobs_per_tenant=2,
         export_jobs_per_client=1,
     )
-    type(export.reader).objects.filter(pk=export.reader.pk).update(plan=plan)
+    others = [
+        client_create(
+            partner_name=f"Cap {n} {uuid.uuid4().hex[:6]}",
+            tenant_slugs=[export.tenant.slug],
+            scopes="system/*.rs",
+        ).grants[0]
+        for n in (1, 2)
+    ]
+    for grant in (export.reader, *others):
+        type(grant).objects.filter(pk=grant.pk).update(plan=plan)
     type(export.tenant).objects.filter(pk=export.tenant.pk).update(plan=plan)
     profile_cache.clear()
     token = export.token()
     assert kickoff(export, token).status_code == 202
-    refused = kickoff(export, token)
+    _over_cap(kickoff(export, token), "this client")
+    # Another client has room of its own, until the tenant's cap is reached.
+    assert kickoff(export, export.token(others[0])).status_code == 202
+    _over_cap(kickoff(export, export.token(others[1])), "the tenant")
+
+
+def _over_cap(refused: Any, who: str) -> None:
     assert refused.status_code == 429
-    assert "Retry-After" in refused
-    coding = refused.json()["issue"][0]["details"]["coding"]
-    assert [c["code"] for c in coding] == ["export-jobs"]
+    assert refused["Retry-After"] == "60"
+    issue = refused.json()["issue"][0]
+    assert [c["code"] for c in issue["details"]["coding"]] == ["export-jobs"]
+    assert issue["diagnostics"].startswith(who)
