@@ -86,8 +86,9 @@ def yield_to_interactive(*, worked_seconds: float, max_seconds: float) -> float:
 
     - while requests in flight hold the export share, it waits, step by step;
     - while any request is in flight, it rests EXPORT_INTERACTIVE_YIELD times as long as
-      it worked (1: half the time), so that on a busy platform an export takes the CPU
-      and the database's attention in turns with the requests, not from them;
+      it worked (2: it works a third of the time), so that on a busy platform an export
+      takes the CPU and the database's attention in turns with the requests, not from
+      them;
     - on an idle platform it goes on at once."""
     paused = 0.0
     load = interactive_load()
