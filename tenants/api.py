@@ -270,7 +270,9 @@ def revoke(request: HttpRequest) -> HttpResponse:
     form = _form(request)
     credentials = _credentials(request, form)
     _token_rate_limit(request, credentials.client_id)
-    client = request.audit_client = _authenticate(credentials, token_endpoint=token_endpoint_url())  # type: ignore[attr-defined]
+    client = request.audit_client = _authenticate(  # type: ignore[attr-defined]
+        credentials, token_endpoint=token_endpoint_url()
+    )
     record = token_for_client(client=client, token=form.get("token", ""))
     # RFC 7009: an unknown token, or another client's, is answered 200 all the same.
     if record is not None:
