@@ -76,7 +76,6 @@ from scripts.bench_export_support import (  # noqa: E402
     Worker,
     celery_worker,
     copy_to_file,
-    cpu_seconds_with_exited,
     export_delete,
     export_files_check,
     export_run,
@@ -84,6 +83,7 @@ from scripts.bench_export_support import (  # noqa: E402
     reads_text,
 )
 from scripts.bench_fhir import _grant, _server_environment, _start_together, _tenant, _token  # noqa: E402
+from scripts.bench_load import tree_cpu_seconds  # noqa: E402
 from scripts.bench_report import load_text  # noqa: E402
 from scripts.loopback import gunicorn_server  # noqa: E402
 from tenants.models import Grant, Tenant  # noqa: E402
@@ -194,8 +194,8 @@ class Meter:
 
     def now(self) -> tuple[float, float]:
         return (
-            cpu_seconds_with_exited(self.worker_pid),
-            cpu_seconds_with_exited(self.postmaster),
+            tree_cpu_seconds(self.worker_pid, with_exited=True),
+            tree_cpu_seconds(self.postmaster, with_exited=True),
         )
 
 

@@ -343,34 +343,6 @@ def reads_text(reads: Reads) -> str:
     return text + (f"  not 200: {others}" if others else "")
 
 
-def cpu_seconds_with_exited(root_pid: int) -> float:
-    """User + system CPU of a process tree, with what its exited children used: each live
-    process's own times and those of the children it reaped (cutime, cstime). PostgreSQL's
-    backends come and go with their connections (a Celery task closes its own), so their
-    parent's tree alone, as scripts/bench_load.py:tree_cpu_seconds reads it, misses them."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        # After the parenthesised command: state, ppid (field 4), ..., utime, stime, cutime,
-        # cstime (fields 14 to 17).
-        fields = stat.rpartition(")")[2].split()
-        parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = sum(int(value) for value in fields[11:15])
-    tree, frontier = {root_pid}, [root_pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass(frozen=True)
 class Worker:
     name: str

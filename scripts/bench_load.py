@@ -152,8 +152,11 @@ class Bench:
     scratch: Path
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """User + system CPU time of a process and all its descendants."""
+def tree_cpu_seconds(root_pid: int, *, with_exited: bool = False) -> float:
+    """User + system CPU time of a process and all its descendants; `with_exited`: also
+    what the children they reaped used (cutime, cstime). PostgreSQL's backends come and go
+    with their connections (a Celery task closes its own): a tree read without them misses
+    the time of every backend that exited between two readings."""
     parents: dict[int, int] = {}
     ticks: dict[int, int] = {}
     for entry in os.scandir("/proc"):
@@ -163,11 +166,12 @@ def tree_cpu_seconds(root_pid: int) -> float:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue  # exited meanwhile
-        # After the parenthesised command: state, ppid (field 4), ..., utime (14), stime (15).
+        # After the parenthesised command: state, ppid (field 4), ..., utime (14), stime (15),
+        # cutime (16), cstime (17).
         fields = stat.rpartition(")")[2].split()
         pid = int(entry.name)
         parents[pid] = int(fields[1])
-        ticks[pid] = int(fields[11]) + int(fields[12])
+        ticks[pid] = sum(int(value) for value in fields[11 : 15 if with_exited else 13])
     tree, frontier = {root_pid}, [root_pid]
     while frontier:
         parent = frontier.pop()

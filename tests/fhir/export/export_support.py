@@ -39,6 +39,27 @@ class ExportWorld:
     def base(self) -> str:
         return f"/fhir/{self.tenant.slug}"
 
+    def another_client(self, name: str) -> Grant:
+        """A client of a partner of its own, `system/*.rs` on the tenant, never throttled."""
+        grant = client_create(
+            partner_name=f"{name} {uuid.uuid4().hex[:6]}",
+            tenant_slugs=[self.tenant.slug],
+            scopes="system/*.rs",
+        ).grants[0]
+        generous_limits(grant)
+        return grant
+
+    def group(self, members: list[str]) -> dict[str, Any]:
+        """A Group of these patients, created through the FHIR API."""
+        return self.created(
+            {
+                "resourceType": "Group",
+                "type": "person",
+                "actual": True,
+                "member": [{"entity": {"reference": f"Patient/{p}"}} for p in members],
+            }
+        )
+
     def created(self, resource: dict[str, Any]) -> dict[str, Any]:
         response = self.writer.post(resource["resourceType"], resource)
         assert response.status_code == 201, response.content

@@ -9,7 +9,7 @@ from django.test import Client
 
 from audit.models import AuditEvent, Interaction
 from fhirplatform.schemas import tenant_schema
-from tenants.services import client_create, client_revoke
+from tenants.services import client_revoke
 from tests.conftest import Cast
 from tests.fhir.export.export_support import (
     ExportWorld,
@@ -19,7 +19,6 @@ from tests.fhir.export.export_support import (
     status_path,
     wait_done,
 )
-from tests.fhir.rest_support import generous_limits
 
 
 def _finished(world: ExportWorld, token: str) -> tuple[str, dict]:  # type: ignore[type-arg]
@@ -56,13 +55,7 @@ def test_another_tenants_token_gets_the_missing_jobs_404(live: ExportWorld, cast
 
 def test_another_client_of_the_tenant_gets_the_404(live: ExportWorld) -> None:
     path, manifest = _finished(live, live.token())
-    stranger = client_create(
-        partner_name=f"Stranger {uuid.uuid4().hex[:6]}",
-        tenant_slugs=[live.tenant.slug],
-        scopes="system/*.rs",
-    ).grants[0]
-    generous_limits(stranger)
-    token = live.token(stranger)
+    token = live.token(live.another_client("Stranger"))
     assert poll(path, token).status_code == 404
     assert download(manifest["output"][0]["url"], token).status_code == 404
 
@@ -76,12 +69,7 @@ def test_narrowed_scopes_cannot_poll_or_download(live: ExportWorld) -> None:
 
 
 def test_a_revoked_client_cannot_download(live: ExportWorld) -> None:
-    grant = client_create(
-        partner_name=f"Revoked {uuid.uuid4().hex[:6]}",
-        tenant_slugs=[live.tenant.slug],
-        scopes="system/*.rs",
-    ).grants[0]
-    generous_limits(grant)
+    grant = live.another_client("Revoked")
     token = live.token(grant)
     path, manifest = _finished(live, token)
     client_revoke(client=grant.client)

@@ -57,14 +57,7 @@ def test_a_group_with_a_denying_member_exports_the_others(live: ExportWorld) -> 
             .values_list("logical_id", flat=True)[:2]
         )
     other = ids[1]  # the first patient denies the reader (the test above)
-    group = live.created(
-        {
-            "resourceType": "Group",
-            "type": "person",
-            "actual": True,
-            "member": [{"entity": {"reference": f"Patient/{p}"}} for p in ids],
-        }
-    )
+    group = live.group(ids)
     token = live.token()
     assert live.writer.get(f"Group/{group['id']}").status_code == 200
     manifest = run_export(live, token, f"Group/{group['id']}/$export", params={"_type": "Patient"})

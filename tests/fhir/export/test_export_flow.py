@@ -122,14 +122,7 @@ def test_patient_parameter_narrows_a_patient_export(live: ExportWorld) -> None:
 
 def test_group_export_holds_its_members_compartments(live: ExportWorld) -> None:
     members = _patients(live, 3)[1:]
-    group = live.created(
-        {
-            "resourceType": "Group",
-            "type": "person",
-            "actual": True,
-            "member": [{"entity": {"reference": f"Patient/{p}"}} for p in members],
-        }
-    )
+    group = live.group(members)
     token = live.token()
     manifest = run_export(live, token, f"Group/{group['id']}/$export")
     assert _counts(exported(manifest, token)) == _compartment_counts(live, members)

@@ -25,7 +25,7 @@ from fhirplatform.fhir.export.models import ExportFile, ExportJob, ExportStatus
 from fhirplatform.fhir.export.tasks import export_expire_all, export_reap_all
 from fhirplatform.limits.store import ADAPTIVE_KEY, GLOBAL_INFLIGHT_KEY
 from fhirplatform.schemas import tenant_schema
-from tenants.services import client_create, client_revoke
+from tenants.services import client_revoke
 from tests.fhir.export.export_support import (
     ExportWorld,
     StartWorker,
@@ -36,7 +36,6 @@ from tests.fhir.export.export_support import (
     status_path,
     wait_done,
 )
-from tests.fhir.rest_support import generous_limits
 
 FILE_RESOURCES = 5
 # Five resources per file, and a load check after every resource.
@@ -140,12 +139,7 @@ def test_cancel_mid_run_stops_the_worker_and_leaves_no_file(
 def test_a_client_revoked_mid_export_fails_it_and_cannot_download(
     live: ExportWorld, workers: StartWorker
 ) -> None:
-    grant = client_create(
-        partner_name=f"Revoked {uuid.uuid4().hex[:6]}",
-        tenant_slugs=[live.tenant.slug],
-        scopes="system/*.rs",
-    ).grants[0]
-    generous_limits(grant)
+    grant = live.another_client("Revoked")
     token = live.token(grant)
     workers(SLOW)
     path = status_path(kickoff(live, token, params={"_type": "Observation"}))
