@@ -72,6 +72,11 @@ def _recorded(world: ExportWorld, job: ExportJob) -> list[ExportFile]:
         return list(ExportFile.objects.filter(job_id=job.pk))
 
 
+def _folder(world: ExportWorld, job: ExportJob) -> Path:
+    """Where the job's files are, in the session's export folder."""
+    return Path(settings.EXPORT_DIR, world.tenant.schema_name, str(job.pk))
+
+
 def _wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -125,7 +130,7 @@ def test_cancel_mid_run_stops_the_worker_and_leaves_no_file(
     workers(SLOW)
     path = status_path(kickoff(live, token, params={"_type": "Observation"}))
     job = _job(live, path)
-    folder = Path(settings.EXPORT_DIR, live.tenant.schema_name, str(job.pk))
+    folder = _folder(live, job)
     with Pressure():
         _wait_for(lambda: len(_recorded(live, job)) >= 1)
         assert Client().delete(path, HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 202
@@ -154,7 +159,7 @@ def test_a_client_revoked_mid_export_fails_it_and_cannot_download(
     _wait_for(lambda: _job(live, path).status == ExportStatus.FAILED)
     assert "revoked" in _job(live, path).error
     assert _recorded(live, job) == []
-    folder = Path(settings.EXPORT_DIR, live.tenant.schema_name, str(job.pk))
+    folder = _folder(live, job)
     assert not folder.exists() or not any(folder.iterdir())
 
 
@@ -180,7 +185,7 @@ def test_expired_exports_go_with_their_files(live: ExportWorld) -> None:
     path = status_path(kickoff(live, token, params={"_type": "Organization"}))
     assert wait_done(path, token).status_code == 200
     job = _job(live, path)
-    folder = Path(settings.EXPORT_DIR, live.tenant.schema_name, str(job.pk))
+    folder = _folder(live, job)
     assert any(folder.iterdir())
     with tenant_schema(live.tenant):
         ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now())
