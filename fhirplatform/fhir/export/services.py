@@ -65,6 +65,7 @@ def export_kickoff(
 ) -> ExportJob:
     """Create the job and queue it for a worker once the kick-off commits. Runs in the
     tenant part's transaction, in the caller's schema."""
+    # Here, not at the top: the task's module imports the runner, which imports this one.
     from fhirplatform.fhir.export.tasks import export_run
 
     _cap_check(caller)
