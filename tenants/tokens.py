@@ -67,30 +67,49 @@ def bearer_from_header(authorization: str | None) -> str:
     return token
 
 
-def _caller(record: AccessToken) -> Caller:
-    # What the token was issued with, narrowed to what the grant holds now: narrowing a
-    # grant cuts its live tokens at once, widening it never widens them.
-    scopes = scopes_intersect(scopes_parse(record.scopes), scopes_parse(record.grant.scopes))
-    # Likewise a purpose the grant no longer holds is no purpose at all.
-    purpose = record.purpose if record.purpose in record.grant.purposes else None
+def caller_of(
+    *,
+    tenant: Tenant,
+    client: ApiClient,
+    grant: Grant,
+    scopes: list[Scope],
+    purpose: str,
+    token_id: str,
+) -> Caller:
+    """The caller a grant makes of what it was asked for (a token's scopes and purpose, or
+    a bulk export's), narrowed to what the grant holds now: narrowing a grant cuts its
+    live tokens at once, widening it never widens them; likewise a purpose the grant no
+    longer holds is no purpose at all."""
     return Caller(
-        tenant=record.tenant,
-        client=record.client,
-        grant=record.grant,
-        scopes=scopes,
-        token_id=str(record.id),
-        purpose=purpose,
-        partner_slug=record.client.partner.slug,
+        tenant=tenant,
+        client=client,
+        grant=grant,
+        scopes=scopes_intersect(scopes, scopes_parse(grant.scopes)),
+        token_id=token_id,
+        purpose=purpose if purpose in grant.purposes else None,
+        partner_slug=client.partner.slug,
     )
 
 
-def _inactive(record: AccessToken) -> FhirError | None:
-    """Why a valid token may not be used now: its client, grant or tenant is switched off."""
-    if record.client.status != ClientStatus.ACTIVE:
+def _caller(record: AccessToken) -> Caller:
+    return caller_of(
+        tenant=record.tenant,
+        client=record.client,
+        grant=record.grant,
+        scopes=scopes_parse(record.scopes),
+        purpose=record.purpose,
+        token_id=str(record.id),
+    )
+
+
+def access_switched_off(*, tenant: Tenant, client: ApiClient, grant: Grant) -> FhirError | None:
+    """Why the client may not use the grant now: its client, grant or tenant is switched
+    off (a token's refusal; a bulk export's reason to fail)."""
+    if client.status != ClientStatus.ACTIVE:
         return FhirError(403, IssueCode.SUSPENDED, "The client has been revoked")
-    if record.grant.status != GrantStatus.ACTIVE:
+    if grant.status != GrantStatus.ACTIVE:
         return FhirError(403, IssueCode.SUSPENDED, "The client's grant on this tenant is revoked")
-    if record.tenant.status != TenantStatus.ACTIVE:
+    if tenant.status != TenantStatus.ACTIVE:
         return FhirError(403, IssueCode.SUSPENDED, "The tenant is suspended")
     return None
 
@@ -218,7 +237,10 @@ def _caller_read(token_hash: str, url_tenant_slug: str) -> tuple[Caller, float]:
     if record.expires_at <= timezone.now():
         raise _unauthorized("The access token has expired", IssueCode.EXPIRED)
     # A switched-off client, grant or tenant answers 403 first: it names the cause.
-    refusal = _inactive(record) or _outlived(record)
+    switched_off = access_switched_off(
+        tenant=record.tenant, client=record.client, grant=record.grant
+    )
+    refusal = switched_off or _outlived(record)
     if refusal:
         # Another tenant's URL: the shared 404, whatever the refusal would have said.
         raise NotFound() if record.tenant.slug != url_tenant_slug else refusal
