@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from audit.fhir import audit_event_resource, audit_filter
 from audit.models import AuditEvent
 from fhirplatform.errors import FhirError, IssueCode, not_found
+from fhirplatform.fhir.http import query_pairs
 from fhirplatform.fhir.paging import (
     CURSOR_PARAM,
     cursor_digest,
@@ -46,12 +47,7 @@ class AuditEventSearchView(BaseFhirView):
         return Description(*self.endpoint(request.method or "", kwargs), 1)
 
     def get(self, request: Request, tenant: str) -> Response:
-        params = [
-            (name, value)
-            for name, values in request.query_params.lists()
-            for value in values
-            if name != CURSOR_PARAM
-        ]
+        params = [(name, value) for name, value in query_pairs(request) if name != CURSOR_PARAM]
         query, count = audit_filter(params)
         digest = cursor_digest("audit", sorted(p for p in params if p[0] != "_count"))
         cursor = request.query_params.get(CURSOR_PARAM)

@@ -52,6 +52,7 @@ from fhirplatform.cache.rules import Rule, cache_rules_for
 from fhirplatform.cache.stats import cache_stats_denial
 from fhirplatform.cache.store import Lookup, Namespace, cache_fill, cache_key, cache_lookup
 from fhirplatform.fhir.compartments import PatientScope
+from fhirplatform.fhir.http import query_pairs
 from fhirplatform.fhir.representation import etag_version
 from tenants.scopes import Interaction, scopes_text
 
@@ -98,9 +99,7 @@ class CacheState:
 def _request_text(request: Request) -> str:
     """The normalised request: method, path, sorted query, and the headers that change
     the answer (Prefer: handling=strict changes a search's)."""
-    query = sorted(
-        (name, value) for name, values in request.query_params.lists() for value in values
-    )
+    query = sorted(query_pairs(request))
     return json.dumps(
         [request.method, request.path, query, request.headers.get("Prefer", "")],
         separators=(",", ":"),

@@ -10,6 +10,7 @@ from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fhirplatform.errors import (
@@ -171,6 +172,11 @@ def digits_parse(text: str) -> int | None:
     (_count, version ids, ETags, Content-Length) is read here: str.isdigit() and int()
     also take '١٢' and '²' (and int('²') then fails); 18 digits is above any limit here."""
     return int(text) if _DIGITS.fullmatch(text) else None
+
+
+def query_pairs(request: Request) -> list[tuple[str, str]]:
+    """The request's query as (name, value) pairs, in the order sent, repeats kept."""
+    return [(name, value) for name, values in request.query_params.lists() for value in values]
 
 
 class FhirJSONParser(BaseParser):

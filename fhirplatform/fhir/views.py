@@ -15,7 +15,7 @@ from fhirplatform.errors import FHIR_JSON, FhirError, Issue, IssueCode, Severity
 from fhirplatform.fhir import bundle_processing, bundles, selectors, services
 from fhirplatform.fhir.caching import SearchCache, depends_on_resource
 from fhirplatform.fhir.capability import capability_statement
-from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser
+from fhirplatform.fhir.http import FhirJSONParser, PlainJSONParser, query_pairs
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.paging import count_parse
 from fhirplatform.fhir.pipeline import Description, Endpoint, FhirView, PublicFhirView
@@ -71,10 +71,6 @@ def search_request_cost(count: str | None) -> int:
 
 def _search_cost(request: Request) -> int:
     return search_request_cost(request.query_params.get("_count"))
-
-
-def _params(request: Request) -> list[tuple[str, str]]:
-    return [(name, value) for name, values in request.query_params.lists() for value in values]
 
 
 class BaseFhirView(FhirView):
@@ -221,7 +217,7 @@ class TypeView(BaseFhirView):
         return Response(None, status=204, headers={"ETag": etag(deleted[0].version_id)})
 
     def get(self, request: Request, tenant: str, resource_type: str) -> Response:
-        return self.search(request, resource_type, _params(request))
+        return self.search(request, resource_type, query_pairs(request))
 
     def post(self, request: Request, tenant: str, resource_type: str) -> Response:
         content = self.body(request)
@@ -273,7 +269,7 @@ class TypeSearchView(BaseFhirView):
                 "_search takes application/x-www-form-urlencoded parameters",
             )
         form = [(name, value) for name, values in data.lists() for value in values]
-        return self.search(request, resource_type, _params(request) + form)
+        return self.search(request, resource_type, query_pairs(request) + form)
 
 
 class InstanceView(BaseFhirView):
@@ -460,7 +456,7 @@ class SystemView(BaseFhirView):
         return Description(interaction, resource_type, EndpointClass.BATCH, cost)
 
     def get(self, request: Request, tenant: str) -> Response:
-        return self.search(request, None, _params(request))
+        return self.search(request, None, query_pairs(request))
 
     def post(self, request: Request, tenant: str) -> Response:
         representation = prefer_parse(request).get("return") == "representation"

@@ -42,6 +42,7 @@ from fhirplatform.fhir.http import (
     FhirJSONRenderer,
     PlainJSONParser,
     PlainJSONRenderer,
+    query_pairs,
 )
 from fhirplatform.fhir.pipeline import Description, Endpoint
 from fhirplatform.fhir.views import BaseFhirView, prefer_parse
@@ -87,8 +88,7 @@ class ExportKickoffView(BaseFhirView):
             )
 
     def get(self, request: Request, tenant: str, logical_id: str = "") -> Response:
-        pairs = [(name, value) for name, values in request.query_params.lists() for value in values]
-        return self._kickoff(request, pairs, posted=False, group_id=logical_id)
+        return self._kickoff(request, query_pairs(request), posted=False, group_id=logical_id)
 
     def post(self, request: Request, tenant: str, logical_id: str = "") -> Response:
         pairs = parameters_from_body(self.body(request))

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from audit.models import Interaction as AuditInteraction
 from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir import selectors
-from fhirplatform.fhir.http import FhirJSONParser, JsonText, PlainJSONParser
+from fhirplatform.fhir.http import FhirJSONParser, JsonText, PlainJSONParser, query_pairs
 from fhirplatform.fhir.numbers import exact_loads
 from fhirplatform.fhir.operations.definitions import Level, operation_unsupported
 from fhirplatform.fhir.operations.everything import (
@@ -41,10 +41,6 @@ from tenants.scopes import Interaction
 PATIENT = "Patient"
 _EVERYTHING_PARAMS = frozenset({"_count", "_since", "_type", CURSOR_PARAM, *IGNORED_CONTROL})
 _EVERYTHING_UNSUPPORTED = frozenset({"start", "end"})
-
-
-def _query_pairs(request: Request) -> list[tuple[str, str]]:
-    return [(name, value) for name, values in request.query_params.lists() for value in values]
 
 
 def _searchset(
@@ -197,7 +193,7 @@ class LastnView(BaseFhirView):
         return Description(*self.endpoint(request.method or "", kwargs), search_request_cost(None))
 
     def get(self, request: Request, tenant: str) -> Response:
-        maximum, params = lastn_params(_query_pairs(request))
+        maximum, params = lastn_params(query_pairs(request))
         # Strict: its parameters are the algorithm's inputs, and one ignored would widen
         # the answer unnoticed.
         search = search_parse(resource_type=OBSERVATION, params=params, strict=True)
