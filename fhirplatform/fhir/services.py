@@ -18,7 +18,6 @@ patients and type it touched for the caches (fhirplatform/fhir/changes.py).
 """
 
 import copy
-import hashlib
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
+from fhirplatform.db.locks import tenant_advisory_lock
 from fhirplatform.errors import FhirError, IssueCode, not_found
 from fhirplatform.fhir.changes import resource_changes_record
 from fhirplatform.fhir.compartments import resource_patients, security_labels
@@ -44,7 +44,6 @@ from fhirplatform.fhir.search.services import (
     rows_copy,
 )
 from fhirplatform.fhir.validation import resource_type_check, resource_validate
-from fhirplatform.schemas import schema_current
 
 # (resource_type, canonical criteria) -> the current resources matching them.
 MatchFunction = Callable[[str, str], list[Resource]]
@@ -225,28 +224,15 @@ def resource_create(
     return resource
 
 
-def _advisory_lock(name: str) -> None:
-    """A transaction-scoped advisory lock on `name` in the current tenant.
-
-    Advisory locks are database-wide, so the key names the tenant's schema: another
-    tenant's identical name never waits on this one. The key is hashed here rather than
-    by PostgreSQL so that no client text, whatever it holds, reaches the lock call.
-    """
-    key = f"{schema_current()}\n{name}".encode()
-    number = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [number])
-
-
 def _criteria_lock(*, resource_type: str, criteria: str) -> None:
     """Lock (tenant, type, canonical criteria): equivalent conditional writes serialise."""
-    _advisory_lock(f"{resource_type}?{criteria}")
+    tenant_advisory_lock(f"{resource_type}?{criteria}")
 
 
 def _new_id_lock(*, resource_type: str, logical_id: str) -> None:
     """Lock (tenant, type, id) before creating with a client's id: of two PUTs creating
     one new id, the second waits, then finds the first's row and updates it."""
-    _advisory_lock(f"{resource_type}/{logical_id}")
+    tenant_advisory_lock(f"{resource_type}/{logical_id}")
 
 
 def resource_match_locked(

@@ -4,9 +4,10 @@ runs in the tenant's schema; the worker's own writes are in runner.py."""
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
+from fhirplatform.db.locks import tenant_advisory_lock
 from fhirplatform.errors import FhirError, IssueCode
 from fhirplatform.fhir.export.models import ACTIVE_STATUSES, ExportJob, ExportStatus
 from fhirplatform.fhir.export.params import ExportRequest
@@ -35,8 +36,7 @@ def _cap_check(caller: Caller) -> None:
     """429 when the tenant or the client has as many exports queued or running as its plan
     allows. Kick-offs of one tenant take turns here (a transaction-scoped advisory lock),
     so two at once cannot both see room for one."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"export:{schema_current()}"])
+    tenant_advisory_lock("export kick-off")
     tenant_cap, client_cap = _caps(caller)
     active = ExportJob.objects.filter(status__in=ACTIVE_STATUSES)
     if active.count() >= tenant_cap:
