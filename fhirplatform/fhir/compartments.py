@@ -21,6 +21,7 @@ from fhirplatform.fhir.models import id_valid
 from fhirplatform.fhir.search.extract import CHOICE_SUFFIXES, resource_values
 from fhirplatform.fhir.search.registry import ParamType, SearchParameter, search_parameter
 from fhirplatform.fhir.search.values import ReferenceValue, reference_parse
+from fhirplatform.resource_types import STORED_RESOURCE_TYPES
 
 COMPARTMENT_FILE = Path(__file__).with_name("compartment-patient.json")
 PATIENT = "Patient"
@@ -38,6 +39,9 @@ def compartment_parameters() -> dict[str, frozenset[str]]:
 
 # Every type a patient's compartment may hold (the cache classes them as PHI).
 PATIENT_COMPARTMENT: frozenset[str] = frozenset(compartment_parameters())
+# What a patient's data is made of in the store: the compartment's types the store keeps,
+# and the Patient itself. Patient/$everything and Patient and Group exports hold these.
+PATIENT_DATA_TYPES: frozenset[str] = (PATIENT_COMPARTMENT | {PATIENT}) & STORED_RESOURCE_TYPES
 
 
 @cache

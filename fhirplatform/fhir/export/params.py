@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 from django.utils.dateparse import parse_datetime
 
 from fhirplatform.errors import FhirError, Issue, IssueCode, Severity
-from fhirplatform.fhir.compartments import PATIENT, PATIENT_COMPARTMENT
+from fhirplatform.fhir.compartments import PATIENT, PATIENT_DATA_TYPES
 from fhirplatform.fhir.export.models import ExportLevel
 from fhirplatform.fhir.models import RELATIVE_REFERENCE
 from fhirplatform.fhir.search.parsing import IGNORED_CONTROL, search_parse
@@ -28,8 +28,6 @@ from tenants.tokens import Caller
 
 NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = frozenset({NDJSON, "application/ndjson", "ndjson"})
-# The types a Patient-level or Group export may hold: the compartment's, and Patient.
-COMPARTMENT_TYPES: frozenset[str] = (PATIENT_COMPARTMENT | {PATIENT}) & STORED_RESOURCE_TYPES
 # A _typeFilter is criteria only: what shapes a searchset has no meaning in a file.
 _FILTER_CONTROLS = frozenset(
     {"_count", "_sort", "_summary", "_elements", "_include", "_revinclude", "_total", "_type"}
@@ -113,10 +111,16 @@ def _patient_id(value: Any) -> str:
     return match["id"]
 
 
+def _level_types(level: ExportLevel) -> frozenset[str]:
+    """What the level exports: every stored type, or a patient's data."""
+    return STORED_RESOURCE_TYPES if level is ExportLevel.SYSTEM else PATIENT_DATA_TYPES
+
+
 def exportable_types(*, level: ExportLevel, caller: Caller) -> list[str]:
     """Every type the level exports that the caller's scopes let it read, sorted."""
-    exportable = STORED_RESOURCE_TYPES if level is ExportLevel.SYSTEM else COMPARTMENT_TYPES
-    return sorted(t for t in exportable if scopes_allow(caller.scopes, t, Interaction.EXPORT))
+    return sorted(
+        t for t in _level_types(level) if scopes_allow(caller.scopes, t, Interaction.EXPORT)
+    )
 
 
 def _types(
@@ -124,7 +128,7 @@ def _types(
 ) -> list[str]:
     """The types to export, in a stable order: those `_type` names (or, without it, every
     type the level holds) that the caller's scopes let it read."""
-    exportable = STORED_RESOURCE_TYPES if level is ExportLevel.SYSTEM else COMPARTMENT_TYPES
+    exportable = _level_types(level)
     if not requested:
         return exportable_types(level=level, caller=caller)
     types: list[str] = []

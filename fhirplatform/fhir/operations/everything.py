@@ -13,19 +13,16 @@ from typing import TYPE_CHECKING
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 
 from fhirplatform.errors import FhirError, IssueCode
-from fhirplatform.fhir.compartments import PATIENT, PATIENT_COMPARTMENT
+from fhirplatform.fhir.compartments import PATIENT, PATIENT_DATA_TYPES
 from fhirplatform.fhir.models import Resource
 from fhirplatform.fhir.paging import cursor_digest, cursor_invalid, cursor_make, cursor_read
 from fhirplatform.fhir.search.keyset import with_stored_text
-from fhirplatform.resource_types import R4_RESOURCE_TYPES, STORED_RESOURCE_TYPES
+from fhirplatform.resource_types import R4_RESOURCE_TYPES
 from tenants.scopes import Interaction, scope_require, scopes_allow
 from tenants.tokens import Caller
 
 if TYPE_CHECKING:
     from consent.enforcement import ConsentGuard
-
-# The types a patient's $everything may hold: the compartment's, and the Patient itself.
-EVERYTHING_TYPES: frozenset[str] = (PATIENT_COMPARTMENT | {PATIENT}) & STORED_RESOURCE_TYPES
 
 
 @dataclass(frozen=True)
@@ -56,13 +53,15 @@ def everything_types(*, caller: Caller, requested: str | None) -> tuple[str, ...
         return tuple(
             sorted(
                 t
-                for t in EVERYTHING_TYPES
+                for t in PATIENT_DATA_TYPES
                 if t == PATIENT or scopes_allow(caller.scopes, t, Interaction.SEARCH)
             )
         )
     names = sorted({name for name in requested.split(",") if name})
     unknown = [name for name in names if name not in R4_RESOURCE_TYPES]
-    outside = [name for name in names if name in R4_RESOURCE_TYPES and name not in EVERYTHING_TYPES]
+    outside = [
+        name for name in names if name in R4_RESOURCE_TYPES and name not in PATIENT_DATA_TYPES
+    ]
     if not names or unknown or outside:
         raise FhirError(
             400,
