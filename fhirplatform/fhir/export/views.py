@@ -24,7 +24,7 @@ from django.utils.http import http_date
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fhirplatform.errors import FhirError, Issue, IssueCode, Severity, operation_outcome
+from fhirplatform.errors import FhirError, Issue, IssueCode, Severity, not_found, operation_outcome
 from fhirplatform.fhir.export import selectors as jobs
 from fhirplatform.fhir.export.models import ExportJob, ExportLevel, ExportStatus
 from fhirplatform.fhir.export.pacing import poll_wait
@@ -161,26 +161,33 @@ class _JobView(BaseFhirView):
     def describe(self, request: Request, **kwargs: Any) -> Description:
         return Description(*self.endpoint(request.method or "", kwargs), 1)
 
+    # The caller's job, as the scope step read it (None: none the caller may see).
+    found: ExportJob | None = None
+
     def require_scope(self, caller: Caller, description: Description) -> None:
         """Read for every type the job exports. A job that is not the caller's is not
         checked here: the handler answers it the shared 404, after the rate limits."""
         with tenant_schema(caller.tenant, atomic=False):
             try:
-                job = jobs.export_job_for(caller=caller, job_id=self.kwargs["job_id"])
+                self.found = jobs.export_job_for(caller=caller, job_id=self.kwargs["job_id"])
             except FhirError:
+                self.found = None
                 return
-        for resource_type in job.resource_types:
+        for resource_type in self.found.resource_types:
             scope_require(
                 scopes=caller.scopes, resource_type=resource_type, interaction=Interaction.EXPORT
             )
 
-    def job(self, job_id: str) -> ExportJob:
-        return jobs.export_job_for(caller=self.caller, job_id=job_id)
+    def job(self) -> ExportJob:
+        """The job the scope step found: read once per request."""
+        if self.found is None:
+            raise not_found()
+        return self.found
 
 
 class ExportStatusView(_JobView):
     def get(self, request: Request, tenant: str, job_id: str) -> Response:
-        job = self.job(job_id)
+        job = self.job()
         if job.status in (ExportStatus.QUEUED, ExportStatus.RUNNING):
             retry_after = settings.EXPORT_POLL_SECONDS
             wait = poll_wait(tenant_slug=tenant, job_id=job.pk, retry_after=retry_after)
@@ -205,7 +212,7 @@ class ExportStatusView(_JobView):
         return Response(manifest, status=200, headers=headers, content_type="application/json")
 
     def delete(self, request: Request, tenant: str, job_id: str) -> Response:
-        export_cancel(job=self.job(job_id))
+        export_cancel(job=self.job())
         return Response(None, status=202)
 
 
@@ -216,6 +223,6 @@ class ExportFileView(_JobView):
     renderer_classes = [FhirJSONRenderer, PlainJSONRenderer, NdjsonRenderer, PlainNdjsonRenderer]
 
     def get(self, request: Request, tenant: str, job_id: str, name: str) -> FileResponse:
-        file = jobs.export_file_for(job=self.job(job_id), name=name)
+        file = jobs.export_file_for(job=self.job(), name=name)
         stream = export_storage().open(file.storage_name, "rb")
         return FileResponse(stream, content_type=NDJSON)

@@ -5,7 +5,9 @@ kick-off, status, download and cancel leaves an audit event."""
 
 import uuid
 
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from audit.models import AuditEvent, Interaction
 from fhirplatform.schemas import tenant_schema
@@ -127,3 +129,15 @@ def test_kickoff_status_download_and_cancel_are_audited(live: ExportWorld) -> No
     assert any(q.endswith(f"$export-status/{job}") and s == 200 for q, s in queries)
     assert any(f"$export-file/{job}/" in q and s == 200 for q, s in queries)
     assert any(q.endswith(f"$export-status/{job}") and s == 202 for q, s in queries)
+
+
+def test_a_poll_and_a_download_read_the_job_once(live: ExportWorld) -> None:
+    """The scope step reads the job (its types decide the scopes needed); the handler
+    answers from that read."""
+    token = live.token()
+    path, manifest = _finished(live, token)
+    for call in (lambda: poll(path, token), lambda: download(manifest["output"][0]["url"], token)):
+        with CaptureQueriesContext(connection) as queries:
+            assert call().status_code == 200
+        job_reads = [q["sql"] for q in queries if 'FROM "fhir_exportjob"' in q["sql"]]
+        assert len(job_reads) == 1, job_reads
