@@ -148,13 +148,39 @@ def _record(run: _Run, file: ExportFile, *, next_type: int, after: Position) -> 
         if _ours(job).select_for_update().first() is None:
             export_storage().delete(file.storage_name)
             raise JobLost()
-        if file.count:
-            file.save()
+        file.save()
         job.type_index, (job.after_updated, job.after_pk) = next_type, after
         job.written += file.count if file.kind == FileKind.OUTPUT else 0
         job.heartbeat_at = timezone.now()
-        fields = ["type_index", "after_updated", "after_pk", "written", "heartbeat_at", "denied"]
-        job.save(update_fields=fields)
+        job.save(
+            update_fields=["type_index", "after_updated", "after_pk", "written", "heartbeat_at"]
+        )
+
+
+def _stored(
+    run: _Run,
+    handle: IO[bytes],
+    *,
+    resource_type: str,
+    sequence: int,
+    count: int,
+    kind: FileKind = FileKind.OUTPUT,
+) -> ExportFile:
+    """Hand a written file to the export storage under its name (`Type.NNN.ndjson`, the
+    name its URL carries); the record to make of it once the job is known to be ours."""
+    name = f"{resource_type}.{sequence:03d}.ndjson"
+    storage_name = job_prefix(schema=run.schema, job_id=run.job.pk) + name
+    size = file_store(handle, storage_name)
+    return ExportFile(
+        job=run.job,
+        kind=kind,
+        resource_type=resource_type,
+        sequence=sequence,
+        name=name,
+        storage_name=storage_name,
+        count=count,
+        size=size,
+    )
 
 
 def _export_type(run: _Run, index: int, resource_type: str) -> None:
@@ -169,18 +195,7 @@ def _export_type(run: _Run, index: int, resource_type: str) -> None:
             if count == 0:
                 break
             sequence += 1
-            name = f"{resource_type}.{sequence:03d}.ndjson"
-            storage_name = job_prefix(schema=run.schema, job_id=job.pk) + name
-            size = file_store(handle, storage_name)
-        file = ExportFile(
-            job=job,
-            resource_type=resource_type,
-            sequence=sequence,
-            name=name,
-            storage_name=storage_name,
-            count=count,
-            size=size,
-        )
+            file = _stored(run, handle, resource_type=resource_type, sequence=sequence, count=count)
         _record(run, file, next_type=index, after=last)
         after = last
         if count < settings.EXPORT_FILE_MAX_RESOURCES:
@@ -214,22 +229,17 @@ def _error_file(run: _Run) -> None:
     ]
     if not issues:
         return
-    name = "OperationOutcome.001.ndjson"
-    storage_name = job_prefix(schema=run.schema, job_id=job.pk) + name
     with file_writing() as handle:
         for issue in issues:
             handle.write(exact_dumps(operation_outcome(issue)) + b"\n")
-        size = file_store(handle, storage_name)
-    error = ExportFile(
-        job=job,
-        kind=FileKind.ERROR,
-        resource_type="OperationOutcome",
-        sequence=1,
-        name=name,
-        storage_name=storage_name,
-        count=len(issues),
-        size=size,
-    )
+        error = _stored(
+            run,
+            handle,
+            resource_type="OperationOutcome",
+            sequence=1,
+            count=len(issues),
+            kind=FileKind.ERROR,
+        )
     _record(run, error, next_type=len(job.resource_types), after=START)
 
 
