@@ -8,6 +8,7 @@ from audit.sealing import MAX_BLOCK, audit_seal
 from fhirplatform.celery import app
 from fhirplatform.schemas import schema_public, tenant_schema
 from tenants.models import Tenant
+from tenants.selectors import tenants_with_schema
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def audit_seal_all() -> dict[str, int]:
     AUDIT_SEAL_SECONDS, and running it twice at once is safe (one sealer per schema)."""
     schema_public()
     sealed = {"public": _seal_until_done()}
-    for tenant in Tenant.objects.exclude(schema_name="public").order_by("slug"):
+    for tenant in tenants_with_schema():
         with tenant_schema(tenant):
             sealed[tenant.slug] = _seal_until_done()
     schema_public()
@@ -55,7 +56,7 @@ def _archive_until_done(tenant: Tenant | None, now: datetime, actor: str) -> int
 def audit_archive_due(*, now: datetime, actor: str) -> dict[str, int]:
     """Archive what every trail's retention lets go as of `now`: the events archived."""
     archived = {"public": _archive_until_done(None, now, actor)}
-    for tenant in Tenant.objects.exclude(schema_name="public").order_by("slug"):
+    for tenant in tenants_with_schema():
         archived[tenant.slug] = _archive_until_done(tenant, now, actor)
     schema_public()
     return archived

@@ -1,6 +1,7 @@
 """Reads for tenants, clients and grants."""
 
 from django.conf import settings
+from django.db.models import QuerySet
 
 from fhirplatform.errors import not_found
 from tenants.models import Tenant, TenantStatus
@@ -24,6 +25,12 @@ def token_endpoint_url(tenant_slug: str | None = None) -> str:
 
 def revocation_endpoint_url() -> str:
     return f"{settings.PUBLIC_BASE_URL}/oauth/revoke"
+
+
+def tenants_with_schema() -> QuerySet[Tenant]:
+    """Every tenant with a schema of its own (all but the public row), by slug: what the
+    platform's sweeps over tenants (sealing, archiving, exports, cache overview) visit."""
+    return Tenant.objects.exclude(schema_name="public").order_by("slug")
 
 
 def tenant_for_url(slug: str) -> Tenant:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from fhirplatform.cache.models import CacheRule
 from fhirplatform.cache.stats import TenantStats, cache_stats_many
 from tenants.models import Tenant
+from tenants.selectors import tenants_with_schema
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class TenantCacheRow:
 
 def cache_overview() -> list[TenantCacheRow]:
     """Every tenant, its statistics (one Redis round trip for all) and its own rules."""
-    tenants = list(Tenant.objects.exclude(schema_name="public").order_by("slug"))
+    tenants = list(tenants_with_schema())
     stats = cache_stats_many(tenant_schemas=[tenant.schema_name for tenant in tenants])
     rules: dict[int, list[CacheRule]] = {}
     for rule in CacheRule.objects.order_by("resource_type"):
@@ -33,11 +34,7 @@ def cache_overview() -> list[TenantCacheRow]:
 
 def cache_overview_stats() -> list[tuple[str, TenantStats]]:
     """(tenant slug, statistics) of every tenant; [] while Redis is unreachable."""
-    tenants = list(
-        Tenant.objects.exclude(schema_name="public")
-        .order_by("slug")
-        .values_list("schema_name", "slug")
-    )
+    tenants = list(tenants_with_schema().values_list("schema_name", "slug"))
     stats = cache_stats_many(tenant_schemas=[schema for schema, _ in tenants])
     if stats is None:
         return []
