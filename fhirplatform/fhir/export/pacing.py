@@ -25,20 +25,33 @@ logger = logging.getLogger(__name__)
 # A poll this much earlier than its Retry-After said still counts as on time: clocks and
 # networks are not exact.
 POLL_TOLERANCE_SECONDS = 0.5
+# A process that found Redis down asks again only after LIMITS_REDIS_RETRY_SECONDS: one
+# timeout per few seconds, not one per poll or per batch.
+_breaker = RedisBreaker(lambda: settings.LIMITS_REDIS_RETRY_SECONDS)
+
+
+def _unreachable() -> None:
+    if _breaker.trip():
+        logger.warning("export pacing: the limiter's Redis is unreachable; giving way")
 
 
 def poll_wait(*, tenant_slug: str, job_id: object, retry_after: int) -> int:
     """0 when this status poll of a running job is on time (and the next one is due in
     `retry_after` seconds); otherwise the seconds still to wait."""
+    if not _breaker.available():
+        return 0
     key = limit_key(tenant_slug, "export-poll", str(job_id))
     window_ms = max(1, int((retry_after - POLL_TOLERANCE_SECONDS) * 1000))
     try:
         client = limiter_redis()
         if client.set(key, "1", nx=True, px=window_ms):
+            _breaker.recover()
             return 0
         remaining_ms = client.pttl(key)
     except redis.RedisError:
+        _unreachable()
         return 0
+    _breaker.recover()
     return max(1, math.ceil(max(remaining_ms, 0) / 1000 + POLL_TOLERANCE_SECONDS))
 
 
@@ -55,11 +68,6 @@ class Load(NamedTuple):
         return self.inflight >= self.export_share
 
 
-# A worker that found Redis down asks again only after LIMITS_REDIS_RETRY_SECONDS: one
-# timeout per few seconds, not one per batch.
-_breaker = RedisBreaker(lambda: settings.LIMITS_REDIS_RETRY_SECONDS)
-
-
 def interactive_load() -> Load:
     """The load now, in one Redis round trip; none when Redis cannot tell."""
     if not _breaker.available():
@@ -71,8 +79,7 @@ def interactive_load() -> Load:
         pipe.hget(ADAPTIVE_KEY, "limit")
         inflight, limit = pipe.execute()
     except redis.RedisError:
-        if _breaker.trip():
-            logger.warning("export pacing: the limiter's Redis is unreachable; not yielding")
+        _unreachable()
         return Load(0, 1)
     _breaker.recover()
     adaptive = float(limit) if limit else float(settings.LIMITS_ADAPTIVE_MAX)

@@ -94,11 +94,12 @@ def export_kickoff(
 def export_cancel(*, job: ExportJob) -> None:
     """Cancel a job in any state and delete its files; a worker running it stops at its
     next file (and deletes what it was writing). The job answers 404 from now on."""
+    now = timezone.now()
     with transaction.atomic():
         locked = ExportJob.objects.select_for_update().get(pk=job.pk)
         locked.status = ExportStatus.CANCELLED
-        locked.finished_at = locked.finished_at or timezone.now()
-        locked.expires_at = timezone.now()
+        locked.finished_at = locked.finished_at or now
+        locked.expires_at = now
         locked.save(update_fields=["status", "finished_at", "expires_at"])
         locked.files.all().delete()
     files_delete(schema=schema_current(), job_id=job.pk)

@@ -8,7 +8,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from fhirplatform.fhir.export.pacing import interactive_load, yield_to_interactive
+from fhirplatform.fhir.export import pacing
+from fhirplatform.fhir.export.pacing import Load, interactive_load, poll_wait, yield_to_interactive
 from fhirplatform.limits.store import GLOBAL_INFLIGHT_KEY
 
 
@@ -46,3 +47,17 @@ def test_the_export_share_held_makes_the_worker_wait(leases: list[str], settings
     _lease(leases, load.export_share)
     assert interactive_load().saturated
     assert yield_to_interactive(worked_seconds=0.0, max_seconds=0.05) == pytest.approx(0.05)
+
+
+def test_a_redis_that_is_down_is_given_way_to_and_not_asked_again_at_once(settings) -> None:
+    """Polls are then bounded by the export-poll bucket (or the fallback limiter) alone,
+    and the worker goes on; neither waits on a dead Redis again for a few seconds."""
+    settings.LIMITS_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    pacing._breaker.reset()
+    try:
+        assert poll_wait(tenant_slug="t", job_id="j", retry_after=2) == 0
+        assert pacing._breaker.down and not pacing._breaker.available()
+        assert interactive_load() == Load(inflight=0, export_share=1)
+        assert yield_to_interactive(worked_seconds=1.0, max_seconds=5) == 0
+    finally:
+        pacing._breaker.reset()
