@@ -64,6 +64,7 @@ class ExportJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     # A running job's worker renews this; a stale one is a worker that died (runner.py).
+    # A queued job's: when it was last sent to the workers (a stale one: its message lost).
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     # Where the next file starts: the index into resource_types, and the last row written

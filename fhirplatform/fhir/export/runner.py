@@ -323,9 +323,15 @@ def export_run(*, job_id: str) -> str:
     return str(ExportStatus.DONE)
 
 
-def jobs_orphaned() -> list[str]:
-    """Running jobs of the current schema whose worker stopped renewing their heartbeat."""
-    stale = timezone.now() - timedelta(seconds=settings.EXPORT_STALE_SECONDS)
-    running = ExportJob.objects.filter(status=ExportStatus.RUNNING)
-    orphaned = running.filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at=None))
-    return [str(pk) for pk in orphaned.values_list("pk", flat=True)]
+def jobs_unattended() -> list[str]:
+    """Jobs of the current schema no worker is on: running ones whose worker stopped
+    renewing their heartbeat, and queued ones no worker took up since they were last sent
+    (their message lost, or never sent while the broker was down). The queued ones count
+    as sent from now on."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.EXPORT_STALE_SECONDS)
+    active = ExportJob.objects.filter(status__in=(ExportStatus.QUEUED, ExportStatus.RUNNING))
+    unattended = active.filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at=None))
+    found = [str(pk) for pk in unattended.values_list("pk", flat=True)]
+    ExportJob.objects.filter(pk__in=found, status=ExportStatus.QUEUED).update(heartbeat_at=now)
+    return found

@@ -66,7 +66,7 @@ def export_kickoff(
     """Create the job and queue it for a worker once the kick-off commits. Runs in the
     tenant part's transaction, in the caller's schema."""
     # Here, not at the top: the task's module imports the runner, which imports this one.
-    from fhirplatform.fhir.export.tasks import export_run
+    from fhirplatform.fhir.export.tasks import export_send
 
     _cap_check(caller)
     job = ExportJob.objects.create(
@@ -85,9 +85,10 @@ def export_kickoff(
         request_url=request_url,
         request_issues=request.skipped,
         transaction_time=transaction_time,
+        heartbeat_at=transaction_time,  # queued: when it was sent to the workers
     )
     schema = schema_current()
-    transaction.on_commit(lambda: export_run.delay(tenant_schema=schema, job_id=str(job.id)))
+    transaction.on_commit(lambda: export_send(tenant_schema=schema, job_id=str(job.id)))
     return job
 
 

@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
+from fhirplatform.celery import EXPORT_QUEUE
 from fhirplatform.fhir.export.models import ExportFile, ExportJob, ExportStatus
 from fhirplatform.fhir.export.tasks import export_expire_all, export_reap_all
 from fhirplatform.limits.store import ADAPTIVE_KEY, GLOBAL_INFLIGHT_KEY
@@ -195,3 +197,26 @@ def test_expired_exports_go_with_their_files(live: ExportWorld) -> None:
     with tenant_schema(live.tenant):
         assert not ExportJob.objects.filter(pk=job.pk).exists()
     assert os.path.isdir(settings.EXPORT_DIR)
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again(
+    live: ExportWorld, workers: StartWorker
+) -> None:
+    """A broker that was down at kick-off (the kick-off still answers 202), or lost the
+    message: the job waits queued in the database until the reaper sends it again."""
+    token = live.token()
+    path = status_path(kickoff(live, token, params={"_type": "Organization"}))
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    # The export queue's lists (kombu keeps one per priority step): no worker takes them.
+    lost = broker.delete(EXPORT_QUEUE, *broker.scan_iter(match=f"{EXPORT_QUEUE}\x06\x16*"))
+    assert lost >= 1
+    assert export_reap_all.apply().get() == {}  # sent just now: not yet unattended
+    workers({})
+    job = _job(live, path)
+    with tenant_schema(live.tenant):
+        ExportJob.objects.filter(pk=job.pk).update(
+            heartbeat_at=timezone.now() - timedelta(seconds=settings.EXPORT_STALE_SECONDS + 1)
+        )
+    assert export_reap_all.apply().get() == {live.tenant.slug: 1}
+    assert wait_done(path, token).status_code == 200
+    assert _job(live, path).attempts == 1
