@@ -210,7 +210,6 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(
     # The export queue's lists (kombu keeps one per priority step): no worker takes them.
     lost = broker.delete(EXPORT_QUEUE, *broker.scan_iter(match=f"{EXPORT_QUEUE}\x06\x16*"))
     assert lost >= 1
-    assert export_reap_all.apply().get() == {}  # sent just now: not yet unattended
     workers({})
     job = _job(live, path)
     with tenant_schema(live.tenant):
